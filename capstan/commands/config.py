@@ -1,0 +1,23 @@
+"""``capstan config print``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from typing import Any
+
+from cliff.lister import Lister
+
+from capstan.config import KEYS
+
+
+class ConfigPrint(Lister):
+    """Show every effective setting and where it came from"""
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        config = self.app.config
+        rows = [("root", str(config.root), config.sources["root"])]
+        rows += [(key, config.values[key], config.sources[key]) for key in KEYS]
+        return ("Key", "Value", "Source"), rows

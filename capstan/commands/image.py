@@ -1,0 +1,273 @@
+"""``capstan compose`` and ``capstan image info|ls|cat|tree|du|diff|convert``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cliff.command import Command
+from cliff.lister import Lister
+from cliff.show import ShowOne
+
+from capstan.errors import UsageError
+from capstan.sizes import parse_size
+
+if TYPE_CHECKING:
+    from capstan.image import inspect
+    from capstan.image.formats import DiskFormat
+
+Rows = tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]
+
+
+def _show(obj: Any) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    fields = dataclasses.asdict(obj)
+    return tuple(fields), tuple(str(v) if isinstance(v, Path) else v for v in fields.values())
+
+
+def _disk_format(text: str) -> DiskFormat:
+    from capstan.image.formats import DiskFormat
+
+    return DiskFormat.parse(text)
+
+
+def _add_image(parser: argparse.ArgumentParser, name: str = "image") -> None:
+    parser.add_argument(name, metavar=name.upper(),
+                        help="image file, or image name in the local repository")
+
+
+class _ImageCommand:
+    """Opens the IMAGE argument of an image command."""
+
+    app: Any
+
+    def open_image(self, ref: str) -> inspect.OsvImage:
+        from capstan.image.inspect import OsvImage
+        from capstan.repository import LocalRepository
+
+        return OsvImage(LocalRepository(self.app.config.root).resolve(ref, "qemu"))
+
+
+class Compose(Command):
+    """Compose a directory (or file) into an OSv image, on the host"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", nargs="?", metavar="IMAGE_NAME",
+                            help="store as this image in the local repository")
+        parser.add_argument("path", metavar="PATH",
+                            help="directory uploaded as / (or a file uploaded as /NAME)")
+        parser.add_argument("-o", "--output", type=Path,
+                            help="write the image to this file instead of the repository")
+        parser.add_argument("-l", "--loader-image", "--loader_image", "-loader_image",
+                            dest="loader", metavar="LOADER",
+                            help="loader: repository name, file, or 'probe-loader' "
+                                 "(default: config 'loader', osv-loader)")
+        parser.add_argument("-c", "--command-line", "--command_line", "-command_line",
+                            dest="command_line", metavar="CMDLINE",
+                            help="kernel command line (default: runscript /run/default;)")
+        parser.add_argument("-s", "--size", type=parse_size, default=0,
+                            help="minimum virtual size, e.g. 512M or 10G")
+        parser.add_argument("--fs", choices=("rofs", "zfs"), default="rofs",
+                            help="root filesystem (default: rofs)")
+        parser.add_argument("--disk-format", type=_disk_format, metavar="FORMAT",
+                            help="qcow2 (default), raw, vmdk, vmdk-stream, vmdk-flat, "
+                                 "vdi, vhd or vhdx")
+        parser.add_argument("--no-base-files", dest="base_files", action="store_false",
+                            help="do not add /etc/fstab, /etc/hosts, /dev, /proc, ...")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.imaging import compose_tree
+
+        if parsed_args.fs == "zfs":
+            raise UsageError("--fs zfs needs the ZFS builder VM, which this version "
+                             "does not have yet; use --fs rofs")
+        if parsed_args.name is None and parsed_args.output is None:
+            raise UsageError("give an IMAGE_NAME or --output FILE")
+        if parsed_args.name is not None and parsed_args.output is not None:
+            raise UsageError("give an IMAGE_NAME or --output FILE, not both")
+        result = compose_tree(
+            self.app.config, Path(parsed_args.path), name=parsed_args.name,
+            output=parsed_args.output, loader=parsed_args.loader,
+            command_line=parsed_args.command_line, size=parsed_args.size,
+            disk_format=parsed_args.disk_format, base_files=parsed_args.base_files,
+        )
+        self.app.stdout.write(
+            f"Composed {result.path} ({result.disk_format}, {result.virtual_size} bytes, "
+            f"{result.files} files)\nCommand line set to: '{result.cmdline}'\n")
+        return 0
+
+
+class ImageInfo(_ImageCommand, ShowOne):
+    """Show an OSv image's format, command line, partition and filesystem"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_image(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> Any:
+        with self.open_image(parsed_args.image) as img:
+            return _show(img.summary())
+
+
+class ImageLs(_ImageCommand, Lister):
+    """List paths in an OSv image's filesystem"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_image(parser)
+        parser.add_argument("path", nargs="?", default="/", help="guest path (default /)")
+        parser.add_argument("-R", "--recursive", action="store_true",
+                            help="list everything below PATH")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> Rows:
+        with self.open_image(parsed_args.image) as img:
+            items = list(img.items(parsed_args.path))
+        top = items[0]
+        if not parsed_args.recursive and top.kind == "dir":
+            depth = top.path.rstrip("/").count("/") + 1
+            items = [i for i in items[1:] if i.path.count("/") == depth]
+        return ("Path", "Type", "Size", "Target"), (
+            (i.path, i.kind, i.size, i.target) for i in items)
+
+
+class ImageCat(_ImageCommand, Command):
+    """Write a file of an OSv image to standard output"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_image(parser)
+        parser.add_argument("path", help="guest path of the file")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        out = getattr(self.app.stdout, "buffer", self.app.stdout)
+        with self.open_image(parsed_args.image) as img:
+            for chunk in img.read(parsed_args.path):
+                out.write(chunk)
+        out.flush()
+        return 0
+
+
+class ImageTree(_ImageCommand, Command):
+    """Print an OSv image's filesystem as a tree"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_image(parser)
+        parser.add_argument("path", nargs="?", default="/", help="guest path (default /)")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        with self.open_image(parsed_args.image) as img:
+            items = list(img.items(parsed_args.path))
+        for line in _tree_lines(items):
+            self.app.stdout.write(line + "\n")
+        return 0
+
+
+def _tree_lines(items: list[inspect.TreeItem]) -> Iterator[str]:
+    children: dict[str, list[inspect.TreeItem]] = {}
+    for item in items[1:]:
+        children.setdefault(item.path.rsplit("/", 1)[0] or "/", []).append(item)
+
+    def render(path: str, prefix: str) -> Iterator[str]:
+        kids = children.get(path, [])
+        for n, kid in enumerate(kids):
+            last = n == len(kids) - 1
+            name = kid.path.rsplit("/", 1)[1] + (f" -> {kid.target}" if kid.target else "")
+            yield f"{prefix}{'└── ' if last else '├── '}{name}"
+            yield from render(kid.path, prefix + ("    " if last else "│   "))
+
+    yield items[0].path
+    yield from render(items[0].path, "")
+
+
+class ImageDu(_ImageCommand, Lister):
+    """Attribute an OSv image's file bytes to its directories"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_image(parser)
+        parser.add_argument("path", nargs="?", default="/", help="guest path (default /)")
+        parser.add_argument("-d", "--max-depth", type=int, default=1,
+                            help="show directories down to this depth (default 1)")
+        parser.add_argument("-a", "--all", action="store_true", help="show files too")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> Rows:
+        with self.open_image(parsed_args.image) as img:
+            items = list(img.items(parsed_args.path))
+        base = items[0].path.rstrip("/").count("/") if items[0].path != "/" else 0
+        totals: dict[str, list[int]] = {}
+        for item in items:
+            path = item.path
+            while True:
+                row = totals.setdefault(path, [0, 0, 0])
+                row[0] += item.size
+                row[1] += -(-item.size // 512) * 512
+                row[2] += item.kind == "file"
+                if path == items[0].path:
+                    break
+                path = path.rsplit("/", 1)[0] or "/"
+        kinds = {i.path: i.kind for i in items}
+        rows = []
+        for path, (size, blocks, files) in totals.items():
+            depth = (path.count("/") if path != "/" else 0) - base
+            if depth <= parsed_args.max_depth and (kinds[path] == "dir" or parsed_args.all):
+                rows.append((path, size, blocks, files))
+        rows.sort(key=lambda r: (-r[1], r[0]))
+        return ("Path", "Bytes", "Allocated", "Files"), rows
+
+
+class ImageDiff(_ImageCommand, Lister):
+    """Show how two OSv images differ (command line, partition, files)"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_image(parser, "image_a")
+        _add_image(parser, "image_b")
+        parser.add_argument("--exit-code", action="store_true",
+                            help="exit with status 1 when the images differ")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> Rows:
+        from capstan.image.inspect import diff
+
+        with self.open_image(parsed_args.image_a) as a, \
+                self.open_image(parsed_args.image_b) as b:
+            changes = diff(a, b)
+        self.differs = bool(changes)
+        return ("Change", "Path", "Detail"), ((c.change, c.path, c.detail) for c in changes)
+
+    def run(self, parsed_args: argparse.Namespace) -> int:
+        code = int(super().run(parsed_args) or 0)
+        return 1 if parsed_args.exit_code and self.differs else code
+
+
+class ImageConvert(_ImageCommand, ShowOne):
+    """Convert an OSv image to another disk format"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_image(parser)
+        parser.add_argument("output", type=Path, metavar="OUTPUT", help="file to write")
+        parser.add_argument("--disk-format", type=_disk_format, required=True,
+                            metavar="FORMAT", help="target format (see compose)")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> Any:
+        from capstan.image import formats
+        from capstan.image.compose import publishing
+
+        with self.open_image(parsed_args.image) as img:
+            source, source_fmt = img.path, img.format
+        target: Path = parsed_args.output
+        with publishing(target) as tmp:
+            formats.convert(source, tmp / target.name, parsed_args.disk_format, source_fmt)
+        return _show(formats.info(target, parsed_args.disk_format.driver))

@@ -1,0 +1,133 @@
+"""Configuration: flags > ``CAPSTAN_*`` environment > config.yaml > etc/ defaults."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from capstan.errors import ConfigError
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["KEYS", "Config", "load"]
+
+_TRUE = {"1", "t", "true", "yes", "on"}
+_FALSE = {"0", "f", "false", "no", "off"}
+_CHOICES = {
+    "qemu_aio_type": ("threads", "native"),
+    "qemu_accel": ("auto", "kvm", "hvf", "tcg"),
+}
+# key -> type; every key also reads the environment variable CAPSTAN_<KEY>.
+KEYS: dict[str, type] = {
+    "repo_url": str,
+    "release_tag": str,
+    "disable_kvm": bool,
+    "qemu_aio_type": str,
+    "qemu_path": str,
+    "qemu_accel": str,
+    "hypervisor": str,
+    "loader": str,
+    "disk_format": str,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective settings, each with the place it came from."""
+
+    root: Path
+    values: Mapping[str, Any]
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    @property
+    def repository(self) -> Path:
+        """The local image repository, ``<root>/repository``."""
+        return self.root / "repository"
+
+    @property
+    def instances(self) -> Path:
+        """Instance state, ``<root>/instances``."""
+        return self.root / "instances"
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    kind = KEYS[key]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{where}: {key} must be true or false, not {value!r}")
+    if isinstance(value, (dict, list)) or value is None:
+        raise ConfigError(f"{where}: {key} must be a string, not {value!r}")
+    text = str(value)
+    if key in _CHOICES and text not in _CHOICES[key]:
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(_CHOICES[key])}, "
+                          f"not {text!r}")
+    return text
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    return data
+
+
+def _defaults() -> dict[str, Any]:
+    text = (resources.files("capstan.etc") / "config.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    assert isinstance(data, dict)
+    return data
+
+
+def load(flags: Mapping[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> Config:
+    """Resolve every setting; *flags* holds values given on the command line."""
+    env = os.environ if environ is None else environ
+    root = Path(env.get("CAPSTAN_ROOT") or Path.home() / ".capstan").expanduser()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    config_file = root / "config.yaml"
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        ("default", _defaults()),
+        (str(config_file), _read_yaml(config_file)),
+        ("environment", {k: env[f"CAPSTAN_{k.upper()}"] for k in KEYS
+                         if env.get(f"CAPSTAN_{k.upper()}")}),
+        ("command line", {k: v for k, v in (flags or {}).items() if v is not None}),
+    ]
+    for where, layer in layers:
+        for key, value in layer.items():
+            if key not in KEYS:
+                if where == str(config_file):
+                    LOG.warning("%s: unknown key %r ignored", config_file, key)
+                continue
+            values[key] = _coerce(key, value, where)
+            sources[key] = where
+    sources["root"] = "environment" if env.get("CAPSTAN_ROOT") else "default"
+    return Config(root=root, values=values, sources=sources)

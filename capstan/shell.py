@@ -1,0 +1,127 @@
+"""The ``capstan`` command: a cliff App and the only place errors become exit codes.
+
+Exit codes: 0 success; 64 usage error; 65 invalid input or unknown name;
+69 hypervisor or external tool missing or failed; 70 internal error;
+74 local I/O error; 75 network or remote failure; 78 invalid configuration;
+124 guest timeout; 130 interrupted; 134 guest crashed or aborted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+from typing import Any
+
+from cliff.app import App
+from cliff.commandmanager import CommandManager
+from cliff.help import HelpExit
+
+from capstan import __version__
+from capstan.config import Config, load
+from capstan.errors import CapstanError
+
+__all__ = ["CapstanApp", "main"]
+
+EXIT_USAGE = 64
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+class _CommandManager(CommandManager):
+    """Commands from pycapstan's own entry points, imported only when used."""
+
+    def load_commands(self, namespace: str) -> None:
+        self.group_list.append(namespace)
+        eps = importlib.metadata.distribution("pycapstan").entry_points
+        for ep in eps.select(group=namespace):
+            self.commands[ep.name.replace("_", " ")] = ep
+
+
+class CapstanApp(App):
+    """Build and run OSv unikernels."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            description="Build and run OSv unikernels (pycapstan).",
+            version=__version__,
+            command_manager=_CommandManager("capstan.cli"),
+            deferred_help=True,
+        )
+        self._config: Config | None = None
+
+    def build_option_parser(self, description: str, version: str,
+                            argparse_kwargs: dict[str, Any] | None = None
+                            ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = super().build_option_parser(
+            description, version, argparse_kwargs)
+        parser.add_argument("-u", "--repo-url", "--repo_url", dest="repo_url",
+                            help="S3/HTTP repository URL (Capstan's -u)")
+        parser.add_argument("-r", "--release-tag", "--release_tag", dest="release_tag",
+                            help="GitHub release: any, latest or a tag")
+        parser.add_argument("--s3", action="store_true",
+                            help="take packages and loaders from the S3/HTTP repository")
+        return parser
+
+    @property
+    def config(self) -> Config:
+        """The effective configuration, resolved once."""
+        if self._config is None:
+            self._config = load({"repo_url": self.options.repo_url,
+                                 "release_tag": self.options.release_tag})
+        return self._config
+
+    def run(self, argv: list[str]) -> int:
+        return int(super().run(argv or ["--help"]))
+
+    def print_help_if_requested(self) -> None:
+        """``capstan --help``: options and one line per command, nothing slow."""
+        if not (self.deferred_help and self.options.deferred_help):
+            return
+        self.parser.print_help(self.stdout)
+        self.stdout.write("\nCommands:\n")
+        for name, ep in sorted(self.command_manager):
+            doc = (ep.load().__doc__ or "").strip().splitlines()
+            self.stdout.write(f"  {name:<16} {doc[0].rstrip('.') if doc else ''}\n")
+        self.stdout.write("\nSee 'capstan help COMMAND' for a command's options.\n")
+        raise HelpExit()
+
+    def run_subcommand(self, argv: list[str]) -> int:
+        try:
+            factory, name, sub_argv = self.command_manager.find_command(argv)
+        except ValueError:
+            self.stderr.write(f"capstan: '{argv[0]}' is not a capstan command; "
+                              "see 'capstan --help'\n")
+            return EXIT_USAGE
+        cmd = factory(self, self.options, cmd_name=name)
+        parser = cmd.get_parser(f"{self.NAME} {name}")
+        try:
+            parsed = parser.parse_args(sub_argv)
+        except SystemExit as exc:
+            return 0 if exc.code in (0, None) else EXIT_USAGE
+        try:
+            return int(cmd.run(parsed) or 0)
+        except CapstanError as err:
+            return self._fail(err, err.exit_code)
+        except KeyboardInterrupt:
+            self.stderr.write("capstan: interrupted\n")
+            return EXIT_INTERRUPTED
+        except Exception as err:  # a bug: say so in one line, trace with --debug
+            return self._fail(err, EXIT_INTERNAL, internal=True)
+
+    def _fail(self, err: BaseException, code: int, internal: bool = False) -> int:
+        if self.options.debug:
+            self.LOG.exception(err)
+        prefix = "internal error: " if internal else ""
+        message = str(err) or type(err).__name__
+        self.stderr.write(f"capstan: {prefix}{message}\n")
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    return CapstanApp().run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Size arguments: ``512M``, ``10G``, ``1.5GiB``, ``2048`` (MiB)."""
+
+from __future__ import annotations
+
+import re
+
+from capstan.errors import UsageError
+
+__all__ = ["format_size", "parse_size"]
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in *text*: binary units K, M, G, T (optional ``i``/``B``); bare = MiB."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise UsageError(f"invalid size '{text}': use a number with K, M, G or T, e.g. 512M")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise UsageError(f"invalid size '{text}': must be larger than zero")
+    return value
+
+
+def format_size(size: int) -> str:
+    """*size* in bytes as a short human string (``4.0M``)."""
+    value = float(size)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024:
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}T"

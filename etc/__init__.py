@@ -1,0 +1,1 @@
+"""Data package: pycapstan's default configuration and example applications."""

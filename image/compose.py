@@ -1,0 +1,111 @@
+"""Composing an OSv disk on the host: loader + command line + ROFS partition."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from capstan.errors import InputError, LocalIOError, NotFound
+from capstan.image import cmdline, formats, mbr
+from capstan.image.formats import DiskFormat
+from capstan.image.loader import Loader
+from capstan.image.rofs import Entry, RofsLayout, write_rofs
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["ComposeResult", "compose", "publishing", "write_raw"]
+
+
+@dataclass(frozen=True)
+class ComposeResult:
+    """What :func:`compose` wrote."""
+
+    path: Path
+    disk_format: str
+    virtual_size: int
+    partition_start: int
+    partition_size: int
+    cmdline: str
+    loader: str
+    files: int
+    directories: int
+    symlinks: int
+    file_bytes: int
+
+
+def write_raw(out: BinaryIO, loader: Loader, entries: Sequence[Entry], text: str,
+              min_size: int = 0, alignment: int = 512) -> tuple[int, RofsLayout]:
+    """Write the raw disk into *out*; return its virtual size and the ROFS layout."""
+    start = loader.partition_start
+    layout = write_rofs(entries, out, base=start)
+    needed = mbr.align_up(start + layout.size, alignment)
+    if min_size and min_size < needed:
+        raise InputError(
+            f"size {min_size} bytes is too small for this content: "
+            f"at least {needed} bytes ({-(-needed // (1024 * 1024))}M) are needed")
+    virtual = mbr.align_up(max(needed, min_size), alignment)
+    sector0 = bytearray(loader.data[:512])
+    mbr.set_partition(sector0, 2, start, layout.size)
+    out.seek(0)
+    out.write(bytes(sector0) + cmdline.area_bytes(text))
+    out.write(loader.data[32768:])
+    out.truncate(virtual)
+    return virtual, layout
+
+
+def compose(
+    entries: Sequence[Entry],
+    loader: Loader,
+    output: Path,
+    text: str,
+    disk_format: DiskFormat = DiskFormat.QCOW2,
+    size: int = 0,
+) -> ComposeResult:
+    """Write an OSv image of *entries* to *output*, all or nothing."""
+    cmdline.validate(text)
+    with publishing(output) as tmp:
+        raw = tmp / (output.name if disk_format is DiskFormat.RAW else "disk.raw")
+        with open(raw, "w+b") as f:
+            virtual, layout = write_raw(f, loader, entries, text, size, disk_format.alignment)
+        if disk_format is not DiskFormat.RAW:
+            formats.convert(raw, tmp / output.name, disk_format)
+            raw.unlink()
+    LOG.info("composed %s (%s, %d bytes)", output, disk_format.label, virtual)
+    return ComposeResult(
+        path=output, disk_format=disk_format.label, virtual_size=virtual,
+        partition_start=loader.partition_start, partition_size=layout.size,
+        cmdline=text, loader=str(loader.source), files=layout.files,
+        directories=layout.directories, symlinks=layout.symlinks,
+        file_bytes=layout.file_bytes,
+    )
+
+
+@contextlib.contextmanager
+def publishing(output: Path) -> Iterator[Path]:
+    """A scratch directory beside *output*; its files replace theirs on success.
+
+    Files are renamed data extents first (``-flat.vmdk``), descriptors last, so
+    a reader never sees a descriptor without its data. On error nothing is kept.
+    """
+    parent = output.parent
+    if not parent.is_dir():
+        raise NotFound(f"output directory does not exist: {parent}")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    except OSError as err:
+        raise LocalIOError(f"cannot write in {parent}: {err.strerror}") from err
+    try:
+        yield tmp
+        for item in sorted(tmp.iterdir(), key=lambda p: not p.name.endswith("-flat.vmdk")):
+            os.replace(item, parent / item.name)
+    except OSError as err:
+        raise LocalIOError(f"cannot write {output}: {err.strerror}") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

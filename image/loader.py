@@ -1,0 +1,104 @@
+"""OSv loaders (base images): finding, converting and validating them."""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from capstan.errors import ImageError, LocalIOError
+from capstan.image import cmdline, formats
+from capstan.image.mbr import PARTITION_ALIGN, TABLE, align_up
+
+__all__ = ["PROBE_LOADER", "Loader", "probe_loader_path", "read_loader", "sniff_format"]
+
+PROBE_LOADER = "probe-loader"
+KERNEL_OFFSET = 65536
+CHUNK = 32768
+_HEADER = 65536
+
+
+@dataclass(frozen=True)
+class Loader:
+    """A pristine raw OSv loader: boot sector, command-line area, kernel."""
+
+    source: Path
+    data: bytes
+    count32: int
+
+    @property
+    def size(self) -> int:
+        """Bytes of the loader."""
+        return len(self.data)
+
+    @property
+    def partition_start(self) -> int:
+        """Where partition 2 starts: the loader's end aligned up to 2 MiB."""
+        return align_up(self.size, PARTITION_ALIGN)
+
+    @property
+    def builtin_cmdline(self) -> str:
+        """The command line the loader carries (empty in release loaders)."""
+        area = self.data[cmdline.AREA_OFFSET:cmdline.AREA_OFFSET + cmdline.AREA_SIZE]
+        return cmdline.read_area(area)
+
+
+def probe_loader_path() -> Path:
+    """The probe loader shipped with pycapstan (a stand-in for OSv)."""
+    return Path(str(resources.files("capstan.image") / "probe" / "probe-loader.bin"))
+
+
+def sniff_format(head: bytes) -> str:
+    """The qemu-img format of a file starting with *head* (``raw`` if unknown)."""
+    if head.startswith(b"QFI\xfb"):
+        return "qcow2"
+    if head.startswith(b"KDMV") or head.startswith(b"# Disk DescriptorFile"):
+        return "vmdk"
+    if head.startswith(b"vhdxfile"):
+        return "vhdx"
+    if head.startswith(b"conectix"):
+        return "vpc"
+    if len(head) >= 0x44 and struct.unpack_from("<I", head, 0x40)[0] == 0xBEDA107F:
+        return "vdi"
+    return "raw"
+
+
+def read_loader(path: Path) -> Loader:
+    """Read and validate the loader at *path*, in any qemu-img format."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER)
+    except IsADirectoryError as err:
+        raise ImageError(f"{path}: is a directory, not a loader") from err
+    except OSError as err:
+        raise LocalIOError(f"cannot read loader {path}: {err.strerror}") from err
+    fmt = sniff_format(head)
+    if fmt == "raw":
+        return _from_raw(path, path)
+    with tempfile.TemporaryDirectory(prefix="capstan-loader-") as tmp:
+        raw = Path(tmp) / "loader.raw"
+        formats.convert(path, raw, formats.DiskFormat.RAW, source_fmt=fmt)
+        return _from_raw(raw, path)
+
+
+def _from_raw(raw: Path, source: Path) -> Loader:
+    data = raw.read_bytes()
+    if data[-512:].startswith(b"conectix"):
+        data = data[:-512]  # a fixed VHD: raw bytes plus a footer
+    if len(data) < 512 or data[510:512] != b"\x55\xaa":
+        raise ImageError(f"{source}: not an OSv loader (no boot signature 55 AA)")
+    (count32,) = struct.unpack_from("<H", data, 0x10)
+    kernel_end = KERNEL_OFFSET + count32 * CHUNK
+    if count32 < 1 or kernel_end > len(data):
+        raise ImageError(
+            f"{source}: not an OSv loader (kernel chunk count {count32} does not fit "
+            f"a {len(data)}-byte file)")
+    if data[KERNEL_OFFSET:KERNEL_OFFSET + 4] != b"\x7fELF":
+        raise ImageError(f"{source}: not an OSv loader (no kernel at byte 65536)")
+    if any(data[TABLE:510]):
+        # A composed image: keep only its loader, with table and cmdline cleared.
+        data = (data[:TABLE] + bytes(510 - TABLE) + data[510:512]
+                + bytes(KERNEL_OFFSET - 512) + data[KERNEL_OFFSET:kernel_end])
+    return Loader(source=source, data=bytes(data), count32=count32)

@@ -1,0 +1,1 @@
+"""Data package: the probe loader, its nasm source and its assembled bytes."""

@@ -1,0 +1,366 @@
+"""ROFS, OSv's read-only root filesystem: writer and reader.
+
+The writer is byte-identical to OSv's ``scripts/gen-rofs-img.py`` for the same
+ordered entry list (osv-image-format.md, section 6), except that names and
+symlink targets are always measured in bytes, so non-ASCII names work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from capstan.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
+
+__all__ = [
+    "BLOCK",
+    "MAGIC",
+    "DirEntry",
+    "Entry",
+    "FileEntry",
+    "RofsInode",
+    "RofsLayout",
+    "RofsReader",
+    "SymlinkEntry",
+    "write_rofs",
+]
+
+BLOCK = 512
+MAGIC = 0xDEADBEAD
+VERSION = 1
+MODE_DIR = 0x4000
+MODE_FILE = 0x8000
+MODE_LINK = 0xA000
+_SUPERBLOCK = struct.Struct("<8Q")
+_INODE = struct.Struct("<4Q")
+_MAX_NAME = 0xFFFF
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A regular file at guest *path*, with its bytes in *source* or *data*."""
+
+    path: str
+    size: int
+    source: Path | None = None
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SymlinkEntry:
+    """A symbolic link at guest *path* pointing to *target*."""
+
+    path: str
+    target: str
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """An (empty unless other entries fill it) directory at guest *path*."""
+
+    path: str
+
+
+Entry = FileEntry | SymlinkEntry | DirEntry
+
+
+@dataclass
+class _Dir:
+    children: dict[bytes, _Dir | FileEntry | SymlinkEntry] = field(
+        default_factory=dict
+    )
+
+
+@dataclass(frozen=True)
+class RofsLayout:
+    """Numbers describing a written ROFS image."""
+
+    size: int
+    data_blocks: int
+    inodes: int
+    files: int
+    directories: int
+    symlinks: int
+    file_bytes: int
+
+
+def _components(path: str) -> list[bytes]:
+    if not path.startswith("/"):
+        raise InputError(f"guest path must be absolute: {path!r}")
+    parts = [p for p in path.split("/") if p]
+    out = []
+    for part in parts:
+        raw = part.encode("utf-8", "surrogateescape")
+        if part in (".", "..") or b"\0" in raw or len(raw) > _MAX_NAME:
+            raise InputError(f"invalid name {part!r} in guest path {path!r}")
+        out.append(raw)
+    return out
+
+
+def _build_tree(entries: Sequence[Entry]) -> _Dir:
+    root = _Dir()
+    for entry in entries:
+        names = _components(entry.path)
+        if not names and not isinstance(entry, DirEntry):
+            raise InputError(f"the root cannot be a file or link: {entry.path!r}")
+        parents = names if isinstance(entry, DirEntry) else names[:-1]
+        node = root
+        for depth, name in enumerate(parents):
+            child = node.children.get(name)
+            if child is None:
+                child = node.children[name] = _Dir()
+            elif not isinstance(child, _Dir):
+                here = "/" + b"/".join(names[: depth + 1]).decode(errors="replace")
+                raise Conflict(f"path conflict: {entry.path} needs directory {here}, "
+                               "which is a file or link")
+            node = child
+        if isinstance(entry, DirEntry):
+            continue
+        if isinstance(node.children.get(names[-1]), _Dir):
+            raise Conflict(f"path conflict: {entry.path} is a directory and a file or link")
+        node.children[names[-1]] = entry
+    return root
+
+
+class _Writer:
+    def __init__(self, out: BinaryIO, base: int) -> None:
+        self.out = out
+        self.base = base
+        self.block = 1
+        self.entries = bytearray()
+        self.entry_count = 0
+        self.links = bytearray()
+        self.link_count = 0
+        self.inodes: list[tuple[int, int, int]] = []
+        self.files = self.dirs = self.file_bytes = 0
+
+    def visit(self, directory: _Dir) -> tuple[int, int]:
+        self.dirs += 1
+        numbered = []
+        for name, child in directory.children.items():
+            self.inodes.append((0, 0, 0))
+            ino = len(self.inodes)
+            numbered.append((name, ino))
+            if isinstance(child, _Dir):
+                first, count = self.visit(child)
+                self.inodes[ino - 1] = (MODE_DIR, first, count)
+            elif isinstance(child, SymlinkEntry):
+                target = child.target.encode("utf-8", "surrogateescape")
+                if not target or len(target) > _MAX_NAME or b"\0" in target:
+                    raise InputError(f"invalid symlink target for {child.path}")
+                self.inodes[ino - 1] = (MODE_LINK, self.link_count, 1)
+                self.links += struct.pack("<H", len(target)) + target
+                self.link_count += 1
+            else:
+                self.inodes[ino - 1] = (MODE_FILE, self.block, child.size)
+                self._write_file(child)
+        first = self.entry_count
+        for name, ino in numbered:
+            self.entries += struct.pack("<QH", ino, len(name)) + name
+        self.entry_count += len(numbered)
+        return first, len(numbered)
+
+    def _write_file(self, entry: FileEntry) -> None:
+        offset = self.base + self.block * BLOCK
+        written = _copy_content(entry, self.out, offset)
+        if written != entry.size:
+            raise LocalIOError(f"{entry.source}: file changed while composing")
+        self.files += 1
+        self.file_bytes += written
+        self.block += -(-entry.size // BLOCK)
+
+    def finish(self) -> RofsLayout:
+        inode_table = bytearray()
+        for number, (mode, offset, count) in enumerate(self.inodes, start=1):
+            inode_table += _INODE.pack(mode, number, offset, count)
+        tables = bytes(self.entries) + bytes(self.links) + bytes(inode_table)
+        padding = BLOCK - len(tables) % BLOCK  # a whole block when exact: OSv's quirk
+        count = -(-len(tables) // BLOCK)
+        self.out.seek(self.base + self.block * BLOCK)
+        self.out.write(tables + bytes(padding))
+        size = self.block * BLOCK + len(tables) + padding
+        superblock = _SUPERBLOCK.pack(
+            MAGIC, VERSION, BLOCK, self.block, count,
+            self.entry_count, self.link_count, len(self.inodes),
+        )
+        self.out.seek(self.base)
+        self.out.write(superblock + bytes(BLOCK - len(superblock)))
+        self.out.truncate(max(self.base + size, _file_size(self.out)))
+        return RofsLayout(
+            size=size, data_blocks=self.block - 1, inodes=len(self.inodes),
+            files=self.files, directories=self.dirs, symlinks=self.link_count,
+            file_bytes=self.file_bytes,
+        )
+
+
+def _file_size(out: BinaryIO) -> int:
+    return os.fstat(out.fileno()).st_size
+
+
+def _copy_content(entry: FileEntry, out: BinaryIO, offset: int) -> int:
+    if entry.data is not None:
+        out.seek(offset)
+        out.write(entry.data)
+        return len(entry.data)
+    assert entry.source is not None
+    try:
+        with open(entry.source, "rb") as src:
+            return _copy_fd(src, out, offset, entry.size)
+    except OSError as err:
+        raise LocalIOError(f"cannot read {entry.source}: {err.strerror}") from err
+
+
+def _copy_fd(src: BinaryIO, out: BinaryIO, offset: int, size: int) -> int:
+    """Copy *src* to *out* at *offset*; return the bytes *src* really held."""
+    out.flush()
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src.fileno(), out.fileno(), size - done,
+                                   offset_dst=offset + done)
+            if n == 0:
+                return done
+            done += n
+    except OSError:  # e.g. a filesystem without copy_file_range
+        src.seek(0)
+        out.seek(offset)
+        shutil.copyfileobj(src, out, 1 << 20)
+        out.flush()
+        return out.tell() - offset
+    src.seek(done)
+    return done + len(src.read(1))  # one more byte means the file grew
+
+
+def write_rofs(entries: Sequence[Entry], out: BinaryIO, base: int = 0) -> RofsLayout:
+    """Write a ROFS for *entries* (in order) into *out* at byte *base*."""
+    writer = _Writer(out, base)
+    root = _build_tree(entries)
+    writer.inodes.append((MODE_DIR, 0, 0))
+    first, count = writer.visit(root)
+    writer.inodes[0] = (MODE_DIR, first, count)
+    layout = writer.finish()
+    out.flush()
+    return layout
+
+
+@dataclass(frozen=True)
+class RofsInode:
+    """One inode of a ROFS image, with its guest path."""
+
+    path: str
+    number: int
+    mode: int
+    offset: int
+    count: int
+
+    @property
+    def kind(self) -> str:
+        """``dir``, ``file``, ``symlink`` or ``unknown``."""
+        return {MODE_DIR: "dir", MODE_FILE: "file", MODE_LINK: "symlink"}.get(
+            self.mode, "unknown"
+        )
+
+
+class RofsReader:
+    """Read a ROFS image from *f*, which holds the partition from byte *base*."""
+
+    def __init__(self, f: BinaryIO, base: int = 0, size: int | None = None) -> None:
+        self.f = f
+        self.base = base
+        f.seek(base)
+        head = f.read(_SUPERBLOCK.size)
+        if len(head) < _SUPERBLOCK.size:
+            raise ImageError("partition 2 is too small to hold a ROFS superblock")
+        (magic, version, block, first, count, n_entries, n_links,
+         n_inodes) = _SUPERBLOCK.unpack(head)
+        if magic != MAGIC:
+            raise ImageError("partition 2 does not hold a ROFS filesystem (bad magic)")
+        if version != VERSION or block != BLOCK:
+            raise ImageError(f"unsupported ROFS version {version} / block size {block}")
+        if size is not None and (first + count) * BLOCK > size:
+            raise ImageError("ROFS tables lie outside partition 2")
+        f.seek(base + first * BLOCK)
+        tables = f.read(count * BLOCK)
+        self._parse(tables, n_entries, n_links, n_inodes)
+
+    def _parse(self, tables: bytes, n_entries: int, n_links: int, n_inodes: int) -> None:
+        pos = 0
+        self.dirents: list[tuple[int, bytes]] = []
+        self.links: list[bytes] = []
+        try:
+            for _ in range(n_entries):
+                ino, length = struct.unpack_from("<QH", tables, pos)
+                pos += 10
+                self.dirents.append((ino, tables[pos:pos + length]))
+                pos += length
+            for _ in range(n_links):
+                (length,) = struct.unpack_from("<H", tables, pos)
+                self.links.append(tables[pos + 2:pos + 2 + length])
+                pos += 2 + length
+            self.raw_inodes = [_INODE.unpack_from(tables, pos + i * _INODE.size)
+                               for i in range(n_inodes)]
+        except struct.error as err:
+            raise ImageError("ROFS tables are truncated") from err
+
+    def walk(self) -> Iterator[RofsInode]:
+        """Yield every inode depth-first, the root (``/``) first."""
+        stack = [("/", 1)]
+        while stack:
+            path, number = stack.pop()
+            inode = self.inode(path, number)
+            yield inode
+            if inode.kind == "dir":
+                children = self.dirents[inode.offset:inode.offset + inode.count]
+                for ino, name in reversed(children):
+                    child = name.decode("utf-8", "surrogateescape")
+                    stack.append((path.rstrip("/") + "/" + child, ino))
+
+    def inode(self, path: str, number: int) -> RofsInode:
+        """Return inode *number*, labelled with *path*."""
+        if not 1 <= number <= len(self.raw_inodes):
+            raise ImageError(f"ROFS inode {number} out of range")
+        mode, _, offset, count = self.raw_inodes[number - 1]
+        return RofsInode(path, number, mode & 0xF000, offset, count)
+
+    def lookup(self, path: str) -> RofsInode:
+        """Return the inode at guest *path* (symlinks are not followed)."""
+        inode = self.inode("/", 1)
+        for part in _components(path):
+            if inode.kind != "dir":
+                raise ImageError(f"{inode.path} is not a directory")
+            for ino, name in self.dirents[inode.offset:inode.offset + inode.count]:
+                if name == part:
+                    sub = inode.path.rstrip("/") + "/" + part.decode("utf-8", "surrogateescape")
+                    inode = self.inode(sub, ino)
+                    break
+            else:
+                raise NotFound(f"no such file in image: {path}")
+        return inode
+
+    def readlink(self, inode: RofsInode) -> str:
+        """Return the target of symlink *inode*."""
+        return self.links[inode.offset].decode("utf-8", "surrogateescape")
+
+    def read(self, inode: RofsInode) -> bytes:
+        """Return the content of file *inode*."""
+        self.f.seek(self.base + inode.offset * BLOCK)
+        data = self.f.read(inode.count)
+        if len(data) != inode.count:
+            raise ImageError(f"{inode.path}: file data lies outside the image")
+        return data
+
+    def iter_read(self, inode: RofsInode, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """Yield the content of file *inode* in chunks."""
+        self.f.seek(self.base + inode.offset * BLOCK)
+        left = inode.count
+        while left:
+            data = self.f.read(min(chunk, left))
+            if not data:
+                raise ImageError(f"{inode.path}: file data lies outside the image")
+            left -= len(data)
+            yield data
