@@ -19,7 +19,7 @@ from cliff.help import HelpExit
 
 from capstan import __version__
 from capstan.config import Config, load
-from capstan.errors import CapstanError
+from capstan.errors import CapstanError, UsageError
 
 __all__ = ["CapstanApp", "main"]
 
@@ -50,7 +50,7 @@ class CapstanApp(App):
         )
         self._config: Config | None = None
 
-    def build_option_parser(self, description: str, version: str,
+    def build_option_parser(self, description: str | None, version: str | None,
                             argparse_kwargs: dict[str, Any] | None = None
                             ) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = super().build_option_parser(
@@ -95,12 +95,12 @@ class CapstanApp(App):
             return EXIT_USAGE
         cmd = factory(self, self.options, cmd_name=name)
         parser = cmd.get_parser(f"{self.NAME} {name}")
+        parser.error = _usage_error(name)  # type: ignore[method-assign]
         try:
             parsed = parser.parse_args(sub_argv)
-        except SystemExit as exc:
-            return 0 if exc.code in (0, None) else EXIT_USAGE
-        try:
             return int(cmd.run(parsed) or 0)
+        except SystemExit as exc:  # --help
+            return 0 if exc.code in (0, None) else EXIT_USAGE
         except CapstanError as err:
             return self._fail(err, err.exit_code)
         except KeyboardInterrupt:
@@ -111,11 +111,18 @@ class CapstanApp(App):
 
     def _fail(self, err: BaseException, code: int, internal: bool = False) -> int:
         if self.options.debug:
-            self.LOG.exception(err)
+            self.LOG.error("traceback:", exc_info=err)
         prefix = "internal error: " if internal else ""
         message = str(err) or type(err).__name__
         self.stderr.write(f"capstan: {prefix}{message}\n")
         return code
+
+
+def _usage_error(command: str) -> Any:
+    def error(message: str) -> None:
+        raise UsageError(f"{command}: {message} (see 'capstan help {command}')")
+
+    return error
 
 
 def main(argv: list[str] | None = None) -> int:

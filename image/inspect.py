@@ -86,6 +86,7 @@ class OsvImage:
         (self.count32,) = struct.unpack_from("<H", head, 0x10)
         self.partition = mbr.read_partition(self.sector0, 2)
         self._rofs: RofsReader | None = None
+        self._part: tuple[BinaryIO, int] | None = None
 
     def _fetch(self, start: int, length: int) -> BinaryIO:
         """A raw file holding *length* bytes of the image from *start*."""
@@ -97,20 +98,37 @@ class OsvImage:
         self._files.append(f)
         return f
 
+    def _partition_file(self) -> tuple[BinaryIO, int, int]:
+        """An open raw file holding partition 2, its offset there, and its size."""
+        part = self.partition
+        if part is None or part.size == 0:
+            raise ImageError(f"{self.path}: no filesystem in partition 2")
+        if self._part is None:
+            if self.format == "raw":
+                f = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+                self._files.append(f)
+                self._part = (f, part.start)
+            else:
+                self._part = (self._fetch(part.start, part.size), 0)
+        return self._part[0], self._part[1], part.size
+
     @property
     def rofs(self) -> RofsReader:
         """The ROFS of partition 2."""
         if self._rofs is None:
-            part = self.partition
-            if part is None or part.size == 0:
-                raise ImageError(f"{self.path}: no filesystem in partition 2")
-            if self.format == "raw":
-                f = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-                self._files.append(f)
-                self._rofs = RofsReader(f, part.start, part.size)
-            else:
-                self._rofs = RofsReader(self._fetch(part.start, part.size), 0, part.size)
+            self._rofs = RofsReader(*self._partition_file())
         return self._rofs
+
+    def partition_chunks(self, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """Every byte of partition 2, in chunks."""
+        f, base, size = self._partition_file()
+        f.seek(base)
+        while size > 0:
+            data = f.read(min(chunk, size))
+            if not data:
+                raise ImageError(f"{self.path}: partition 2 lies outside the image")
+            size -= len(data)
+            yield data
 
     def items(self, top: str = "/") -> Iterator[TreeItem]:
         """Every path below *top* (included), depth-first."""

@@ -38,7 +38,7 @@ def align_up(value: int, alignment: int) -> int:
 
 
 def chs(lba: int) -> tuple[int, int, int]:
-    """CHS address of *lba* for 255 heads × 63 sectors, capped at (1023, 254, 63)."""
+    """CHS address of *lba* for 255 heads x 63 sectors, capped at (1023, 254, 63)."""
     cylinder, head, sector = (lba // 63) // 255, (lba // 63) % 255, lba % 63 + 1
     if cylinder > 1023:
         return 1023, 254, 63
@@ -58,13 +58,13 @@ def partition_entry(start: int, size: int, boot_flag: int = 0) -> bytes:
 
 
 def set_partition(sector0: bytearray, index: int, start: int, size: int) -> None:
-    """Write entry *index* (1–4) of the table in *sector0*, keeping its boot flag."""
+    """Write entry *index* (1-4) of the table in *sector0*, keeping its boot flag."""
     at = TABLE + (index - 1) * ENTRY
     sector0[at:at + ENTRY] = partition_entry(start, size, boot_flag=sector0[at])
 
 
 def read_partition(sector0: bytes, index: int) -> Partition | None:
-    """Entry *index* (1–4) as OSv sees it, or None when OSv would skip it."""
+    """Entry *index* (1-4) as OSv sees it, or None when OSv would skip it."""
     at = TABLE + (index - 1) * ENTRY
     _, _, cs, system_id, _, _, lba, count = _ENTRY.unpack_from(sector0, at)
     if system_id == 0 or cs & 0x3F == 0:

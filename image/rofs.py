@@ -190,16 +190,11 @@ class _Writer:
         )
         self.out.seek(self.base)
         self.out.write(superblock + bytes(BLOCK - len(superblock)))
-        self.out.truncate(max(self.base + size, _file_size(self.out)))
         return RofsLayout(
             size=size, data_blocks=self.block - 1, inodes=len(self.inodes),
             files=self.files, directories=self.dirs, symlinks=self.link_count,
             file_bytes=self.file_bytes,
         )
-
-
-def _file_size(out: BinaryIO) -> int:
-    return os.fstat(out.fileno()).st_size
 
 
 def _copy_content(entry: FileEntry, out: BinaryIO, offset: int) -> int:

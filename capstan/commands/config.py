@@ -8,6 +8,7 @@ from typing import Any
 
 from cliff.lister import Lister
 
+from capstan.commands import app_config
 from capstan.config import KEYS
 
 
@@ -17,7 +18,7 @@ class ConfigPrint(Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        config = self.app.config
+        config = app_config(self)
         rows = [("root", str(config.root), config.sources["root"])]
         rows += [(key, config.values[key], config.sources[key]) for key in KEYS]
         return ("Key", "Value", "Source"), rows

@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cliff.command import Command
 from cliff.lister import Lister
 from cliff.show import ShowOne
 
+from capstan.commands import app_config
 from capstan.errors import UsageError
 from capstan.sizes import parse_size
 
@@ -38,16 +39,12 @@ def _add_image(parser: argparse.ArgumentParser, name: str = "image") -> None:
                         help="image file, or image name in the local repository")
 
 
-class _ImageCommand:
-    """Opens the IMAGE argument of an image command."""
+def _open_image(command: Command, ref: str) -> inspect.OsvImage:
+    """Open IMAGE, a file path or a name in the local repository."""
+    from capstan.image.inspect import OsvImage
+    from capstan.repository import LocalRepository
 
-    app: Any
-
-    def open_image(self, ref: str) -> inspect.OsvImage:
-        from capstan.image.inspect import OsvImage
-        from capstan.repository import LocalRepository
-
-        return OsvImage(LocalRepository(self.app.config.root).resolve(ref, "qemu"))
+    return OsvImage(LocalRepository(app_config(command).root).resolve(ref, "qemu"))
 
 
 class Compose(Command):
@@ -90,7 +87,7 @@ class Compose(Command):
         if parsed_args.name is not None and parsed_args.output is not None:
             raise UsageError("give an IMAGE_NAME or --output FILE, not both")
         result = compose_tree(
-            self.app.config, Path(parsed_args.path), name=parsed_args.name,
+            app_config(self), Path(parsed_args.path), name=parsed_args.name,
             output=parsed_args.output, loader=parsed_args.loader,
             command_line=parsed_args.command_line, size=parsed_args.size,
             disk_format=parsed_args.disk_format, base_files=parsed_args.base_files,
@@ -101,7 +98,7 @@ class Compose(Command):
         return 0
 
 
-class ImageInfo(_ImageCommand, ShowOne):
+class ImageInfo(ShowOne):
     """Show an OSv image's format, command line, partition and filesystem"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -110,11 +107,11 @@ class ImageInfo(_ImageCommand, ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> Any:
-        with self.open_image(parsed_args.image) as img:
+        with _open_image(self, parsed_args.image) as img:
             return _show(img.summary())
 
 
-class ImageLs(_ImageCommand, Lister):
+class ImageLs(Lister):
     """List paths in an OSv image's filesystem"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -126,7 +123,7 @@ class ImageLs(_ImageCommand, Lister):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> Rows:
-        with self.open_image(parsed_args.image) as img:
+        with _open_image(self, parsed_args.image) as img:
             items = list(img.items(parsed_args.path))
         top = items[0]
         if not parsed_args.recursive and top.kind == "dir":
@@ -136,7 +133,7 @@ class ImageLs(_ImageCommand, Lister):
             (i.path, i.kind, i.size, i.target) for i in items)
 
 
-class ImageCat(_ImageCommand, Command):
+class ImageCat(Command):
     """Write a file of an OSv image to standard output"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -146,15 +143,15 @@ class ImageCat(_ImageCommand, Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        out = getattr(self.app.stdout, "buffer", self.app.stdout)
-        with self.open_image(parsed_args.image) as img:
+        out: BinaryIO = self.app.stdout.buffer  # type: ignore[attr-defined]
+        with _open_image(self, parsed_args.image) as img:
             for chunk in img.read(parsed_args.path):
                 out.write(chunk)
         out.flush()
         return 0
 
 
-class ImageTree(_ImageCommand, Command):
+class ImageTree(Command):
     """Print an OSv image's filesystem as a tree"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -164,7 +161,7 @@ class ImageTree(_ImageCommand, Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        with self.open_image(parsed_args.image) as img:
+        with _open_image(self, parsed_args.image) as img:
             items = list(img.items(parsed_args.path))
         for line in _tree_lines(items):
             self.app.stdout.write(line + "\n")
@@ -188,7 +185,7 @@ def _tree_lines(items: list[inspect.TreeItem]) -> Iterator[str]:
     yield from render(items[0].path, "")
 
 
-class ImageDu(_ImageCommand, Lister):
+class ImageDu(Lister):
     """Attribute an OSv image's file bytes to its directories"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -201,7 +198,7 @@ class ImageDu(_ImageCommand, Lister):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> Rows:
-        with self.open_image(parsed_args.image) as img:
+        with _open_image(self, parsed_args.image) as img:
             items = list(img.items(parsed_args.path))
         base = items[0].path.rstrip("/").count("/") if items[0].path != "/" else 0
         totals: dict[str, list[int]] = {}
@@ -225,7 +222,7 @@ class ImageDu(_ImageCommand, Lister):
         return ("Path", "Bytes", "Allocated", "Files"), rows
 
 
-class ImageDiff(_ImageCommand, Lister):
+class ImageDiff(Lister):
     """Show how two OSv images differ (command line, partition, files)"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -239,8 +236,8 @@ class ImageDiff(_ImageCommand, Lister):
     def take_action(self, parsed_args: argparse.Namespace) -> Rows:
         from capstan.image.inspect import diff
 
-        with self.open_image(parsed_args.image_a) as a, \
-                self.open_image(parsed_args.image_b) as b:
+        with _open_image(self, parsed_args.image_a) as a, \
+                _open_image(self, parsed_args.image_b) as b:
             changes = diff(a, b)
         self.differs = bool(changes)
         return ("Change", "Path", "Detail"), ((c.change, c.path, c.detail) for c in changes)
@@ -250,7 +247,7 @@ class ImageDiff(_ImageCommand, Lister):
         return 1 if parsed_args.exit_code and self.differs else code
 
 
-class ImageConvert(_ImageCommand, ShowOne):
+class ImageConvert(ShowOne):
     """Convert an OSv image to another disk format"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -265,7 +262,7 @@ class ImageConvert(_ImageCommand, ShowOne):
         from capstan.image import formats
         from capstan.image.compose import publishing
 
-        with self.open_image(parsed_args.image) as img:
+        with _open_image(self, parsed_args.image) as img:
             source, source_fmt = img.path, img.format
         target: Path = parsed_args.output
         with publishing(target) as tmp:

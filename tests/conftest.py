@@ -1,0 +1,78 @@
+"""Shared fixtures: an isolated CAPSTAN_ROOT and the CLI run in-process or as a program."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from capstan.shell import CapstanApp
+
+os.environ.setdefault("CAPSTAN_QEMU_ACCEL", "tcg")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+    raw: bytes = b""
+
+
+@pytest.fixture(autouse=True)
+def capstan_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "capstan-root"
+    root.mkdir()
+    monkeypatch.setenv("CAPSTAN_ROOT", str(root))
+    monkeypatch.setenv("CAPSTAN_QEMU_ACCEL", "tcg")
+    return root
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+class Cli:
+    """Run ``capstan`` in-process, capturing its output."""
+
+    def __call__(self, *args: str | Path) -> Result:
+        out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+        err = io.StringIO()
+        app = CapstanApp()
+        app.stdout, app.stderr = out, err
+        try:
+            code = app.run([str(a) for a in args])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        raw = out.buffer.getvalue()  # type: ignore[attr-defined]
+        return Result(code, raw.decode("utf-8", "replace"), err.getvalue(), raw)
+
+    @staticmethod
+    def program(*args: str | Path, cwd: Path | None = None,
+                **kwargs: object) -> subprocess.CompletedProcess[str]:
+        """Run ``capstan`` as a separate program."""
+        argv = [sys.executable, "-m", "capstan.shell", *map(str, args)]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=cwd,
+                              check=False, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def app_tree(tmp_path: Path) -> Path:
+    """A small application tree with a /run/default script."""
+    tree = tmp_path / "app"
+    (tree / "run").mkdir(parents=True)
+    (tree / "lib").mkdir()
+    (tree / "empty").mkdir()
+    (tree / "hello").write_bytes(bytes(range(256)) * 4 + b"tail")
+    (tree / "lib" / "libfoo.so").write_bytes(b"\x7fELF" + b"x" * 5000)
+    (tree / "lib" / "zero").write_bytes(b"")
+    (tree / "lib" / "block").write_bytes(b"B" * 512)
+    (tree / "run" / "default").write_bytes(b"/hello")
+    (tree / "lib" / "link").symlink_to("libfoo.so")
+    return tree
