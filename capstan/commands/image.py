@@ -143,7 +143,7 @@ class ImageCat(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        out: BinaryIO = self.app.stdout.buffer  # type: ignore[attr-defined]
+        out: BinaryIO = self.app.stdout.buffer
         with _open_image(self, parsed_args.image) as img:
             for chunk in img.read(parsed_args.path):
                 out.write(chunk)
