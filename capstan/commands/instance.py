@@ -1,0 +1,217 @@
+"""``capstan run``, ``instances``, ``start``, ``stop``, ``delete`` and ``logs``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cliff.command import Command
+from cliff.lister import Lister
+
+from capstan.commands import app_config
+from capstan.errors import BackendError, CapstanError
+
+_COLUMNS = ("Name", "Platform", "Status", "Image", "PID", "Ports", "Created")
+
+
+def _driver(command: Command, name: str | None) -> Any:
+    from capstan.drivers.base import get_driver
+
+    config = app_config(command)
+    return get_driver(name or config.hypervisor, config)
+
+
+def _add_hypervisor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-p", "--hypervisor", metavar="DRIVER",
+                        help="driver to use (default: config 'hypervisor', qemu)")
+
+
+class Run(Command):
+    """Run an image as an instance (foreground, or detached with -d)"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", nargs="?", metavar="NAME",
+                            help="instance name; without -i also the image (name or file)")
+        parser.add_argument("-i", "--image", help="image: repository name or file path")
+        _add_hypervisor(parser)
+        parser.add_argument("-m", "--memory", default="1G", help="memory, e.g. 512M (1G)")
+        parser.add_argument("-c", "--cpus", type=int, default=2, help="vCPUs (2)")
+        parser.add_argument("-n", "--networking", default="nat", choices=("nat", "none"),
+                            help="networking (nat)")
+        parser.add_argument("-f", "--forward", action="append", default=[],
+                            metavar="[ADDR:]HOST:GUEST[/udp]",
+                            help="port forward, bound to 127.0.0.1 unless ADDR is given; "
+                                 "HOST 0 picks a free port")
+        parser.add_argument("-e", "--execute", help="command line, verbatim")
+        parser.add_argument("--boot", action="append", default=[],
+                            help="run configuration /run/BOOT (repeatable)")
+        parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                            help="environment variable (repeatable)")
+        parser.add_argument("--volume", action="append", default=[],
+                            metavar="PATH[:format=F][:cache=C][:aio=A]", help="extra disk")
+        parser.add_argument("--cpu", dest="cpu_model",
+                            help="QEMU -cpu model (default: host under KVM, max under TCG)")
+        parser.add_argument("-d", "--detach", action="store_true",
+                            help="run in the background")
+        parser.add_argument("--rm", action="store_true",
+                            help="delete the instance when the guest ends (foreground)")
+        parser.add_argument("--timeout", type=float,
+                            help="stop the guest after this many seconds (foreground)")
+        parser.add_argument("--persist", action="store_true",
+                            help="accepted for Capstan: instances always persist")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.running import make_spec
+
+        args = parsed_args
+        image_ref, name = args.image, args.name
+        if image_ref is None and name is None:
+            from capstan.errors import UsageError
+
+            raise UsageError("give an image: capstan run NAME, or capstan run -i IMAGE [NAME]")
+        if image_ref is None:
+            image_ref = name
+            name = Path(name).stem if Path(name).is_file() else name.replace("/", "-")
+        elif name is None:
+            name = Path(image_ref).stem if Path(image_ref).is_file() else \
+                image_ref.replace("/", "-")
+        driver = _driver(self, args.hypervisor)
+        spec = make_spec(app_config(self), image_ref, name, memory=args.memory,
+                         cpus=args.cpus, networking=args.networking, forwards=args.forward,
+                         volumes=args.volume, execute=args.execute, boots=args.boot,
+                         envs=args.env, cpu_model=args.cpu_model)
+        driver.create(spec)
+        self.app.stdout.write(f"Created instance: {name}\n")
+        if args.detach:
+            inst = driver.start(name)
+            ports = f" ports {', '.join(inst.ports)}" if inst.ports else ""
+            self.app.stdout.write(f"Started instance: {name} (pid {inst.pid}){ports}\n")
+            return 0
+        self.app.stdout.flush()
+        try:
+            return int(driver.run_foreground(name, sys.stdout.buffer, args.timeout))
+        finally:
+            if args.rm:
+                driver.delete(name)
+
+
+class Instances(Lister):
+    """List instances, with state reconciled against live processes"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_hypervisor(parser)
+        return parser
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        driver = _driver(self, parsed_args.hypervisor)
+        rows = [(i.name, i.driver, i.state.value, i.image, i.pid or "", " ".join(i.ports),
+                 i.created) for i in driver.list()]
+        return _COLUMNS, rows
+
+
+class _EachInstance(Command):
+    """Apply one driver call to every NAME, finishing what it can."""
+
+    verb = ""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("names", nargs="+", metavar="NAME", help="instance name")
+        _add_hypervisor(parser)
+        return parser
+
+    def act(self, driver: Any, name: str, args: argparse.Namespace) -> None:
+        raise NotImplementedError
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        driver = _driver(self, parsed_args.hypervisor)
+        failed: list[CapstanError] = []
+        for name in parsed_args.names:
+            try:
+                self.act(driver, name, parsed_args)
+                self.app.stdout.write(f"{self.verb} instance: {name}\n")
+            except CapstanError as err:
+                self.app.stderr.write(f"capstan: {err}\n")
+                failed.append(err)
+        if len(failed) == 1 and len(parsed_args.names) == 1:
+            raise failed[0]
+        if failed:
+            summary = BackendError(f"{len(failed)} of {len(parsed_args.names)} instances failed")
+            summary.exit_code = max(f.exit_code for f in failed)
+            raise summary
+        return 0
+
+
+class Start(_EachInstance):
+    """Start stopped instances in the background"""
+
+    verb = "Started"
+
+    def act(self, driver: Any, name: str, args: argparse.Namespace) -> None:
+        driver.start(name)
+
+
+class Stop(_EachInstance):
+    """Stop instances: ACPI power button, then quit, then kill"""
+
+    verb = "Stopped"
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("-t", "--timeout", type=float, default=30,
+                            help="seconds to wait for a graceful power-off (30)")
+        return parser
+
+    def act(self, driver: Any, name: str, args: argparse.Namespace) -> None:
+        driver.get(name)
+        driver.stop(name, args.timeout)
+
+
+class Delete(_EachInstance):
+    """Stop instances and delete everything they own"""
+
+    verb = "Deleted"
+
+    def act(self, driver: Any, name: str, args: argparse.Namespace) -> None:
+        driver.delete(name)
+
+
+class Logs(Command):
+    """Print an instance's console log (-f to follow it)"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", metavar="NAME")
+        parser.add_argument("-f", "--follow", action="store_true",
+                            help="keep printing output until the instance stops")
+        _add_hypervisor(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.drivers.base import InstanceState
+
+        driver = _driver(self, parsed_args.hypervisor)
+        path = driver.log_path(parsed_args.name)
+        out = sys.stdout.buffer
+        with open(path, "rb") if path.exists() else open("/dev/null", "rb") as log:
+            while True:
+                data = log.read()
+                if data:
+                    out.write(data)
+                    out.flush()
+                if not parsed_args.follow:
+                    return 0
+                if driver.get(parsed_args.name).state is not InstanceState.RUNNING:
+                    out.write(log.read())
+                    out.flush()
+                    return 0
+                time.sleep(0.1)

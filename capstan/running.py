@@ -1,0 +1,89 @@
+"""Services behind ``capstan run`` and the instance commands."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from capstan.config import Config
+from capstan.drivers.base import InstanceSpec, PortForward, Volume
+from capstan.errors import UsageError
+from capstan.image import cmdline as osv_cmdline
+from capstan.repository import LocalRepository
+from capstan.sizes import parse_size
+
+__all__ = ["boot_cmdline", "env_token", "make_spec", "memory_mib"]
+
+_ENV = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\??)=(.*)", re.DOTALL)
+
+
+def env_token(text: str) -> str:
+    """``KEY=VALUE`` as the hard loader option ``--env=KEY=VALUE``."""
+    match = _ENV.fullmatch(text)
+    if match is None or match.group(2):
+        raise UsageError(f"invalid --env '{text}': use KEY=VALUE")
+    value = match.group(3)
+    if any(c in value for c in "\t\n\0"):
+        raise UsageError(f"invalid --env '{text}': tabs, newlines and NUL cannot be passed")
+    return f"--env={match.group(1)}={value.replace(' ', chr(92) + ' ')}"
+
+
+def boot_cmdline(current: str, execute: str | None, boots: Sequence[str],
+                 envs: Sequence[str]) -> str | None:
+    """The command line to write for a run, or None to keep the image's own.
+
+    ``-e`` is verbatim; else ``--boot`` names give a runscript chain; else the
+    image's application part is kept. ``--env`` options go in front, and the
+    image's ``--rootfs=`` choice is kept.
+    """
+    if execute is None and not boots and not envs:
+        return None
+    options, app = osv_cmdline.split(current)
+    if execute:
+        app = execute
+    elif boots:
+        app = "".join(f"runscript /run/{b.strip()};" for b in boots)
+    rootfs = [o for o in options if o.startswith("--rootfs=")]
+    kept = [o for o in options if not o.startswith("--rootfs=")] if not execute else []
+    return " ".join([*rootfs, *kept, *(env_token(e) for e in envs), app]).strip()
+
+
+def memory_mib(text: str) -> int:
+    """``-m`` as MiB (``1G``, ``512M``, a bare number is MiB)."""
+    mib = parse_size(text) // (1 << 20)
+    if mib < 1:
+        raise UsageError(f"invalid memory size '{text}': at least 1M")
+    return mib
+
+
+def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
+              cpus: int = 2, networking: str = "nat", forwards: Sequence[str] = (),
+              volumes: Sequence[str] = (), execute: str | None = None,
+              boots: Sequence[str] = (), envs: Sequence[str] = (),
+              cpu_model: str | None = None) -> InstanceSpec:
+    """Validate every run option and resolve the image; nothing is started."""
+    if cpus < 1:
+        raise UsageError(f"invalid cpu count {cpus}: at least 1")
+    parsed_forwards = tuple(PortForward.parse(f) for f in forwards)
+    parsed_volumes = tuple(_volume(config, v) for v in volumes)
+    mib = memory_mib(memory)
+    image = LocalRepository(config.root).resolve(image_ref, "qemu")
+    text = None
+    if execute is not None or boots or envs:
+        from capstan.image.inspect import OsvImage
+
+        with OsvImage(image) as img:
+            text = boot_cmdline(img.cmdline, execute, boots, envs)
+    return InstanceSpec(name=name, image=image, memory_mib=mib, cpus=cpus,
+                        networking=networking, forwards=parsed_forwards,
+                        volumes=parsed_volumes, cmdline=text, cpu_model=cpu_model)
+
+
+def _volume(config: Config, text: str) -> Volume:
+    """``--volume NAME`` also finds ``./volumes/NAME`` (Capstan's volume create)."""
+    vol = Volume.parse(text)
+    local = Path("volumes") / text
+    if not vol.path.exists() and ":" not in text and local.is_file():
+        return Volume.parse(str(local.absolute()))
+    return vol

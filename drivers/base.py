@@ -1,0 +1,184 @@
+"""The hypervisor-agnostic driver interface, its value types and the registry."""
+
+from __future__ import annotations
+
+import enum
+import importlib.metadata
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from capstan.config import Config
+from capstan.errors import BackendError, NotFound, UnsupportedOperation, UsageError
+
+__all__ = [
+    "Driver",
+    "Instance",
+    "InstanceSpec",
+    "InstanceState",
+    "PortForward",
+    "Volume",
+    "driver_names",
+    "get_driver",
+]
+
+
+class InstanceState(enum.Enum):
+    """Normalised instance state; each driver maps its own states onto these."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    UNKNOWN = "unknown"
+
+
+_FORWARD = re.compile(
+    r"(?:(?P<addr>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d{1,5}):(?P<guest>\d{1,5})"
+    r"(?:/(?P<proto>tcp|udp))?")
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """A host port forwarded to a guest port (``[addr:]host:guest[/udp]``)."""
+
+    host_port: int
+    guest_port: int
+    protocol: str = "tcp"
+    host_addr: str = "127.0.0.1"
+
+    @classmethod
+    def parse(cls, text: str) -> PortForward:
+        """Parse Capstan's ``-f`` rule; host port 0 means "pick a free port"."""
+        match = _FORWARD.fullmatch(text.strip())
+        if match is None:
+            raise UsageError(f"invalid port forward '{text}': use [ADDR:]HOST:GUEST[/udp]")
+        host, guest = int(match["host"]), int(match["guest"])
+        if host > 65535 or not 0 < guest <= 65535:
+            raise UsageError(f"invalid port forward '{text}': ports are 1-65535")
+        return cls(host, guest, match["proto"] or "tcp", (match["addr"] or "127.0.0.1").strip("[]"))
+
+    def __str__(self) -> str:
+        return f"{self.host_addr}:{self.host_port}->{self.guest_port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """An extra disk attached to the instance."""
+
+    path: Path
+    format: str = "raw"
+    cache: str = "writeback"
+    aio: str = "threads"
+
+    @classmethod
+    def parse(cls, text: str) -> Volume:
+        """Parse ``PATH[:format=F][:cache=C][:aio=A]`` (Capstan's ``--volume``)."""
+        path, *settings = text.split(":")
+        if not path:
+            raise UsageError(f"invalid volume '{text}': the path is empty")
+        values: dict[str, str] = {}
+        for item in settings:
+            key, sep, value = item.partition("=")
+            if not sep or not value:
+                raise UsageError(f"invalid volume '{text}': use '=' for settings, "
+                                 "e.g. --volume /vol.img:format=raw")
+            if key.lower() not in ("format", "cache", "aio"):
+                raise UsageError(f"invalid volume '{text}': unknown setting '{key}'")
+            values[key.lower()] = value
+        return cls(Path(path).expanduser().absolute(), **values)
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything a driver needs to create an instance."""
+
+    name: str
+    image: Path
+    memory_mib: int = 1024
+    cpus: int = 2
+    networking: str = "nat"
+    forwards: tuple[PortForward, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    cmdline: str | None = None
+    cpu_model: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """An instance as a driver sees it now."""
+
+    name: str
+    driver: str
+    state: InstanceState
+    image: str
+    pid: int | None = None
+    ports: tuple[str, ...] = ()
+    image_digest: str = ""
+    created: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Driver(ABC):
+    """One hypervisor backend. Drivers connect lazily: constructing one is free."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @abstractmethod
+    def create(self, spec: InstanceSpec) -> Instance:
+        """Prepare an instance (disk, state files) without starting it."""
+
+    @abstractmethod
+    def start(self, name: str) -> Instance:
+        """Start a created or stopped instance in the background."""
+
+    @abstractmethod
+    def stop(self, name: str, timeout: float = 30) -> Instance:
+        """Power the guest off gracefully, escalating after *timeout* seconds."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Stop the instance if needed and remove everything it owns."""
+
+    @abstractmethod
+    def get(self, name: str) -> Instance:
+        """The instance called *name*, or NotFound."""
+
+    @abstractmethod
+    def list(self) -> Iterator[Instance]:
+        """Every instance of this driver."""
+
+    def log_path(self, name: str) -> Path:
+        """The file holding the instance's console output."""
+        raise UnsupportedOperation(self.name, "logs")
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    eps = importlib.metadata.entry_points(group="capstan.drivers")
+    return {ep.name: ep for ep in eps}
+
+
+def driver_names() -> list[str]:
+    """Names of every installed driver."""
+    return sorted(_entry_points())
+
+
+def get_driver(name: str, config: Config) -> Driver:
+    """An instance of driver *name*, imported only now."""
+    ep = _entry_points().get(name)
+    if ep is None:
+        raise NotFound(f"'{name}' is not a supported hypervisor "
+                       f"(installed: {', '.join(driver_names())})")
+    try:
+        cls = ep.load()
+    except ImportError as err:
+        raise BackendError(f"driver '{name}' cannot load: {err} "
+                           f"(install pycapstan[{name}])") from err
+    driver: Driver = cls(config)
+    return driver

@@ -1,0 +1,461 @@
+"""QEMU/KVM driver: one QEMU process per instance, owned like ``QEMUMachine``.
+
+Per instance, ``$CAPSTAN_ROOT/instances/qemu/<name>/`` holds ``disk.qcow2`` (an
+overlay on the image), ``instance.json`` (our state), ``osv.config`` (Capstan's
+view of it), ``console.log`` (every byte from COM1) and ``qemu.log``. QMP and
+the interactive console are unix sockets, so no TCP port is ever needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import yaml
+from filelock import FileLock
+
+from capstan import proc
+from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState, PortForward
+from capstan.errors import (
+    BackendError,
+    Conflict,
+    GuestFailure,
+    GuestTimeout,
+    NotFound,
+    ToolMissing,
+    UsageError,
+)
+from capstan.image import cmdline as osv_cmdline
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["QemuDriver", "qmp_execute"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_CRASH = ("Aborted", "Assertion failed", "[backtrace]", "page fault outside application")
+_STATUS = re.compile(rb"program (?:exited with status|.* returned) (\d+)")
+_QEMU_PATHS = ("qemu-system-x86_64", "/usr/libexec/qemu-kvm", "/usr/local/bin/qemu-system-x86_64")
+_SOCKET_MAX = 100
+
+
+@dataclass
+class _State:
+    """``instance.json``: what we need to find, reconcile and stop an instance."""
+
+    name: str
+    image: str
+    image_digest: str
+    disk: str
+    argv: list[str]
+    qmp: str
+    console: str
+    console_log: str
+    qemu_log: str
+    ports: list[str] = field(default_factory=list)
+    pid: int | None = None
+    created: str = ""
+    accel: str = ""
+
+
+def qmp_execute(sock: str, command: str, timeout: float = 5) -> Any:
+    """Run one QMP *command* over the socket *sock* (handshake included)."""
+    from qemu.qmp import QMPClient
+
+    async def go() -> Any:
+        client = QMPClient("capstan")
+        await asyncio.wait_for(client.connect(sock), timeout)
+        try:
+            return await asyncio.wait_for(client.execute(command), timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+
+    try:
+        return asyncio.run(go())
+    except (TimeoutError, OSError, EOFError) as err:
+        raise BackendError(f"QMP {command} on {sock} failed: {err or type(err).__name__}") from err
+    except Exception as err:  # qemu.qmp's own errors (ConnectError, ExecuteError...)
+        raise BackendError(f"QMP {command} failed: {err}") from err
+
+
+def _pid_alive(pid: int | None, marker: str) -> bool:
+    """True when *pid* runs and its argv contains *marker* (guards against reuse)."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and marker.encode() in cmd
+
+
+def _free_port(addr: str, proto: str, port: int = 0) -> int:
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, kind) as s:
+        try:
+            s.bind((addr, port))
+        except OSError as err:
+            raise Conflict(f"cannot forward {addr}:{port}/{proto}: {err.strerror}") from err
+        return int(s.getsockname()[1])
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class QemuDriver(Driver):
+    """Run images with ``qemu-system-x86_64`` directly."""
+
+    name = "qemu"
+    capabilities = frozenset({"console", "logs", "port_forward", "volumes", "detach",
+                              "graceful_stop"})
+
+    @property
+    def home(self) -> Path:
+        """``<root>/instances/qemu``."""
+        return self.config.instances / "qemu"
+
+    def _dir(self, name: str) -> Path:
+        if not _NAME.fullmatch(name):
+            raise UsageError(f"invalid instance name '{name}': use letters, digits, '.', "
+                             "'_' and '-' (at most 64)")
+        return self.home / name
+
+    def _lock(self) -> FileLock:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.home / ".lock"))
+
+    def _load(self, name: str) -> _State:
+        path = self._dir(name) / "instance.json"
+        try:
+            return _State(**json.loads(path.read_text()))
+        except FileNotFoundError as err:
+            raise NotFound(f"no such instance: {name}") from err
+        except (ValueError, TypeError) as err:
+            raise NotFound(f"instance {name} has a damaged state file: {path}") from err
+
+    def _save(self, state: _State) -> None:
+        d = self._dir(state.name)
+        tmp = d / ".instance.json.tmp"
+        tmp.write_text(json.dumps(asdict(state), indent=2))
+        os.replace(tmp, d / "instance.json")
+
+    # -- creation -----------------------------------------------------------
+
+    def qemu_binary(self) -> str:
+        """The QEMU to run: config ``qemu_path``, then PATH and Capstan's places."""
+        candidates = [self.config.qemu_path] if self.config.qemu_path else list(_QEMU_PATHS)
+        for candidate in candidates:
+            found = shutil.which(candidate)
+            if found:
+                return found
+        raise ToolMissing("no QEMU found: install qemu-system-x86 or set CAPSTAN_QEMU_PATH")
+
+    def accelerator(self) -> str:
+        """kvm when usable (unless disabled), else tcg with a warning."""
+        wanted = self.config.qemu_accel
+        if wanted == "auto":
+            if not self.config.disable_kvm and os.access("/dev/kvm", os.R_OK | os.W_OK):
+                return "kvm"
+            LOG.warning("KVM is not usable here: running QEMU with TCG (slow emulation)")
+            return "tcg"
+        return str(wanted)
+
+    def create(self, spec: InstanceSpec) -> Instance:
+        d = self._dir(spec.name)
+        if not spec.image.is_file():
+            raise NotFound(f"no such image: {spec.image}")
+        with self._lock():
+            if (d / "instance.json").exists():
+                if self.get(spec.name).state is InstanceState.RUNNING:
+                    raise Conflict(f"instance {spec.name} is already running")
+                self._remove(spec.name)
+            elif d.exists():
+                raise Conflict(f"{d} exists but is not a pycapstan instance (made by "
+                               "Capstan?); remove it or choose another name")
+            d.mkdir(parents=True)
+            try:
+                state = self._prepare(spec, d)
+            except BaseException:
+                shutil.rmtree(d, ignore_errors=True)
+                raise
+        return self._instance(state)
+
+    def _prepare(self, spec: InstanceSpec, d: Path) -> _State:
+        from capstan.image.formats import info
+
+        image = spec.image.absolute()
+        fmt = info(image).format
+        disk = d / "disk.qcow2"
+        proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(image),
+                  str(disk)])
+        if spec.cmdline is not None:
+            osv_cmdline.validate(spec.cmdline)
+            area = d / ".cmdline"
+            area.write_bytes(osv_cmdline.area_bytes(spec.cmdline))
+            proc.run(["qemu-io", "-f", "qcow2", "-c",
+                      f"write -s {area} {osv_cmdline.AREA_OFFSET} {osv_cmdline.AREA_SIZE}",
+                      str(disk)])
+            area.unlink()
+        run = d if len(str(d / "console.sock")) < _SOCKET_MAX else self._short_dir(d)
+        state = _State(
+            name=spec.name, image=str(image), image_digest=_digest(image), disk=str(disk),
+            argv=[], qmp=str(run / "qmp.sock"), console=str(run / "console.sock"),
+            console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), accel=self.accelerator(),
+        )
+        state.argv = self._argv(spec, state)
+        self._save(state)
+        self._write_osv_config(spec, state)
+        return state
+
+    @staticmethod
+    def _short_dir(d: Path) -> Path:
+        """A short directory for sockets when the instance path is too long."""
+        base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/capstan-{os.getuid()}")
+        run = base / hashlib.sha1(str(d).encode()).hexdigest()[:16]
+        run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return run
+
+    def _argv(self, spec: InstanceSpec, state: _State) -> list[str]:
+        accel = state.accel
+        cpu = spec.cpu_model or ("host" if accel == "kvm" else "max")
+        argv = [
+            self.qemu_binary(), "-name", f"guest={spec.name}", "-machine", "pc",
+            "-accel", accel, "-cpu", cpu, "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
+            "-nodefaults", "-no-user-config", "-display", "none",
+            "-drive", f"file={state.disk},if=none,id=hd0,format=qcow2,"
+                      f"aio={self.config.qemu_aio_type},cache=writeback",
+            "-device", "virtio-blk-pci,id=blk0,bootindex=0,drive=hd0",
+            "-device", "virtio-rng-pci",
+            "-chardev", f"socket,id=con0,path={state.console},server=on,wait=off,"
+                        f"logfile={state.console_log},logappend=on",
+            "-serial", "chardev:con0",
+            "-qmp", f"unix:{state.qmp},server=on,wait=off",
+        ]
+        for i, vol in enumerate(spec.volumes, start=1):
+            if not vol.path.is_file():
+                raise NotFound(f"no such volume: {vol.path}")
+            argv += ["-drive", f"file={vol.path},if=none,id=hd{i},format={vol.format},"
+                               f"cache={vol.cache},aio={vol.aio}",
+                     "-device", f"virtio-blk-pci,id=blk{i},drive=hd{i}"]
+        argv += self._network(spec, state)
+        return argv
+
+    def _network(self, spec: InstanceSpec, state: _State) -> list[str]:
+        if spec.networking == "none":
+            return []
+        if spec.networking != "nat":
+            raise UsageError(f"networking '{spec.networking}' is not supported by the qemu "
+                             "driver yet (use nat or none)")
+        netdev = "user,id=un0,net=192.168.122.0/24,host=192.168.122.1"
+        taken = {p for inst in self.list() if inst.state is InstanceState.RUNNING
+                 for p in inst.ports}
+        for fwd in spec.forwards:
+            port = _free_port(fwd.host_addr, fwd.protocol, fwd.host_port)
+            rule = PortForward(port, fwd.guest_port, fwd.protocol, fwd.host_addr)
+            if str(rule) in taken:
+                raise Conflict(f"port {rule.host_addr}:{port} is used by another instance")
+            state.ports.append(str(rule))
+            netdev += f",hostfwd={fwd.protocol}:{fwd.host_addr}:{port}-:{fwd.guest_port}"
+        return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=un0"]
+
+    def _write_osv_config(self, spec: InstanceSpec, state: _State) -> None:
+        d = self._dir(spec.name)
+        rules = [{"hostport": p.split(":")[1].split("-")[0], "guestport": p.split(">")[1]
+                  .split("/")[0]} for p in state.ports]
+        capstan_view = {
+            "name": spec.name, "verbose": False, "cmd": spec.cmdline or "",
+            "disablekvm": state.accel != "kvm", "persist": True, "instancedir": str(d),
+            "monitor": state.qmp, "configfile": str(d / "osv.config"),
+            "aiotype": self.config.qemu_aio_type, "image": state.disk, "backingfile": True,
+            "volumes": [str(v.path) for v in spec.volumes], "memory": spec.memory_mib,
+            "cpus": spec.cpus, "networking": spec.networking, "bridge": "", "natrules": rules,
+            "mac": "", "vncfile": "", "kernelmode": False, "kernelpath": "",
+        }
+        (d / "osv.config").write_text(yaml.safe_dump(capstan_view, sort_keys=False))
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self, name: str) -> Instance:
+        return self._instance(self._launch(name)[0])
+
+    def _launch(self, name: str) -> tuple[_State, subprocess.Popen[bytes]]:
+        with self._lock():
+            state = self._load(name)
+            if _pid_alive(state.pid, state.qmp):
+                raise Conflict(f"instance {name} is already running")
+            for stale in (state.qmp, state.console):
+                Path(stale).unlink(missing_ok=True)
+            LOG.debug("qemu argv: %s", state.argv)
+            with open(state.qemu_log, "ab") as log:
+                child = subprocess.Popen(state.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, start_new_session=True)
+            state.pid = child.pid
+            self._save(state)
+            self._wait_ready(state, child)
+        return state, child
+
+    def _wait_ready(self, state: _State, child: subprocess.Popen[bytes],
+                    timeout: float = 30) -> None:
+        """Wait for QMP's greeting: QEMU has then set up every device and forward."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child.poll() is not None:
+                tail = Path(state.qemu_log).read_text(errors="replace").strip().splitlines()
+                reason = tail[-1] if tail else f"exit status {child.returncode}"
+                raise BackendError(f"QEMU failed to start instance {state.name}: {reason}")
+            if Path(state.qmp).exists():
+                with contextlib.suppress(BackendError):
+                    qmp_execute(state.qmp, "query-status", timeout=2)
+                    return
+            time.sleep(0.02)
+        self._kill(state)
+        raise BackendError(f"QEMU did not answer on QMP within {timeout} s")
+
+    def run_foreground(self, name: str, out: BinaryIO, timeout: float | None = None) -> int:
+        """Start *name*, stream its console to *out* until the guest ends.
+
+        Returns 0 after a clean power-off, or the application's non-zero status
+        when the guest reports one; raises GuestFailure for a crash, GuestTimeout
+        after *timeout*. Ctrl-C stops the guest gracefully.
+        """
+        state, child = self._launch(name)
+        console = open(state.console_log, "rb")  # noqa: SIM115 - closed below
+        console.seek(0, os.SEEK_END)
+        seen = b""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while child.poll() is None:
+                seen += self._pump(console, out)
+                if deadline is not None and time.monotonic() > deadline:
+                    self.stop(name)
+                    raise GuestTimeout(f"instance {name} did not finish within {timeout} s")
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            out.write(b"\r\ncapstan: stopping the guest...\r\n")
+            self.stop(name)
+        finally:
+            seen += self._pump(console, out)
+            console.close()
+        return self._verdict(name, child.wait(), seen)
+
+    @staticmethod
+    def _pump(console: BinaryIO, out: BinaryIO) -> bytes:
+        data = console.read()
+        if data:
+            out.write(data)
+            out.flush()
+        return data
+
+    @staticmethod
+    def _verdict(name: str, code: int, console: bytes) -> int:
+        if code < 0:
+            raise GuestFailure(f"QEMU for {name} was killed by signal {-code}")
+        if code != 0:
+            raise BackendError(f"QEMU for {name} exited with status {code}")
+        marker = next((m for m in _CRASH if m.encode() in console), None)
+        if marker is not None:
+            raise GuestFailure(f"guest {name} crashed ('{marker}' on its console)")
+        statuses = _STATUS.findall(console)
+        return int(statuses[-1]) % 256 if statuses else 0
+
+    def stop(self, name: str, timeout: float = 30) -> Instance:
+        state = self._load(name)
+        if not _pid_alive(state.pid, state.qmp):
+            return self._instance(state)
+        with contextlib.suppress(BackendError):
+            qmp_execute(state.qmp, "system_powerdown")
+            if self._wait_exit(state, timeout):
+                return self._instance(state)
+        LOG.warning("instance %s ignored the ACPI power button: quitting QEMU", name)
+        with contextlib.suppress(BackendError):
+            qmp_execute(state.qmp, "quit")
+            if self._wait_exit(state, 5):
+                return self._instance(state)
+        self._kill(state)
+        return self._instance(state)
+
+    def _wait_exit(self, state: _State, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _pid_alive(state.pid, state.qmp):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _kill(self, state: _State) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not _pid_alive(state.pid, state.qmp):
+                return
+            assert state.pid is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, sig)
+            if self._wait_exit(state, 5):
+                return
+        raise BackendError(f"could not kill QEMU process {state.pid} of {state.name}")
+
+    def delete(self, name: str) -> None:
+        self.stop(name)
+        with self._lock():
+            self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        state = self._load(name)
+        if _pid_alive(state.pid, state.qmp):
+            raise Conflict(f"instance {name} is still running")
+        for sock in (state.qmp, state.console):
+            Path(sock).unlink(missing_ok=True)
+        run = Path(state.qmp).parent
+        if run != self._dir(name):
+            shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(self._dir(name))
+
+    # -- queries ------------------------------------------------------------
+
+    def _instance(self, state: _State) -> Instance:
+        running = _pid_alive(state.pid, state.qmp)
+        return Instance(
+            name=state.name, driver=self.name,
+            state=InstanceState.RUNNING if running else InstanceState.STOPPED,
+            image=state.image, pid=state.pid if running else None,
+            ports=tuple(state.ports), image_digest=state.image_digest, created=state.created,
+            extra={"accel": state.accel, "console": state.console, "qmp": state.qmp},
+        )
+
+    def get(self, name: str) -> Instance:
+        return self._instance(self._load(name))
+
+    def list(self) -> Iterator[Instance]:
+        if not self.home.is_dir():
+            return
+        for d in sorted(self.home.iterdir()):
+            if (d / "instance.json").is_file():
+                with contextlib.suppress(NotFound):
+                    yield self.get(d.name)
+            elif (d / "osv.config").is_file():
+                yield Instance(d.name, self.name, InstanceState.UNKNOWN, "",
+                               extra={"created_by": "capstan"})
+
+    def log_path(self, name: str) -> Path:
+        return Path(self._load(name).console_log)
