@@ -12,9 +12,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from capstan.errors import ImageError, LocalIOError, NotFound
+from capstan.errors import ImageError
 from capstan.image import cmdline, formats, mbr
-from capstan.image.loader import KERNEL_OFFSET, sniff_format
+from capstan.image.loader import KERNEL_OFFSET, read_head, sniff_format
 from capstan.image.rofs import RofsInode, RofsReader
 
 __all__ = ["Change", "ImageSummary", "OsvImage", "TreeItem", "diff"]
@@ -68,13 +68,7 @@ class OsvImage:
         self.path = path
         self._tmp: Path | None = None
         self._files: list[BinaryIO] = []
-        try:
-            with open(path, "rb") as f:
-                head = f.read(_HEAD)
-        except FileNotFoundError as err:
-            raise NotFound(f"no such image: {path}") from err
-        except OSError as err:
-            raise LocalIOError(f"cannot read {path}: {err.strerror}") from err
+        head = read_head(path, "image")
         sniffed = sniff_format(head)
         self.format = sniffed
         if sniffed != "raw":

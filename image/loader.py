@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from capstan.errors import ImageError, LocalIOError
+from capstan.errors import ImageError, LocalIOError, NotFound
 from capstan.image import cmdline, formats
 from capstan.image.mbr import PARTITION_ALIGN, TABLE, align_up
 
-__all__ = ["PROBE_LOADER", "Loader", "probe_loader_path", "read_loader", "sniff_format"]
+__all__ = [
+    "PROBE_LOADER", "Loader", "probe_loader_path", "read_head", "read_loader", "sniff_format",
+]
 
 PROBE_LOADER = "probe-loader"
 KERNEL_OFFSET = 65536
@@ -65,15 +67,22 @@ def sniff_format(head: bytes) -> str:
     return "raw"
 
 
-def read_loader(path: Path) -> Loader:
-    """Read and validate the loader at *path*, in any qemu-img format."""
+def read_head(path: Path, kind: str) -> bytes:
+    """The first 64 KiB of the *kind* (image, loader) at *path*, with typed errors."""
     try:
         with open(path, "rb") as f:
-            head = f.read(_HEADER)
+            return f.read(_HEADER)
+    except FileNotFoundError as err:
+        raise NotFound(f"no such {kind}: {path}") from err
     except IsADirectoryError as err:
-        raise ImageError(f"{path}: is a directory, not a loader") from err
+        raise ImageError(f"{path}: is a directory, not a {kind}") from err
     except OSError as err:
-        raise LocalIOError(f"cannot read loader {path}: {err.strerror}") from err
+        raise LocalIOError(f"cannot read {kind} {path}: {err.strerror}") from err
+
+
+def read_loader(path: Path) -> Loader:
+    """Read and validate the loader at *path*, in any qemu-img format."""
+    head = read_head(path, "loader")
     fmt = sniff_format(head)
     if fmt == "raw":
         return _from_raw(path, path)
