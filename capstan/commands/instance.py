@@ -13,7 +13,7 @@ from cliff.command import Command
 from cliff.lister import Lister
 
 from capstan.commands import app_config
-from capstan.errors import BackendError, CapstanError
+from capstan.errors import BackendError, CapstanError, UsageError
 
 _COLUMNS = ("Name", "Platform", "Status", "Image", "PID", "Ports", "Created")
 
@@ -72,8 +72,6 @@ class Run(Command):
         args = parsed_args
         image_ref, name = args.image, args.name
         if image_ref is None and name is None:
-            from capstan.errors import UsageError
-
             raise UsageError("give an image: capstan run NAME, or capstan run -i IMAGE [NAME]")
         if image_ref is None:
             image_ref = name
