@@ -69,6 +69,7 @@ class _State:
     pid: int | None = None
     created: str = ""
     accel: str = ""
+    forwards: list[PortForward] = field(default_factory=list, repr=False)
 
 
 def qmp_execute(sock: str, command: str, timeout: float = 5) -> Any:
@@ -157,7 +158,9 @@ class QemuDriver(Driver):
     def _save(self, state: _State) -> None:
         d = self._dir(state.name)
         tmp = d / ".instance.json.tmp"
-        tmp.write_text(json.dumps(asdict(state), indent=2))
+        data = asdict(state)
+        del data["forwards"]  # only needed while creating; ports hold the same facts
+        tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, d / "instance.json")
 
     # -- creation -----------------------------------------------------------
@@ -269,21 +272,19 @@ class QemuDriver(Driver):
             raise UsageError(f"networking '{spec.networking}' is not supported by the qemu "
                              "driver yet (use nat or none)")
         netdev = "user,id=un0,net=192.168.122.0/24,host=192.168.122.1"
-        taken = {p for inst in self.list() if inst.state is InstanceState.RUNNING
-                 for p in inst.ports}
         for fwd in spec.forwards:
+            # bind() fails for a port any process holds, running instances included.
             port = _free_port(fwd.host_addr, fwd.protocol, fwd.host_port)
             rule = PortForward(port, fwd.guest_port, fwd.protocol, fwd.host_addr)
-            if str(rule) in taken:
-                raise Conflict(f"port {rule.host_addr}:{port} is used by another instance")
+            state.forwards.append(rule)
             state.ports.append(str(rule))
             netdev += f",hostfwd={fwd.protocol}:{fwd.host_addr}:{port}-:{fwd.guest_port}"
         return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=un0"]
 
     def _write_osv_config(self, spec: InstanceSpec, state: _State) -> None:
         d = self._dir(spec.name)
-        rules = [{"hostport": p.split(":")[1].split("-")[0], "guestport": p.split(">")[1]
-                  .split("/")[0]} for p in state.ports]
+        rules = [{"hostport": str(f.host_port), "guestport": str(f.guest_port)}
+                 for f in state.forwards]
         capstan_view = {
             "name": spec.name, "verbose": False, "cmd": spec.cmdline or "",
             "disablekvm": state.accel != "kvm", "persist": True, "instancedir": str(d),
