@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from capstan.config import Config
-from capstan.drivers.base import InstanceSpec, PortForward, Volume
+from capstan.drivers.base import InstanceSpec, PortForward, Volume, mac_address
 from capstan.errors import UsageError
 from capstan.image import cmdline as osv_cmdline
 from capstan.repository import LocalRepository
@@ -58,7 +58,8 @@ def memory_mib(text: str) -> int:
 
 
 def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
-              cpus: int = 2, networking: str = "nat", forwards: Sequence[str] = (),
+              cpus: int = 2, networking: str = "nat", bridge: str | None = None,
+              mac: str | None = None, forwards: Sequence[str] = (),
               volumes: Sequence[str] = (), execute: str | None = None,
               boots: Sequence[str] = (), envs: Sequence[str] = (),
               cpu_model: str | None = None) -> InstanceSpec:
@@ -66,7 +67,9 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
     if cpus < 1:
         raise UsageError(f"invalid cpu count {cpus}: at least 1")
     parsed_forwards = tuple(PortForward.parse(f) for f in forwards)
-    parsed_volumes = tuple(_volume(config, v) for v in volumes)
+    parsed_volumes = tuple(_volume(v) for v in volumes)
+    if mac is not None:
+        mac = mac_address(mac)
     mib = memory_mib(memory)
     image = LocalRepository(config.root).resolve(image_ref, "qemu")
     text = None
@@ -76,14 +79,19 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
         with OsvImage(image) as img:
             text = boot_cmdline(img.cmdline, execute, boots, envs)
     return InstanceSpec(name=name, image=image, memory_mib=mib, cpus=cpus,
-                        networking=networking, forwards=parsed_forwards,
+                        networking=networking, bridge=bridge, mac=mac,
+                        forwards=parsed_forwards,
                         volumes=parsed_volumes, cmdline=text, cpu_model=cpu_model)
 
 
-def _volume(config: Config, text: str) -> Volume:
-    """``--volume NAME`` also finds ``./volumes/NAME`` (Capstan's volume create)."""
+def _volume(text: str) -> Volume:
+    """``--volume NAME`` also finds ``./volumes/NAME`` and its settings file."""
     vol = Volume.parse(text)
-    local = Path("volumes") / text
-    if not vol.path.exists() and ":" not in text and local.is_file():
-        return Volume.parse(str(local.absolute()))
+    name = text.split(":", 1)[0]
+    local = Path("volumes") / name
+    if not vol.path.exists() and "/" not in name and local.is_file():
+        from capstan.volumes import settings
+
+        rest = text[len(name):]
+        return Volume.parse(f"{local.absolute()}{rest}", settings(local))
     return vol

@@ -3,13 +3,16 @@
 Exit codes: 0 success; 64 usage error; 65 invalid input or unknown name;
 69 hypervisor or external tool missing or failed; 70 internal error;
 74 local I/O error; 75 network or remote failure; 78 invalid configuration;
-124 guest timeout; 130 interrupted; 134 guest crashed or aborted.
+124 guest timeout; 130 interrupted; 134 guest crashed or aborted;
+141 output pipe closed (e.g. piped into head).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
+import os
 import sys
 from typing import Any
 
@@ -26,6 +29,7 @@ __all__ = ["CapstanApp", "main"]
 EXIT_USAGE = 64
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 class _CommandManager(CommandManager):
@@ -106,6 +110,10 @@ class CapstanApp(App):
         except KeyboardInterrupt:
             self.stderr.write("capstan: interrupted\n")
             return EXIT_INTERRUPTED
+        except BrokenPipeError:  # output piped into e.g. head: stop quietly
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except Exception as err:  # a bug: say so in one line, trace with --debug
             return self._fail(err, EXIT_INTERNAL, internal=True)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 import importlib.metadata
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from capstan.config import Config
 from capstan.errors import BackendError, NotFound, UnsupportedOperation, UsageError
@@ -23,7 +24,22 @@ __all__ = [
     "Volume",
     "driver_names",
     "get_driver",
+    "mac_address",
 ]
+
+
+def mac_address(text: str | None) -> str:
+    """*text* normalised, or a random locally administered unicast MAC."""
+    if text is None:
+        octets = bytearray(os.urandom(6))
+        octets[0] = (octets[0] | 0x02) & 0xFE
+        return ":".join(f"{b:02x}" for b in octets)
+    if not _MAC.fullmatch(text):
+        raise UsageError(f"invalid MAC address '{text}': use six hex pairs, e.g. "
+                         "52:54:00:12:34:56")
+    if int(text[:2], 16) & 1:
+        raise UsageError(f"invalid MAC address '{text}': it is a multicast address")
+    return text.lower().replace("-", ":")
 
 
 class InstanceState(enum.Enum):
@@ -37,6 +53,9 @@ class InstanceState(enum.Enum):
 _FORWARD = re.compile(
     r"(?:(?P<addr>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d{1,5}):(?P<guest>\d{1,5})"
     r"(?:/(?P<proto>tcp|udp))?")
+_MAC = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
+_UNESCAPED_COLON = re.compile(r"(?<!\\):")
+_SETTING_COLON = re.compile(r":(?=(?:format|cache|aio)=)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -73,20 +92,28 @@ class Volume:
     aio: str = "threads"
 
     @classmethod
-    def parse(cls, text: str) -> Volume:
-        """Parse ``PATH[:format=F][:cache=C][:aio=A]`` (Capstan's ``--volume``)."""
-        path, *settings = text.split(":")
-        if not path:
-            raise UsageError(f"invalid volume '{text}': the path is empty")
-        values: dict[str, str] = {}
-        for item in settings:
+    def parse(cls, text: str, defaults: Mapping[str, str] | None = None) -> Volume:
+        """Parse ``PATH[:format=F][:cache=C][:aio=A]`` (Capstan's ``--volume``).
+
+        A ``:`` inside the path is written ``\\:``, or the path given first as
+        ``path=P`` (then only ``:format=``, ``:cache=`` and ``:aio=`` split).
+        *defaults* supply settings the text leaves out.
+        """
+        splitter = _SETTING_COLON if text.startswith("path=") else _UNESCAPED_COLON
+        parts = [p.replace("\\:", ":") for p in splitter.split(text)]
+        values = dict(defaults or {})
+        path = "" if parts[0].startswith("path=") else parts.pop(0)
+        for item in parts:
             key, sep, value = item.partition("=")
             if not sep or not value:
                 raise UsageError(f"invalid volume '{text}': use '=' for settings, "
                                  "e.g. --volume /vol.img:format=raw")
-            if key.lower() not in ("format", "cache", "aio"):
+            if key.lower() not in ("path", "format", "cache", "aio"):
                 raise UsageError(f"invalid volume '{text}': unknown setting '{key}'")
             values[key.lower()] = value
+        path = values.pop("path", path)
+        if not path:
+            raise UsageError(f"invalid volume '{text}': the path is empty")
         return cls(Path(path).expanduser().absolute(), **values)
 
 
@@ -99,6 +126,8 @@ class InstanceSpec:
     memory_mib: int = 1024
     cpus: int = 2
     networking: str = "nat"
+    bridge: str | None = None
+    mac: str | None = None
     forwards: tuple[PortForward, ...] = ()
     volumes: tuple[Volume, ...] = ()
     cmdline: str | None = None
@@ -157,6 +186,14 @@ class Driver(ABC):
     def log_path(self, name: str) -> Path:
         """The file holding the instance's console output."""
         raise UnsupportedOperation(self.name, "logs")
+
+    def console(self, name: str, stdin: int, stdout: BinaryIO, escape: bytes | None) -> None:
+        """Attach *stdin* (a file descriptor) and *stdout* to the guest's serial console.
+
+        Returns when the guest goes away, when *escape* is read from *stdin*, or
+        (with no escape, i.e. not a terminal) once *stdin* ends and the guest stops.
+        """
+        raise UnsupportedOperation(self.name, "console")
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:

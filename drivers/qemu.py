@@ -29,7 +29,14 @@ import yaml
 from filelock import FileLock
 
 from capstan import proc
-from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState, PortForward
+from capstan.drivers.base import (
+    Driver,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    PortForward,
+    mac_address,
+)
 from capstan.errors import (
     BackendError,
     Conflict,
@@ -50,6 +57,8 @@ _CRASH = ("Aborted", "Assertion failed", "[backtrace]", "page fault outside appl
 _STATUS = re.compile(rb"program (?:exited with status|.* returned) (\d+)")
 _QEMU_PATHS = ("qemu-system-x86_64", "/usr/libexec/qemu-kvm", "/usr/local/bin/qemu-system-x86_64")
 _SOCKET_MAX = 100
+_BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper",
+                   "/usr/local/libexec/qemu-bridge-helper")
 
 
 @dataclass
@@ -114,6 +123,25 @@ def _free_port(addr: str, proto: str, port: int = 0) -> int:
         except OSError as err:
             raise Conflict(f"cannot forward {addr}:{port}/{proto}: {err.strerror}") from err
         return int(s.getsockname()[1])
+
+
+def bridge_helper() -> str:
+    """``qemu-bridge-helper``: ``$CAPSTAN_QEMU_BRIDGE_HELPER`` or QEMU's usual places."""
+    env = os.environ.get("CAPSTAN_QEMU_BRIDGE_HELPER")
+    for candidate in ([env] if env else _BRIDGE_HELPERS):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise ToolMissing("no qemu-bridge-helper found: install qemu-system-x86 or set "
+                      "CAPSTAN_QEMU_BRIDGE_HELPER")
+
+
+def _direct_io(path: Path) -> bool:
+    """Whether *path* can be opened with O_DIRECT (not on tmpfs, for one)."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0)))
+    except OSError:
+        return False
+    return True
 
 
 def _digest(path: Path) -> str:
@@ -259,8 +287,13 @@ class QemuDriver(Driver):
         for i, vol in enumerate(spec.volumes, start=1):
             if not vol.path.is_file():
                 raise NotFound(f"no such volume: {vol.path}")
+            cache, aio = vol.cache, vol.aio
+            if (cache == "none" or aio == "native") and not _direct_io(vol.path):
+                LOG.warning("volume %s cannot use O_DIRECT here: using cache=writeback, "
+                            "aio=threads", vol.path)
+                cache, aio = "writeback", "threads"
             argv += ["-drive", f"file={vol.path},if=none,id=hd{i},format={vol.format},"
-                               f"cache={vol.cache},aio={vol.aio}",
+                               f"cache={cache},aio={aio}",
                      "-device", f"virtio-blk-pci,id=blk{i},drive=hd{i}"]
         argv += self._network(spec, state)
         return argv
@@ -268,18 +301,37 @@ class QemuDriver(Driver):
     def _network(self, spec: InstanceSpec, state: _State) -> list[str]:
         if spec.networking == "none":
             return []
-        if spec.networking != "nat":
+        if spec.networking == "nat":
+            netdev = "user,id=un0,net=192.168.122.0/24,host=192.168.122.1"
+            for fwd in spec.forwards:
+                # bind() fails for a port any process holds, running instances included.
+                port = _free_port(fwd.host_addr, fwd.protocol, fwd.host_port)
+                rule = PortForward(port, fwd.guest_port, fwd.protocol, fwd.host_addr)
+                state.forwards.append(rule)
+                state.ports.append(str(rule))
+                netdev += f",hostfwd={fwd.protocol}:{fwd.host_addr}:{port}-:{fwd.guest_port}"
+            return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=un0"]
+        if spec.forwards:
+            raise UsageError(f"port forwards need nat networking, not '{spec.networking}' "
+                             "(the guest is reachable on its own address)")
+        if spec.networking == "bridge":
+            bridge = spec.bridge or "virbr0"
+            if not Path(f"/sys/class/net/{bridge}/bridge").is_dir():
+                raise NotFound(f"no bridge '{bridge}': create it (ip link add {bridge} type "
+                               "bridge) or name one with -b")
+            netdev = f"bridge,id=hn0,br={bridge},helper={bridge_helper()}"
+        elif spec.networking == "tap":
+            if not spec.bridge:
+                raise UsageError("tap networking needs the tap device: -b TAP")
+            if not Path(f"/sys/class/net/{spec.bridge}/tun_flags").is_file():
+                raise NotFound(f"no tap device '{spec.bridge}': create it with "
+                               f"ip tuntap add dev {spec.bridge} mode tap user $USER")
+            netdev = f"tap,id=hn0,ifname={spec.bridge},script=no,downscript=no"
+        else:
             raise UsageError(f"networking '{spec.networking}' is not supported by the qemu "
-                             "driver yet (use nat or none)")
-        netdev = "user,id=un0,net=192.168.122.0/24,host=192.168.122.1"
-        for fwd in spec.forwards:
-            # bind() fails for a port any process holds, running instances included.
-            port = _free_port(fwd.host_addr, fwd.protocol, fwd.host_port)
-            rule = PortForward(port, fwd.guest_port, fwd.protocol, fwd.host_addr)
-            state.forwards.append(rule)
-            state.ports.append(str(rule))
-            netdev += f",hostfwd={fwd.protocol}:{fwd.host_addr}:{port}-:{fwd.guest_port}"
-        return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=un0"]
+                             "driver (use nat, bridge, tap or none)")
+        return ["-netdev", netdev,
+                "-device", f"virtio-net-pci,netdev=hn0,id=nic1,mac={mac_address(spec.mac)}"]
 
     def _write_osv_config(self, spec: InstanceSpec, state: _State) -> None:
         d = self._dir(spec.name)
@@ -291,8 +343,9 @@ class QemuDriver(Driver):
             "monitor": state.qmp, "configfile": str(d / "osv.config"),
             "aiotype": self.config.qemu_aio_type, "image": state.disk, "backingfile": True,
             "volumes": [str(v.path) for v in spec.volumes], "memory": spec.memory_mib,
-            "cpus": spec.cpus, "networking": spec.networking, "bridge": "", "natrules": rules,
-            "mac": "", "vncfile": "", "kernelmode": False, "kernelpath": "",
+            "cpus": spec.cpus, "networking": spec.networking, "bridge": spec.bridge or "",
+            "natrules": rules, "mac": spec.mac or "", "vncfile": "", "kernelmode": False,
+            "kernelpath": "",
         }
         (d / "osv.config").write_text(yaml.safe_dump(capstan_view, sort_keys=False))
 
@@ -339,7 +392,8 @@ class QemuDriver(Driver):
 
         Returns 0 after a clean power-off, or the application's non-zero status
         when the guest reports one; raises GuestFailure for a crash, GuestTimeout
-        after *timeout*. Ctrl-C stops the guest gracefully.
+        after *timeout*. Ctrl-C stops the guest gracefully (a second one kills
+        it) and is re-raised.
         """
         state, child = self._launch(name)
         console = open(state.console_log, "rb")  # noqa: SIM115 - closed below
@@ -354,8 +408,13 @@ class QemuDriver(Driver):
                     raise GuestTimeout(f"instance {name} did not finish within {timeout} s")
                 time.sleep(0.05)
         except KeyboardInterrupt:
-            out.write(b"\r\ncapstan: stopping the guest...\r\n")
-            self.stop(name)
+            out.write(b"\r\ncapstan: stopping the guest (Ctrl-C again kills it)...\r\n")
+            out.flush()
+            try:
+                self.stop(name)
+            except KeyboardInterrupt:
+                self._kill(state)
+            raise
         finally:
             seen += self._pump(console, out)
             console.close()
@@ -460,3 +519,17 @@ class QemuDriver(Driver):
 
     def log_path(self, name: str) -> Path:
         return Path(self._load(name).console_log)
+
+    def console(self, name: str, stdin: int, stdout: BinaryIO, escape: bytes | None) -> None:
+        from capstan.console import pump
+
+        state = self._load(name)
+        if not _pid_alive(state.pid, state.qmp):
+            raise Conflict(f"instance {name} is not running")
+        with socket.socket(socket.AF_UNIX) as guest:
+            try:
+                guest.connect(state.console)
+            except OSError as err:
+                raise BackendError(f"cannot attach to the console of {name}: "
+                                   f"{err.strerror}") from err
+            pump(guest, stdin, stdout, escape)

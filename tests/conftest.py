@@ -6,6 +6,8 @@ import io
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +78,27 @@ def app_tree(tmp_path: Path) -> Path:
     (tree / "run" / "default").write_bytes(b"/hello")
     (tree / "lib" / "link").symlink_to("libfoo.so")
     return tree
+
+
+@pytest.fixture
+def image(cli: Cli, app_tree: Path, tmp_path: Path) -> Path:
+    """The app tree composed onto the probe loader (qcow2)."""
+    out = tmp_path / "app.qcow2"
+    assert cli("compose", "-l", "probe-loader", "-o", out, app_tree).code == 0
+    return out
+
+
+def states(cli: Cli) -> dict[str, list[str]]:
+    """Instance name -> [status, pid, ports], from ``capstan instances``."""
+    rows = cli("instances", "-f", "value", "-c", "Name", "-c", "Status", "-c", "PID",
+               "-c", "Ports").out.splitlines()
+    return {r.split(" ")[0]: r.split(" ")[1:] for r in rows}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
+    """Poll *predicate* until it holds; fail the test after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)

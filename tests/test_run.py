@@ -12,20 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import states
+
 pytestmark = pytest.mark.functional
-
-
-@pytest.fixture
-def image(cli, app_tree: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "app.qcow2"
-    assert cli("compose", "-l", "probe-loader", "-o", out, app_tree).code == 0
-    return out
-
-
-def states(cli) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
-    rows = cli("instances", "-f", "value", "-c", "Name", "-c", "Status", "-c", "PID",
-               "-c", "Ports").out.splitlines()
-    return {r.split(" ")[0]: r.split(" ")[1:] for r in rows}
 
 
 def test_foreground_run_streams_console_and_exits_zero(cli, image: Path) -> None:

@@ -1,8 +1,9 @@
-"""``capstan run``, ``instances``, ``start``, ``stop``, ``delete`` and ``logs``."""
+"""``capstan run``, ``instances``, ``start``, ``stop``, ``delete``, ``logs``, ``console``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -41,8 +42,11 @@ class Run(Command):
         _add_hypervisor(parser)
         parser.add_argument("-m", "--memory", default="1G", help="memory, e.g. 512M (1G)")
         parser.add_argument("-c", "--cpus", type=int, default=2, help="vCPUs (2)")
-        parser.add_argument("-n", "--networking", default="nat", choices=("nat", "none"),
-                            help="networking (nat)")
+        parser.add_argument("-n", "--networking", default="nat",
+                            choices=("nat", "bridge", "tap", "none"), help="networking (nat)")
+        parser.add_argument("-b", "--bridge", metavar="DEVICE",
+                            help="bridge (bridge networking, default virbr0) or tap device")
+        parser.add_argument("--mac", help="guest MAC for bridge/tap (random by default)")
         parser.add_argument("-f", "--forward", action="append", default=[],
                             metavar="[ADDR:]HOST:GUEST[/udp]",
                             help="port forward, bound to 127.0.0.1 unless ADDR is given; "
@@ -81,7 +85,8 @@ class Run(Command):
                 image_ref.replace("/", "-")
         driver = _driver(self, args.hypervisor)
         spec = make_spec(app_config(self), image_ref, name, memory=args.memory,
-                         cpus=args.cpus, networking=args.networking, forwards=args.forward,
+                         cpus=args.cpus, networking=args.networking, bridge=args.bridge,
+                         mac=args.mac, forwards=args.forward,
                          volumes=args.volume, execute=args.execute, boots=args.boot,
                          envs=args.env, cpu_model=args.cpu_model)
         driver.create(spec)
@@ -213,3 +218,27 @@ class Logs(Command):
                     out.flush()
                     return 0
                 time.sleep(0.1)
+
+
+class Console(Command):
+    """Attach to an instance's serial console (Ctrl-] detaches)"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", metavar="NAME")
+        _add_hypervisor(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.console import ESCAPE, raw_terminal
+
+        driver = _driver(self, parsed_args.hypervisor)
+        stdin = sys.stdin.fileno()
+        if not os.isatty(stdin):
+            driver.console(parsed_args.name, stdin, sys.stdout.buffer, None)
+            return 0
+        self.app.stderr.write(f"Connected to {parsed_args.name} (Ctrl-] detaches)\n")
+        with raw_terminal(stdin):
+            driver.console(parsed_args.name, stdin, sys.stdout.buffer, ESCAPE)
+        self.app.stderr.write("\nDetached\n")
+        return 0

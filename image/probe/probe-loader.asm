@@ -15,7 +15,8 @@
 ;   PROBE done
 ; then powers off through ACPI (QEMU exits with status 0).  If the command
 ; line contains "@hold" it waits for the ACPI power button first (a graceful
-; guest); with "@deaf" it never powers off (a guest that ignores ACPI).
+; guest, echoing serial input meanwhile); with "@deaf" it never powers off
+; (a guest that ignores ACPI).
 ;
 ; Build: nasm -f bin -o probe-loader.bin probe-loader.asm
 
@@ -131,12 +132,21 @@ halt_forever:
         hlt
         jmp     halt_forever
 
-; Enable the ACPI power button and poll its status bit.
+; Enable the ACPI power button and poll its status bit; meanwhile echo
+; whatever arrives on COM1 (so an interactive console can be tested).
 wait_power_button:
         mov     dx, PM_BASE + 2         ; PM1a_EN
         mov     ax, 0x0100
         out     dx, ax
 .poll:
+        mov     dx, COM1 + 5            ; LSR: data ready?
+        in      al, dx
+        test    al, 0x01
+        jz      .button
+        mov     dx, COM1
+        in      al, dx
+        call    putc
+.button:
         mov     dx, PM_BASE             ; PM1a_STS
         in      ax, dx
         test    ax, 0x0100
