@@ -8,8 +8,9 @@ from pathlib import Path
 
 from capstan.config import Config
 from capstan.drivers.base import InstanceSpec, PortForward, Volume, mac_address
-from capstan.errors import UsageError
+from capstan.errors import ImageError, UsageError
 from capstan.image import cmdline as osv_cmdline
+from capstan.imagecache import image_facts
 from capstan.repository import LocalRepository
 from capstan.sizes import parse_size
 
@@ -74,10 +75,10 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
     image = LocalRepository(config.root).resolve(image_ref, "qemu")
     text = None
     if execute is not None or boots or envs:
-        from capstan.image.inspect import OsvImage
-
-        with OsvImage(image) as img:
-            text = boot_cmdline(img.cmdline, execute, boots, envs)
+        current = image_facts(config.root, image).cmdline
+        if current is None:
+            raise ImageError(f"{image}: not an OSv image, so its command line cannot be set")
+        text = boot_cmdline(current, execute, boots, envs)
     return InstanceSpec(name=name, image=image, memory_mib=mib, cpus=cpus,
                         networking=networking, bridge=bridge, mac=mac,
                         forwards=parsed_forwards,

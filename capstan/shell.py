@@ -98,6 +98,9 @@ class CapstanApp(App):
                               "see 'capstan --help'\n")
             return EXIT_USAGE
         cmd = factory(self, self.options, cmd_name=name)
+        # cliff's epilog names the plugin distribution of a command, scanning every
+        # installed distribution (~60 ms); ours are all pycapstan's own.
+        cmd.get_epilog = lambda: cmd._epilog or ""  # type: ignore[method-assign]
         parser = cmd.get_parser(f"{self.NAME} {name}")
         parser.error = _usage_error(name)  # type: ignore[method-assign]
         try:

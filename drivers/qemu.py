@@ -8,7 +8,6 @@ the interactive console are unix sockets, so no TCP port is ever needed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -42,11 +41,14 @@ from capstan.errors import (
     Conflict,
     GuestFailure,
     GuestTimeout,
+    LocalIOError,
     NotFound,
     ToolMissing,
     UsageError,
 )
 from capstan.image import cmdline as osv_cmdline
+from capstan.imagecache import image_facts
+from capstan.repository import atomic_write
 
 LOG = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ _CRASH = ("Aborted", "Assertion failed", "[backtrace]", "page fault outside appl
 _STATUS = re.compile(rb"program (?:exited with status|.* returned) (\d+)")
 _QEMU_PATHS = ("qemu-system-x86_64", "/usr/libexec/qemu-kvm", "/usr/local/bin/qemu-system-x86_64")
 _SOCKET_MAX = 100
+_OVERLAY_CACHE = 64
 _BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper",
                    "/usr/local/libexec/qemu-bridge-helper")
 
@@ -83,6 +86,8 @@ class _State:
 
 def qmp_execute(sock: str, command: str, timeout: float = 5) -> Any:
     """Run one QMP *command* over the socket *sock* (handshake included)."""
+    import asyncio
+
     from qemu.qmp import QMPClient
 
     async def go() -> Any:
@@ -142,14 +147,6 @@ def _direct_io(path: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class QemuDriver(Driver):
@@ -233,24 +230,13 @@ class QemuDriver(Driver):
         return self._instance(state)
 
     def _prepare(self, spec: InstanceSpec, d: Path) -> _State:
-        from capstan.image.formats import info
-
         image = spec.image.absolute()
-        fmt = info(image).format
+        facts = image_facts(self.config.root, image)
         disk = d / "disk.qcow2"
-        proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(image),
-                  str(disk)])
-        if spec.cmdline is not None:
-            osv_cmdline.validate(spec.cmdline)
-            area = d / ".cmdline"
-            area.write_bytes(osv_cmdline.area_bytes(spec.cmdline))
-            proc.run(["qemu-io", "-f", "qcow2", "-c",
-                      f"write -s {area} {osv_cmdline.AREA_OFFSET} {osv_cmdline.AREA_SIZE}",
-                      str(disk)])
-            area.unlink()
+        self._overlay(image, facts.format, facts.sha256, spec.cmdline, disk)
         run = d if len(str(d / "console.sock")) < _SOCKET_MAX else self._short_dir(d)
         state = _State(
-            name=spec.name, image=str(image), image_digest=_digest(image), disk=str(disk),
+            name=spec.name, image=str(image), image_digest=facts.sha256, disk=str(disk),
             argv=[], qmp=str(run / "qmp.sock"), console=str(run / "console.sock"),
             console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), accel=self.accelerator(),
@@ -259,6 +245,38 @@ class QemuDriver(Driver):
         self._save(state)
         self._write_osv_config(spec, state)
         return state
+
+    def _overlay(self, image: Path, fmt: str, digest: str, cmdline: str | None,
+                 disk: Path) -> None:
+        """Create the instance's overlay on *image*, with *cmdline* written into it.
+
+        Overlays are a pure function of image, content and command line, so the
+        first one made is kept in ``cache/overlays`` and copied next time: a
+        repeated run starts QEMU without running qemu-img or qemu-io.
+        """
+        if cmdline is not None:
+            osv_cmdline.validate(cmdline)
+        key = hashlib.sha256(f"{image}\0{fmt}\0{digest}\0{cmdline}".encode()).hexdigest()
+        cache = self.config.root / "cache" / "overlays"
+        template = cache / f"{key[:32]}.qcow2"
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copyfile(template, disk)
+            return
+        proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(image),
+                  str(disk)])
+        if cmdline is not None:
+            area = disk.with_name(".cmdline")
+            area.write_bytes(osv_cmdline.area_bytes(cmdline))
+            proc.run(["qemu-io", "-f", "qcow2", "-c",
+                      f"write -s {area} {osv_cmdline.AREA_OFFSET} {osv_cmdline.AREA_SIZE}",
+                      str(disk)])
+            area.unlink()
+        with contextlib.suppress(OSError, LocalIOError):  # the cache is optional
+            cache.mkdir(parents=True, exist_ok=True)
+            old = sorted(cache.glob("*.qcow2"), key=lambda p: p.stat().st_mtime)
+            for stale in old[:max(0, len(old) - _OVERLAY_CACHE + 1)]:
+                stale.unlink(missing_ok=True)
+            atomic_write(template, disk.read_bytes())
 
     @staticmethod
     def _short_dir(d: Path) -> Path:

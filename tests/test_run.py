@@ -159,3 +159,17 @@ def test_kvm_smoke(cli, image: Path) -> None:
                        "--timeout", "120", "--rm", "kvm", env=env)
     assert done.returncode == 0, done.stderr
     assert "PROBE rofs-magic=ok" in done.stdout
+
+
+def test_cached_facts_and_overlays_follow_image_changes(cli, image: Path, app_tree: Path,
+                                                        capstan_root: Path) -> None:
+    for _ in range(2):  # the second run copies the cached overlay
+        done = cli.program("run", "-i", image, "-e", "/hello @one", "--rm", "c")
+        assert "cmdline=[--rootfs=rofs /hello @one]" in done.stdout, done.stderr
+    assert len(list((capstan_root / "cache" / "overlays").glob("*.qcow2"))) == 1
+    (app_tree / "extra").write_bytes(b"changed")
+    assert cli("compose", "-l", "probe-loader", "-o", image, app_tree).code == 0
+    done = cli.program("run", "-i", image, "-e", "/hello @one", "--rm", "c")
+    assert "cmdline=[--rootfs=rofs /hello @one]" in done.stdout
+    assert "sectors=00000014" not in done.stdout  # the new, larger partition is booted
+    assert len(list((capstan_root / "cache" / "overlays").glob("*.qcow2"))) == 2
