@@ -31,14 +31,14 @@ def env_token(text: str) -> str:
 
 
 def boot_cmdline(current: str, execute: str | None, boots: Sequence[str],
-                 envs: Sequence[str]) -> str | None:
+                 envs: Sequence[str], loader_options: Sequence[str] = ()) -> str | None:
     """The command line to write for a run, or None to keep the image's own.
 
     ``-e`` is verbatim; else ``--boot`` names give a runscript chain; else the
-    image's application part is kept. ``--env`` options go in front, and the
-    image's ``--rootfs=`` choice is kept.
+    image's application part is kept. ``--env`` options and *loader_options*
+    (e.g. ``--ip=...``) go in front, and the image's ``--rootfs=`` choice is kept.
     """
-    if execute is None and not boots and not envs:
+    if execute is None and not boots and not envs and not loader_options:
         return None
     options, app = osv_cmdline.split(current)
     if execute:
@@ -47,7 +47,8 @@ def boot_cmdline(current: str, execute: str | None, boots: Sequence[str],
         app = "".join(f"runscript /run/{b.strip()};" for b in boots)
     rootfs = [o for o in options if o.startswith("--rootfs=")]
     kept = [o for o in options if not o.startswith("--rootfs=")] if not execute else []
-    return " ".join([*rootfs, *kept, *(env_token(e) for e in envs), app]).strip()
+    return " ".join([*rootfs, *kept, *loader_options, *(env_token(e) for e in envs),
+                     app]).strip()
 
 
 def memory_mib(text: str) -> int:
@@ -63,7 +64,9 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
               mac: str | None = None, forwards: Sequence[str] = (),
               volumes: Sequence[str] = (), execute: str | None = None,
               boots: Sequence[str] = (), envs: Sequence[str] = (),
-              cpu_model: str | None = None) -> InstanceSpec:
+              options: Sequence[str] = (), cpu_model: str | None = None,
+              private_network: str | None = None,
+              private_mac: str | None = None) -> InstanceSpec:
     """Validate every run option and resolve the image; nothing is started."""
     if cpus < 1:
         raise UsageError(f"invalid cpu count {cpus}: at least 1")
@@ -74,15 +77,16 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
     mib = memory_mib(memory)
     image = LocalRepository(config.root).resolve(image_ref, "qemu")
     text = None
-    if execute is not None or boots or envs:
+    if execute is not None or boots or envs or options:
         current = image_facts(config.root, image).cmdline
         if current is None:
             raise ImageError(f"{image}: not an OSv image, so its command line cannot be set")
-        text = boot_cmdline(current, execute, boots, envs)
+        text = boot_cmdline(current, execute, boots, envs, options)
     return InstanceSpec(name=name, image=image, memory_mib=mib, cpus=cpus,
                         networking=networking, bridge=bridge, mac=mac,
                         forwards=parsed_forwards,
-                        volumes=parsed_volumes, cmdline=text, cpu_model=cpu_model)
+                        volumes=parsed_volumes, cmdline=text, cpu_model=cpu_model,
+                        private_network=private_network, private_mac=private_mac)
 
 
 def _volume(text: str) -> Volume:

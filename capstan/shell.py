@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import logging
 import os
 import sys
 from typing import Any
@@ -66,6 +67,12 @@ class CapstanApp(App):
         parser.add_argument("--s3", action="store_true",
                             help="take packages and loaders from the S3/HTTP repository")
         return parser
+
+    def configure_logging(self) -> None:
+        super().configure_logging()
+        # qemu.qmp narrates every connection at INFO; only -vv (DEBUG) wants that.
+        if self.options.verbose_level < 2:
+            logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
 
     @property
     def config(self) -> Config:

@@ -128,6 +128,8 @@ class InstanceSpec:
     networking: str = "nat"
     bridge: str | None = None
     mac: str | None = None
+    private_network: str | None = None  # a host-local segment shared by name
+    private_mac: str | None = None
     forwards: tuple[PortForward, ...] = ()
     volumes: tuple[Volume, ...] = ()
     cmdline: str | None = None

@@ -52,7 +52,7 @@ from capstan.repository import atomic_write
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["QemuDriver", "qmp_execute"]
+__all__ = ["QemuDriver", "bridge_helper", "private_segment", "qmp_execute"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CRASH = ("Aborted", "Assertion failed", "[backtrace]", "page fault outside application")
@@ -84,7 +84,8 @@ class _State:
     forwards: list[PortForward] = field(default_factory=list, repr=False)
 
 
-def qmp_execute(sock: str, command: str, timeout: float = 5) -> Any:
+def qmp_execute(sock: str, command: str, timeout: float = 5,
+                arguments: dict[str, Any] | None = None) -> Any:
     """Run one QMP *command* over the socket *sock* (handshake included)."""
     import asyncio
 
@@ -94,7 +95,7 @@ def qmp_execute(sock: str, command: str, timeout: float = 5) -> Any:
         client = QMPClient("capstan")
         await asyncio.wait_for(client.connect(sock), timeout)
         try:
-            return await asyncio.wait_for(client.execute(command), timeout)
+            return await asyncio.wait_for(client.execute(command, arguments), timeout)
         finally:
             with contextlib.suppress(Exception):
                 await client.disconnect()
@@ -140,6 +141,17 @@ def bridge_helper() -> str:
                       "CAPSTAN_QEMU_BRIDGE_HELPER")
 
 
+def private_segment(name: str) -> tuple[str, int]:
+    """The multicast group and port of private network *name*.
+
+    Every instance on the network joins the group on the loopback interface,
+    so they share one Ethernet segment that never leaves the host and needs no
+    root, bridge or daemon.
+    """
+    h = hashlib.sha256(name.encode()).digest()
+    return f"239.255.{h[0]}.{h[1] or 1}", 20000 + int.from_bytes(h[2:4], "big") % 40000
+
+
 def _direct_io(path: Path) -> bool:
     """Whether *path* can be opened with O_DIRECT (not on tmpfs, for one)."""
     try:
@@ -154,7 +166,7 @@ class QemuDriver(Driver):
 
     name = "qemu"
     capabilities = frozenset({"console", "logs", "port_forward", "volumes", "detach",
-                              "graceful_stop"})
+                              "graceful_stop", "private_network"})
 
     @property
     def home(self) -> Path:
@@ -167,9 +179,22 @@ class QemuDriver(Driver):
                              "'_' and '-' (at most 64)")
         return self.home / name
 
-    def _lock(self) -> FileLock:
-        self.home.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.home / ".lock"))
+    def _lock(self, name: str) -> FileLock:
+        """The lock of one instance (kept outside its directory, which comes and goes)."""
+        locks = self.home / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(locks / f"{name}.lock"))
+
+    def _reserved_ports(self) -> set[tuple[str, int, str]]:
+        """(addr, port, proto) of every forward recorded by an instance."""
+        taken = set()
+        for state_file in self.home.glob("*/instance.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                for port in json.loads(state_file.read_text())["ports"]:
+                    addr_port, rest = port.split("->")
+                    addr, host = addr_port.rsplit(":", 1)
+                    taken.add((addr, int(host), rest.rsplit("/", 1)[1]))
+        return taken
 
     def _load(self, name: str) -> _State:
         path = self._dir(name) / "instance.json"
@@ -213,7 +238,7 @@ class QemuDriver(Driver):
         d = self._dir(spec.name)
         if not spec.image.is_file():
             raise NotFound(f"no such image: {spec.image}")
-        with self._lock():
+        with self._lock(spec.name):
             if (d / "instance.json").exists():
                 if self.get(spec.name).state is InstanceState.RUNNING:
                     raise Conflict(f"instance {spec.name} is already running")
@@ -225,6 +250,7 @@ class QemuDriver(Driver):
             try:
                 state = self._prepare(spec, d)
             except BaseException:
+                shutil.rmtree(self._run_dir(d), ignore_errors=True)
                 shutil.rmtree(d, ignore_errors=True)
                 raise
         return self._instance(state)
@@ -234,15 +260,17 @@ class QemuDriver(Driver):
         facts = image_facts(self.config.root, image)
         disk = d / "disk.qcow2"
         self._overlay(image, facts.format, facts.sha256, spec.cmdline, disk)
-        run = d if len(str(d / "console.sock")) < _SOCKET_MAX else self._short_dir(d)
+        run = self._run_dir(d)
+        run.mkdir(parents=True, exist_ok=True, mode=0o700)
         state = _State(
             name=spec.name, image=str(image), image_digest=facts.sha256, disk=str(disk),
             argv=[], qmp=str(run / "qmp.sock"), console=str(run / "console.sock"),
             console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), accel=self.accelerator(),
         )
-        state.argv = self._argv(spec, state)
-        self._save(state)
+        with self._lock(".ports"):  # allocation and record, atomic among instances
+            state.argv = self._argv(spec, state)
+            self._save(state)
         self._write_osv_config(spec, state)
         return state
 
@@ -279,12 +307,13 @@ class QemuDriver(Driver):
             atomic_write(template, disk.read_bytes())
 
     @staticmethod
-    def _short_dir(d: Path) -> Path:
-        """A short directory for sockets when the instance path is too long."""
+    def _run_dir(d: Path) -> Path:
+        """Where the sockets of instance directory *d* go: *d*, or a short
+        directory when *d* is too long for a unix socket path."""
+        if len(str(d / "console.sock")) < _SOCKET_MAX:
+            return d
         base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/capstan-{os.getuid()}")
-        run = base / hashlib.sha1(str(d).encode()).hexdigest()[:16]
-        run.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return run
+        return base / hashlib.sha1(str(d).encode()).hexdigest()[:16]
 
     def _argv(self, spec: InstanceSpec, state: _State) -> list[str]:
         accel = state.accel
@@ -314,6 +343,11 @@ class QemuDriver(Driver):
                                f"cache={cache},aio={aio}",
                      "-device", f"virtio-blk-pci,id=blk{i},drive=hd{i}"]
         argv += self._network(spec, state)
+        if spec.private_network:
+            group, port = private_segment(spec.private_network)
+            argv += ["-netdev", f"socket,id=pn0,mcast={group}:{port},localaddr=127.0.0.1",
+                     "-device", f"virtio-net-pci,netdev=pn0,id=nic2,romfile=,"
+                                f"mac={mac_address(spec.private_mac)}"]
         return argv
 
     def _network(self, spec: InstanceSpec, state: _State) -> list[str]:
@@ -322,13 +356,12 @@ class QemuDriver(Driver):
         if spec.networking == "nat":
             netdev = "user,id=un0,net=192.168.122.0/24,host=192.168.122.1"
             for fwd in spec.forwards:
-                # bind() fails for a port any process holds, running instances included.
-                port = _free_port(fwd.host_addr, fwd.protocol, fwd.host_port)
+                port = self._allocate(fwd)
                 rule = PortForward(port, fwd.guest_port, fwd.protocol, fwd.host_addr)
                 state.forwards.append(rule)
                 state.ports.append(str(rule))
                 netdev += f",hostfwd={fwd.protocol}:{fwd.host_addr}:{port}-:{fwd.guest_port}"
-            return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=un0"]
+            return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=un0,romfile="]
         if spec.forwards:
             raise UsageError(f"port forwards need nat networking, not '{spec.networking}' "
                              "(the guest is reachable on its own address)")
@@ -348,8 +381,22 @@ class QemuDriver(Driver):
         else:
             raise UsageError(f"networking '{spec.networking}' is not supported by the qemu "
                              "driver (use nat, bridge, tap or none)")
+        mac = mac_address(spec.mac)
         return ["-netdev", netdev,
-                "-device", f"virtio-net-pci,netdev=hn0,id=nic1,mac={mac_address(spec.mac)}"]
+                "-device", f"virtio-net-pci,netdev=hn0,id=nic1,romfile=,mac={mac}"]
+
+    def _allocate(self, fwd: PortForward) -> int:
+        """A host port for *fwd*: free now (bind() fails for any holder) and not
+        recorded by another instance, which may be about to start."""
+        taken = self._reserved_ports()
+        if (fwd.host_addr, fwd.host_port, fwd.protocol) in taken:
+            raise Conflict(f"cannot forward {fwd.host_addr}:{fwd.host_port}/{fwd.protocol}: "
+                           "another instance uses it")
+        for _ in range(64):
+            port = _free_port(fwd.host_addr, fwd.protocol, fwd.host_port)
+            if (fwd.host_addr, port, fwd.protocol) not in taken:
+                return port
+        raise Conflict(f"no free {fwd.protocol} port on {fwd.host_addr}")
 
     def _write_osv_config(self, spec: InstanceSpec, state: _State) -> None:
         d = self._dir(spec.name)
@@ -373,7 +420,7 @@ class QemuDriver(Driver):
         return self._instance(self._launch(name)[0])
 
     def _launch(self, name: str) -> tuple[_State, subprocess.Popen[bytes]]:
-        with self._lock():
+        with self._lock(name):
             state = self._load(name)
             if _pid_alive(state.pid, state.qmp):
                 raise Conflict(f"instance {name} is already running")
@@ -385,7 +432,7 @@ class QemuDriver(Driver):
                                          stderr=log, start_new_session=True)
             state.pid = child.pid
             self._save(state)
-            self._wait_ready(state, child)
+        self._wait_ready(state, child)
         return state, child
 
     def _wait_ready(self, state: _State, child: subprocess.Popen[bytes],
@@ -495,8 +542,11 @@ class QemuDriver(Driver):
 
     def delete(self, name: str) -> None:
         self.stop(name)
-        with self._lock():
+        lock = self._lock(name)
+        with lock:
             self._remove(name)
+            # Nothing is left to guard; a waiter on this lock will find no instance.
+            Path(lock.lock_file).unlink(missing_ok=True)
 
     def _remove(self, name: str) -> None:
         state = self._load(name)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +27,27 @@ class Result:
 
 
 @pytest.fixture(autouse=True)
-def capstan_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def capstan_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     root = tmp_path / "capstan-root"
     root.mkdir()
     monkeypatch.setenv("CAPSTAN_ROOT", str(root))
     monkeypatch.setenv("CAPSTAN_QEMU_ACCEL", "tcg")
-    return root
+    yield root
+    _delete_instances(root)
+
+
+def _delete_instances(root: Path) -> None:
+    """Stop and delete whatever a test left running (QEMU processes, socket dirs)."""
+    if not (root / "instances" / "qemu").is_dir():
+        return
+    from capstan.config import load
+    from capstan.drivers.base import get_driver
+
+    driver = get_driver("qemu", load({}, {"CAPSTAN_ROOT": str(root)}))
+    for inst in list(driver.list()):
+        if inst.image:  # ours, not a Capstan-made directory
+            driver.stop(inst.name, timeout=0.5)
+            driver.delete(inst.name)
 
 
 @pytest.fixture

@@ -1,0 +1,151 @@
+"""``capstan fleet up|down|ps|logs`` (also ``capstan up``, ``down``, ``ps``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cliff.command import Command
+from cliff.lister import Lister
+
+from capstan.commands import app_config
+
+_OUTCOME = ("Instance", "Service", "Action", "Result", "Detail")
+
+
+def _file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-F", "--file", type=Path, default=Path("capstan-fleet.yaml"),
+                        help="fleet file (capstan-fleet.yaml)")
+
+
+def _jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-j", "--jobs", type=int, default=8,
+                        help="instances handled at once (8)")
+    parser.add_argument("-t", "--timeout", type=float, default=30,
+                        help="seconds to wait for a graceful power-off before a stop "
+                             "escalates (30)")
+
+
+class _OutcomeLister(Lister):
+    """A lister whose exit status is the worst of its outcomes."""
+
+    exit_code = 0
+
+    def rows(self, outcomes: Iterable[Any]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        outcomes = list(outcomes)
+        self.exit_code = max((o.exit_code for o in outcomes), default=0)
+        return _OUTCOME, [(o.instance, o.service, o.action, o.result, o.detail)
+                          for o in outcomes]
+
+    def run(self, parsed_args: argparse.Namespace) -> int:
+        code = int(super().run(parsed_args) or 0)
+        if self.exit_code:
+            self.app.stderr.write("capstan: some instances failed (see Result)\n")
+        return code or self.exit_code
+
+
+class FleetUp(_OutcomeLister):
+    """Start a fleet, or make it match its file (idempotent)"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _file(parser)
+        _jobs(parser)
+        parser.add_argument("--dry-run", action="store_true",
+                            help="show what would be done, do nothing")
+        parser.add_argument("--keep-going", action="store_true",
+                            help="on a failure keep the rest (default: roll back this up)")
+        return parser
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        from capstan import fleet
+
+        spec = fleet.load_fleet(parsed_args.file)
+        return self.rows(fleet.up(app_config(self), spec, jobs=parsed_args.jobs,
+                                  keep_going=parsed_args.keep_going,
+                                  dry_run=parsed_args.dry_run, timeout=parsed_args.timeout))
+
+
+class FleetDown(_OutcomeLister):
+    """Stop and delete every instance of a fleet"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _file(parser)
+        _jobs(parser)
+        return parser
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        from capstan import fleet
+
+        spec = fleet.load_fleet(parsed_args.file)
+        return self.rows(fleet.down(app_config(self), spec, timeout=parsed_args.timeout,
+                                    jobs=parsed_args.jobs))
+
+
+class FleetPs(Lister):
+    """List a fleet's instances and their state"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _file(parser)
+        return parser
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        from capstan import fleet
+
+        rows = fleet.ps(app_config(self), fleet.load_fleet(parsed_args.file))
+        return (("Instance", "Service", "Status", "Address", "Ports", "PID", "Driver"),
+                [(r.instance, r.service, r.state, r.address, r.ports, r.pid or "", r.driver)
+                 for r in rows])
+
+
+class FleetLogs(Command):
+    """Print the console logs of a fleet, each line prefixed with its instance"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _file(parser)
+        parser.add_argument("-f", "--follow", action="store_true",
+                            help="keep printing until every instance has stopped")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan import fleet
+
+        sources = list(fleet.logs(app_config(self), fleet.load_fleet(parsed_args.file)))
+        width = max((len(name) for name, _, _ in sources), default=0)
+        offsets = dict.fromkeys((name for name, _, _ in sources), 0)
+        partial = dict.fromkeys(offsets, b"")
+        out = sys.stdout.buffer
+        while True:
+            alive = False
+            for name, path, running in sources:
+                alive = running() or alive  # sample before reading: no line is lost
+                try:
+                    with open(path, "rb") as log:
+                        log.seek(offsets[name])
+                        data = log.read()
+                except FileNotFoundError:
+                    continue
+                offsets[name] += len(data)
+                *lines, partial[name] = (partial[name] + data).split(b"\n")
+                for line in lines:
+                    out.write(f"{name:<{width}} | ".encode() + line.rstrip(b"\r") + b"\n")
+            out.flush()
+            if not parsed_args.follow or not alive:
+                for name, rest in partial.items():
+                    if rest:
+                        out.write(f"{name:<{width}} | ".encode() + rest + b"\n")
+                return 0
+            time.sleep(0.2)
