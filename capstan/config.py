@@ -35,6 +35,9 @@ KEYS: dict[str, type] = {
     "hypervisor": str,
     "loader": str,
     "disk_format": str,
+    "libvirt_uri": str,
+    "libvirt_pool": str,
+    "libvirt_network": str,
 }
 
 

@@ -6,17 +6,21 @@ cache is advisory: a lost update costs one recomputation, never a wrong answer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from capstan import proc
 from capstan.errors import ImageError, LocalIOError
 from capstan.repository import atomic_write
 
-__all__ = ["ImageFacts", "image_facts"]
+__all__ = ["ImageFacts", "image_facts", "make_overlay"]
 
 _MAX_ENTRIES = 256
+_MAX_OVERLAYS = 64
 
 
 @dataclass(frozen=True)
@@ -84,3 +88,40 @@ def _cmdline(path: Path) -> str | None:
     except ImageError:
         return None
 
+
+
+def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> None:
+    """Create a qcow2 overlay *disk* on *image*, with *cmdline* written into it.
+
+    Overlays are a pure function of image, content and command line, so the
+    first one made is kept in ``<root>/cache/overlays`` and copied next time: a
+    repeated run needs neither qemu-img nor qemu-io.
+    """
+    from capstan.image import cmdline as osv_cmdline
+
+    facts = image_facts(root, image)
+    if cmdline is not None:
+        osv_cmdline.validate(cmdline)
+    key = hashlib.sha256(f"{image}\0{facts.format}\0{facts.sha256}\0{cmdline}".encode())
+    cache = root / "cache" / "overlays"
+    template = cache / f"{key.hexdigest()[:32]}.qcow2"
+    with contextlib.suppress(FileNotFoundError):
+        shutil.copyfile(template, disk)
+        return
+    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", facts.format, "-b", str(image),
+              str(disk)])
+    if cmdline is not None:
+        area = disk.with_name(f".{disk.name}.cmdline")
+        area.write_bytes(osv_cmdline.area_bytes(cmdline))
+        try:
+            proc.run(["qemu-io", "-f", "qcow2", "-c",
+                      f"write -s {area} {osv_cmdline.AREA_OFFSET} {osv_cmdline.AREA_SIZE}",
+                      str(disk)])
+        finally:
+            area.unlink()
+    with contextlib.suppress(OSError, LocalIOError):  # the cache is optional
+        cache.mkdir(parents=True, exist_ok=True)
+        old = sorted(cache.glob("*.qcow2"), key=lambda p: p.stat().st_mtime)
+        for stale in old[:max(0, len(old) - _MAX_OVERLAYS + 1)]:
+            stale.unlink(missing_ok=True)
+        atomic_write(template, disk.read_bytes())

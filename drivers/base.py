@@ -6,6 +6,8 @@ import enum
 import importlib.metadata
 import os
 import re
+import socket
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -13,7 +15,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 from capstan.config import Config
-from capstan.errors import BackendError, NotFound, UnsupportedOperation, UsageError
+from capstan.errors import (
+    BackendError,
+    Conflict,
+    GuestFailure,
+    GuestTimeout,
+    NotFound,
+    UnsupportedOperation,
+    UsageError,
+)
 
 __all__ = [
     "Driver",
@@ -22,7 +32,9 @@ __all__ = [
     "InstanceState",
     "PortForward",
     "Volume",
+    "console_verdict",
     "driver_names",
+    "free_port",
     "get_driver",
     "mac_address",
 ]
@@ -42,6 +54,18 @@ def mac_address(text: str | None) -> str:
     return text.lower().replace("-", ":")
 
 
+def free_port(addr: str, proto: str, port: int = 0) -> int:
+    """*port* (or, for 0, a free one) on *addr*, checked by binding it now."""
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, kind) as s:
+        try:
+            s.bind((addr, port))
+        except OSError as err:
+            raise Conflict(f"cannot forward {addr}:{port}/{proto}: {err.strerror}") from err
+        return int(s.getsockname()[1])
+
+
 class InstanceState(enum.Enum):
     """Normalised instance state; each driver maps its own states onto these."""
 
@@ -55,6 +79,8 @@ _FORWARD = re.compile(
     r"(?:/(?P<proto>tcp|udp))?")
 _MAC = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
+_CRASH = ("Aborted", "Assertion failed", "[backtrace]", "page fault outside application")
+_STATUS = re.compile(rb"program (?:exited with status|.* returned) (\d+)")
 _SETTING_COLON = re.compile(r":(?=(?:format|cache|aio)=)", re.IGNORECASE)
 
 
@@ -189,6 +215,54 @@ class Driver(ABC):
         """The file holding the instance's console output."""
         raise UnsupportedOperation(self.name, "logs")
 
+    def run_foreground(self, name: str, out: BinaryIO, timeout: float | None = None) -> int:
+        """Start *name*, stream its console log to *out* until the guest stops.
+
+        Returns 0 after a clean power-off, or the application's non-zero status
+        when the guest reports one; raises GuestFailure for a crash, GuestTimeout
+        after *timeout*. Ctrl-C stops the guest gracefully (a second one
+        stops it at once) and is re-raised.
+        """
+        log = self.log_path(name)
+        offset = 0
+        seen = bytearray()
+
+        def pump() -> None:
+            nonlocal offset
+            try:
+                with open(log, "rb") as f:
+                    if os.fstat(f.fileno()).st_size < offset:
+                        offset = 0  # the log was restarted
+                    f.seek(offset)
+                    data = f.read()
+            except FileNotFoundError:
+                return
+            offset += len(data)
+            seen.extend(data)
+            out.write(data)
+            out.flush()
+
+        self.start(name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while self.get(name).state is InstanceState.RUNNING:
+                pump()
+                if deadline is not None and time.monotonic() > deadline:
+                    self.stop(name)
+                    raise GuestTimeout(f"instance {name} did not finish within {timeout} s")
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            out.write(b"\r\ncapstan: stopping the guest (Ctrl-C again stops it at once)...\r\n")
+            out.flush()
+            try:
+                self.stop(name)
+            except KeyboardInterrupt:
+                self.stop(name, timeout=0)
+            raise
+        finally:
+            pump()
+        return console_verdict(name, bytes(seen))
+
     def console(self, name: str, stdin: int, stdout: BinaryIO, escape: bytes | None) -> None:
         """Attach *stdin* (a file descriptor) and *stdout* to the guest's serial console.
 
@@ -196,6 +270,16 @@ class Driver(ABC):
         (with no escape, i.e. not a terminal) once *stdin* ends and the guest stops.
         """
         raise UnsupportedOperation(self.name, "console")
+
+
+def console_verdict(name: str, console: bytes) -> int:
+    """The outcome a guest's console shows: GuestFailure for a crash marker, else
+    the last application status OSv reported (0 when there is none)."""
+    marker = next((m for m in _CRASH if m.encode() in console), None)
+    if marker is not None:
+        raise GuestFailure(f"guest {name} crashed ('{marker}' on its console)")
+    statuses = _STATUS.findall(console)
+    return int(statuses[-1]) % 256 if statuses else 0
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:

@@ -27,13 +27,14 @@ from typing import Any, BinaryIO
 import yaml
 from filelock import FileLock
 
-from capstan import proc
 from capstan.drivers.base import (
     Driver,
     Instance,
     InstanceSpec,
     InstanceState,
     PortForward,
+    console_verdict,
+    free_port,
     mac_address,
 )
 from capstan.errors import (
@@ -41,25 +42,19 @@ from capstan.errors import (
     Conflict,
     GuestFailure,
     GuestTimeout,
-    LocalIOError,
     NotFound,
     ToolMissing,
     UsageError,
 )
-from capstan.image import cmdline as osv_cmdline
-from capstan.imagecache import image_facts
-from capstan.repository import atomic_write
+from capstan.imagecache import image_facts, make_overlay
 
 LOG = logging.getLogger(__name__)
 
 __all__ = ["QemuDriver", "bridge_helper", "private_segment", "qmp_execute"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_CRASH = ("Aborted", "Assertion failed", "[backtrace]", "page fault outside application")
-_STATUS = re.compile(rb"program (?:exited with status|.* returned) (\d+)")
 _QEMU_PATHS = ("qemu-system-x86_64", "/usr/libexec/qemu-kvm", "/usr/local/bin/qemu-system-x86_64")
 _SOCKET_MAX = 100
-_OVERLAY_CACHE = 64
 _BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper",
                    "/usr/local/libexec/qemu-bridge-helper")
 
@@ -118,17 +113,6 @@ def _pid_alive(pid: int | None, marker: str) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z" and marker.encode() in cmd
-
-
-def _free_port(addr: str, proto: str, port: int = 0) -> int:
-    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    with socket.socket(family, kind) as s:
-        try:
-            s.bind((addr, port))
-        except OSError as err:
-            raise Conflict(f"cannot forward {addr}:{port}/{proto}: {err.strerror}") from err
-        return int(s.getsockname()[1])
 
 
 def bridge_helper() -> str:
@@ -259,7 +243,7 @@ class QemuDriver(Driver):
         image = spec.image.absolute()
         facts = image_facts(self.config.root, image)
         disk = d / "disk.qcow2"
-        self._overlay(image, facts.format, facts.sha256, spec.cmdline, disk)
+        make_overlay(self.config.root, image, spec.cmdline, disk)
         run = self._run_dir(d)
         run.mkdir(parents=True, exist_ok=True, mode=0o700)
         state = _State(
@@ -273,38 +257,6 @@ class QemuDriver(Driver):
             self._save(state)
         self._write_osv_config(spec, state)
         return state
-
-    def _overlay(self, image: Path, fmt: str, digest: str, cmdline: str | None,
-                 disk: Path) -> None:
-        """Create the instance's overlay on *image*, with *cmdline* written into it.
-
-        Overlays are a pure function of image, content and command line, so the
-        first one made is kept in ``cache/overlays`` and copied next time: a
-        repeated run starts QEMU without running qemu-img or qemu-io.
-        """
-        if cmdline is not None:
-            osv_cmdline.validate(cmdline)
-        key = hashlib.sha256(f"{image}\0{fmt}\0{digest}\0{cmdline}".encode()).hexdigest()
-        cache = self.config.root / "cache" / "overlays"
-        template = cache / f"{key[:32]}.qcow2"
-        with contextlib.suppress(FileNotFoundError):
-            shutil.copyfile(template, disk)
-            return
-        proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(image),
-                  str(disk)])
-        if cmdline is not None:
-            area = disk.with_name(".cmdline")
-            area.write_bytes(osv_cmdline.area_bytes(cmdline))
-            proc.run(["qemu-io", "-f", "qcow2", "-c",
-                      f"write -s {area} {osv_cmdline.AREA_OFFSET} {osv_cmdline.AREA_SIZE}",
-                      str(disk)])
-            area.unlink()
-        with contextlib.suppress(OSError, LocalIOError):  # the cache is optional
-            cache.mkdir(parents=True, exist_ok=True)
-            old = sorted(cache.glob("*.qcow2"), key=lambda p: p.stat().st_mtime)
-            for stale in old[:max(0, len(old) - _OVERLAY_CACHE + 1)]:
-                stale.unlink(missing_ok=True)
-            atomic_write(template, disk.read_bytes())
 
     @staticmethod
     def _run_dir(d: Path) -> Path:
@@ -393,7 +345,7 @@ class QemuDriver(Driver):
             raise Conflict(f"cannot forward {fwd.host_addr}:{fwd.host_port}/{fwd.protocol}: "
                            "another instance uses it")
         for _ in range(64):
-            port = _free_port(fwd.host_addr, fwd.protocol, fwd.host_port)
+            port = free_port(fwd.host_addr, fwd.protocol, fwd.host_port)
             if (fwd.host_addr, port, fwd.protocol) not in taken:
                 return port
         raise Conflict(f"no free {fwd.protocol} port on {fwd.host_addr}")
@@ -499,11 +451,7 @@ class QemuDriver(Driver):
             raise GuestFailure(f"QEMU for {name} was killed by signal {-code}")
         if code != 0:
             raise BackendError(f"QEMU for {name} exited with status {code}")
-        marker = next((m for m in _CRASH if m.encode() in console), None)
-        if marker is not None:
-            raise GuestFailure(f"guest {name} crashed ('{marker}' on its console)")
-        statuses = _STATUS.findall(console)
-        return int(statuses[-1]) % 256 if statuses else 0
+        return console_verdict(name, console)
 
     def stop(self, name: str, timeout: float = 30) -> Instance:
         state = self._load(name)

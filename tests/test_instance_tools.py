@@ -139,6 +139,7 @@ def test_bridge_networking_joins_the_bridge(cli, image: Path, bridge: str) -> No
     result = cli("run", "-d", "-i", image, "-n", "bridge", "-b", bridge, "-e", "/x @hold", "br")
     assert result.code == 0, result.err
     assert os.listdir(f"/sys/class/net/{bridge}/brif")  # QEMU's tap joined the bridge
+    wait_for(lambda: "PROBE done" in cli.program("logs", "br").stdout, what="probe report")
     assert cli("delete", "br").code == 0
     assert not os.listdir(f"/sys/class/net/{bridge}/brif")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import states
+from conftest import states, wait_for
 
 pytestmark = pytest.mark.functional
 
@@ -92,6 +92,8 @@ def test_state_after_qemu_is_killed_and_delete_leaves_nothing(cli, image: Path,
 def test_delete_of_a_running_instance_stops_it_first(cli, image: Path) -> None:
     assert cli("run", "-d", "-i", image, "-e", "/x @hold", "busy").code == 0
     pid = int(states(cli)["busy"][1])
+    # A guest presses nothing before it enables ACPI: wait until it listens.
+    wait_for(lambda: "PROBE done" in cli.program("logs", "busy").stdout, what="probe report")
     assert cli("delete", "busy").code == 0
     assert not Path(f"/proc/{pid}").exists() or \
         Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
@@ -146,7 +148,6 @@ def test_duplicate_name_of_a_running_instance(cli, image: Path) -> None:
     result = cli("run", "-d", "-i", image, "dup")
     assert result.code == 65 and "already running" in result.err
     assert states(cli)["dup"][1] == pid
-    cli("delete", "dup")
 
 
 @pytest.mark.kvm

@@ -92,9 +92,14 @@ class Run(Command):
         driver.create(spec)
         self.app.stdout.write(f"Created instance: {name}\n")
         if args.detach:
-            inst = driver.start(name)
+            try:
+                inst = driver.start(name)
+            except CapstanError:
+                driver.delete(name)  # a run that cannot start leaves nothing behind
+                raise
             ports = f" ports {', '.join(inst.ports)}" if inst.ports else ""
-            self.app.stdout.write(f"Started instance: {name} (pid {inst.pid}){ports}\n")
+            pid = f" (pid {inst.pid})" if inst.pid else ""
+            self.app.stdout.write(f"Started instance: {name}{pid}{ports}\n")
             return 0
         self.app.stdout.flush()
         try:

@@ -1,0 +1,508 @@
+"""libvirt driver: instances as persistent libvirt domains, local or remote.
+
+State comes from libvirt, not from our files: our domains carry a
+``<capstan:instance>`` element in ``<metadata>``. With a local URI and no
+pool the disk is an overlay in ``$CAPSTAN_ROOT/instances/libvirt/<name>/``;
+otherwise the image (command line applied, flattened to qcow2) is uploaded into
+a volume of a storage pool through libvirt's stream API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import stat
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import urlparse
+
+from capstan import proc
+from capstan.config import Config
+from capstan.drivers.base import (
+    Driver,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    PortForward,
+    free_port,
+    mac_address,
+)
+from capstan.errors import (
+    BackendError,
+    ConfigError,
+    Conflict,
+    NotFound,
+    UnsupportedOperation,
+    UsageError,
+)
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["NS", "LibvirtDriver", "domain_xml"]
+
+NS = "https://pycapstan.dev/xmlns/instance/1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+_CHUNK = 1 << 20
+T = TypeVar("T")
+
+
+def domain_xml(spec: InstanceSpec, *, domain_type: str, disk: dict[str, str],
+               console_log: str | None, network: str, meta: dict[str, str],
+               forwards: tuple[PortForward, ...] = ()) -> str:
+    """The domain XML for *spec*.
+
+    *disk* is ``{"file": PATH}`` or ``{"pool": P, "volume": V}``; *network* is
+    ``""`` (user mode, *forwards* through QEMU's own ``hostfwd``),
+    ``network:NAME`` or ``bridge:NAME``.
+    """
+    ET.register_namespace("capstan", NS)
+    ET.register_namespace("qemu", QEMU_NS)
+    dom = ET.Element("domain", type=domain_type)
+    ET.SubElement(dom, "name").text = spec.name
+    metadata = ET.SubElement(ET.SubElement(dom, "metadata"), f"{{{NS}}}instance")
+    for key, value in meta.items():
+        ET.SubElement(metadata, f"{{{NS}}}{key}").text = value
+    ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
+    ET.SubElement(dom, "vcpu").text = str(spec.cpus)
+    os_el = ET.SubElement(dom, "os")
+    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+    ET.SubElement(os_el, "boot", dev="hd")
+    ET.SubElement(ET.SubElement(dom, "features"), "acpi")
+    if spec.cpu_model:
+        ET.SubElement(ET.SubElement(dom, "cpu", mode="custom", match="exact"),
+                      "model", fallback="allow").text = spec.cpu_model
+    for event, action in (("on_poweroff", "destroy"), ("on_reboot", "restart"),
+                          ("on_crash", "destroy")):
+        ET.SubElement(dom, event).text = action
+    devices = ET.SubElement(dom, "devices")
+    _disk(devices, disk, "qcow2", "vda")
+    for i, vol in enumerate(spec.volumes, start=1):
+        _disk(devices, {"file": str(vol.path)}, vol.format, f"vd{chr(ord('a') + i)}",
+              cache=vol.cache)
+    if network:
+        kind, _, name = network.partition(":")
+        iface = ET.SubElement(devices, "interface", type=kind)
+        ET.SubElement(iface, "source", {kind: name})
+        ET.SubElement(iface, "mac", address=mac_address(spec.mac))
+        ET.SubElement(iface, "model", type="virtio")
+    elif not forwards:
+        ET.SubElement(ET.SubElement(devices, "interface", type="user"), "model", type="virtio")
+    serial = ET.SubElement(devices, "serial", type="pty")
+    if console_log:
+        ET.SubElement(serial, "log", file=console_log, append="off")
+    ET.SubElement(serial, "target", port="0")
+    ET.SubElement(ET.SubElement(devices, "console", type="pty"), "target", type="serial",
+                  port="0")
+    rng = ET.SubElement(devices, "rng", model="virtio")
+    ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
+    ET.SubElement(devices, "memballoon", model="none")
+    if forwards and not network:
+        # libvirt 9 has port forwards only with passt; QEMU's slirp does them itself.
+        rules = "".join(f",hostfwd={f.protocol}:{f.host_addr}:{f.host_port}-:{f.guest_port}"
+                        for f in forwards)
+        cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+        for arg in ("-netdev", f"user,id=capstan-un0{rules}",
+                    "-device", "virtio-net-pci,netdev=capstan-un0,romfile=,bus=pci.0,addr=0x1e"):
+            ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
+    ET.indent(dom)
+    return ET.tostring(dom, encoding="unicode")
+
+
+def _disk(devices: ET.Element, source: dict[str, str], fmt: str, target: str,
+          cache: str = "writeback") -> None:
+    kind = "volume" if "pool" in source else "file"
+    disk = ET.SubElement(devices, "disk", type=kind, device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type=fmt, cache=cache)
+    ET.SubElement(disk, "source", source)
+    ET.SubElement(disk, "target", dev=target, bus="virtio")
+
+
+def _translated(method: Callable[..., T]) -> Callable[..., T]:
+    """*method* with libvirt's exceptions turned into ours (a vanished domain is
+    NotFound: another client may remove it at any moment)."""
+
+    @functools.wraps(method)
+    def wrapper(self: LibvirtDriver, *args: Any, **kwargs: Any) -> T:
+        import libvirt
+
+        try:
+            return method(self, *args, **kwargs)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise NotFound(f"no such instance ({err.get_error_message()})") from err
+            raise BackendError(f"libvirt: {err.get_error_message()}") from err
+
+    return wrapper
+
+
+class LibvirtDriver(Driver):
+    """Run images as libvirt domains (``-p libvirt``; URI from ``libvirt_uri``)."""
+
+    name = "libvirt"
+    capabilities = frozenset({"console", "logs", "port_forward", "volumes", "detach",
+                              "graceful_stop", "remote"})
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.uri = str(config.values.get("libvirt_uri") or "qemu:///system")
+        self.pool = str(config.values.get("libvirt_pool") or "")
+        self.network = str(config.values.get("libvirt_network") or "")
+        self._conn: Any = None
+
+    # -- connection ---------------------------------------------------------
+
+    @property
+    def remote(self) -> bool:
+        """Whether the URI names another host (then disks go through a pool)."""
+        return bool(urlparse(self.uri).hostname)
+
+    @property
+    def conn(self) -> Any:
+        """The libvirt connection, opened on first use."""
+        if self._conn is None:
+            import libvirt
+
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no stderr noise
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as err:
+                raise BackendError(f"cannot connect to libvirt at {self.uri}: "
+                                   f"{err.get_error_message()} (is libvirtd running? "
+                                   "see 'capstan doctor')") from err
+        return self._conn
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """*fn(*args)*, with libvirt's errors as BackendError naming *what*."""
+        import libvirt
+
+        try:
+            return fn(*args)
+        except libvirt.libvirtError as err:
+            raise BackendError(f"libvirt: {what}: {err.get_error_message()}") from err
+
+    def _domain(self, name: str) -> Any:
+        import libvirt
+
+        try:
+            dom = self.conn.lookupByName(name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise NotFound(f"no such instance: {name} (at {self.uri})") from err
+            raise BackendError(f"libvirt: {err.get_error_message()}") from err
+        if self._meta(dom) is None:
+            raise NotFound(f"domain {name} at {self.uri} was not made by pycapstan")
+        return dom
+
+    @staticmethod
+    def _meta(dom: Any) -> dict[str, str] | None:
+        import libvirt
+
+        try:
+            text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS)
+        except libvirt.libvirtError:
+            return None
+        return {child.tag.split("}")[-1]: child.text or "" for child in ET.fromstring(text)}
+
+    def _home(self, name: str) -> Path:
+        return self.config.instances / "libvirt" / name
+
+    # -- creation -----------------------------------------------------------
+
+    def domain_type(self) -> str:
+        """``kvm`` when the host offers it and it is wanted, else ``qemu`` (TCG)."""
+        wanted = self.config.qemu_accel
+        if wanted == "tcg" or self.config.disable_kvm:
+            return "qemu"
+        caps = ET.fromstring(self._call("capabilities", self.conn.getCapabilities))
+        kvm = caps.find("./guest/arch[@name='x86_64']/domain[@type='kvm']") is not None
+        if not kvm and wanted == "kvm":
+            raise BackendError(f"KVM is not available at {self.uri}")
+        if not kvm:
+            LOG.warning("KVM is not available at %s: domains run under TCG", self.uri)
+        return "kvm" if kvm else "qemu"
+
+    @_translated
+    def create(self, spec: InstanceSpec) -> Instance:
+        import libvirt
+
+        if not spec.image.is_file():
+            raise NotFound(f"no such image: {spec.image}")
+        if spec.networking not in ("nat", "none") or spec.private_network:
+            raise UsageError("the libvirt driver takes its network from libvirt_network "
+                             "(network:NAME or bridge:NAME); -n is for the qemu driver")
+        if self.network and spec.forwards:
+            raise UsageError("port forwards need user networking: unset libvirt_network")
+        if self.remote and spec.volumes:
+            raise UsageError("volumes are host files: they cannot be used with a remote URI")
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.lookupByName(spec.name)
+            raise Conflict(f"a domain named {spec.name} already exists at {self.uri}")
+        home = self._home(spec.name)
+        if home.exists():
+            raise Conflict(f"{home} exists: delete instance {spec.name} first")
+        home.mkdir(parents=True)
+        undo: list[Callable[[], None]] = [lambda: shutil.rmtree(home, ignore_errors=True)]
+        try:
+            forwards = tuple(PortForward(free_port(f.host_addr, f.protocol, f.host_port),
+                                         f.guest_port, f.protocol, f.host_addr)
+                             for f in spec.forwards)
+            disk = self._disk(spec, home, undo)
+            from capstan.imagecache import image_facts
+
+            meta = {"image": str(spec.image.absolute()),
+                    "digest": image_facts(self.config.root, spec.image).sha256,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "ports": " ".join(map(str, forwards)), **disk}
+            log = None if self.remote else str(home / "console.log")
+            xml = domain_xml(spec, domain_type=self.domain_type(), disk=disk,
+                             console_log=log, network=self.network, meta=meta,
+                             forwards=forwards)
+            dom = self._call(f"define {spec.name}", self.conn.defineXML, xml)
+        except BaseException:
+            for step in reversed(undo):
+                with contextlib.suppress(Exception):
+                    step()
+            raise
+        return self._instance(dom)
+
+    def _disk(self, spec: InstanceSpec, home: Path,
+              undo: list[Callable[[], None]]) -> dict[str, str]:
+        from capstan.imagecache import make_overlay
+
+        overlay = home / "disk.qcow2"
+        make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)
+        if not self.pool:
+            if self.remote:
+                raise ConfigError(f"a remote URI ({self.uri}) needs a storage pool: set "
+                                 "libvirt_pool (e.g. CAPSTAN_LIBVIRT_POOL=default)")
+            _make_reachable(home, self.config.root)
+            return {"file": str(overlay)}
+        flat = home / "upload.qcow2"
+        proc.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(overlay), str(flat)])
+        overlay.unlink()
+        volume = f"{spec.name}.qcow2"
+        self._upload(flat, volume, undo)
+        flat.unlink()
+        return {"pool": self.pool, "volume": volume}
+
+    def _upload(self, source: Path, volume: str, undo: list[Callable[[], None]]) -> None:
+        """Create *volume* in the pool and send *source* through a libvirt stream."""
+        import libvirt
+
+        try:
+            pool = self.conn.storagePoolLookupByName(self.pool)
+        except libvirt.libvirtError as err:
+            raise NotFound(f"no storage pool '{self.pool}' at {self.uri}: create it (virsh "
+                           f"pool-define-as {self.pool} dir --target /var/lib/libvirt/images; "
+                           f"virsh pool-start {self.pool})") from err
+        size = source.stat().st_size
+        vol_xml = ET.Element("volume")
+        ET.SubElement(vol_xml, "name").text = volume
+        ET.SubElement(vol_xml, "capacity", unit="bytes").text = str(size)
+        ET.SubElement(ET.SubElement(vol_xml, "target"), "format", type="raw")
+        vol = self._call(f"create volume {volume} in pool {self.pool}", pool.createXML,
+                         ET.tostring(vol_xml, encoding="unicode"), 0)
+        undo.append(vol.delete)
+        stream = self.conn.newStream(0)
+        self._call(f"upload to {volume}", vol.upload, stream, 0, size, 0)
+        progress = _progress(size, f"uploading {volume}")
+        with open(source, "rb") as f:
+            try:
+                while chunk := f.read(_CHUNK):
+                    self._send(stream, chunk)
+                    progress(len(chunk))
+                self._call(f"finish upload to {volume}", stream.finish)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    stream.abort()
+                raise
+            finally:
+                progress(0, done=True)
+
+    def _send(self, stream: Any, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            sent = self._call("upload", stream.send, bytes(view))
+            view = view[sent:]
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @_translated
+    def start(self, name: str) -> Instance:
+        dom = self._domain(name)
+        if dom.isActive():
+            raise Conflict(f"instance {name} is already running")
+        self._call(f"start {name}", dom.create)
+        return self._instance(dom)
+
+    @_translated
+    def stop(self, name: str, timeout: float = 30) -> Instance:
+        import libvirt
+
+        dom = self._domain(name)
+        if not dom.isActive():
+            return self._instance(dom)
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.shutdown()  # the ACPI power button
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not dom.isActive():
+                return self._instance(dom)
+            time.sleep(0.1)
+        LOG.warning("instance %s ignored the ACPI power button: destroying it", name)
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+        if dom.isActive():
+            raise BackendError(f"could not stop instance {name}")
+        return self._instance(dom)
+
+    @_translated
+    def delete(self, name: str) -> None:
+        import libvirt
+
+        self.stop(name)
+        dom = self._domain(name)
+        meta = self._meta(dom) or {}
+        if meta.get("pool"):
+            with contextlib.suppress(libvirt.libvirtError):
+                pool = self.conn.storagePoolLookupByName(meta["pool"])
+                pool.storageVolLookupByName(meta["volume"]).delete(0)
+        self._call(f"undefine {name}", dom.undefineFlags,
+                   libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        shutil.rmtree(self._home(name), ignore_errors=True)
+
+    # -- queries ------------------------------------------------------------
+
+    def _instance(self, dom: Any) -> Instance:
+        import libvirt
+
+        meta = self._meta(dom) or {}
+        raw_state = self._call("state", dom.state)[0]
+        state = {libvirt.VIR_DOMAIN_RUNNING: InstanceState.RUNNING,
+                 libvirt.VIR_DOMAIN_SHUTOFF: InstanceState.STOPPED,
+                 libvirt.VIR_DOMAIN_SHUTDOWN: InstanceState.RUNNING}.get(
+                     raw_state, InstanceState.UNKNOWN)
+        pid = None
+        if state is InstanceState.RUNNING and not self.remote:
+            pid = _qemu_pid(dom.name())
+        return Instance(name=dom.name(), driver=self.name, state=state,
+                        image=meta.get("image", ""), pid=pid,
+                        ports=tuple(p for p in meta.get("ports", "").split(" ") if p),
+                        image_digest=meta.get("digest", ""), created=meta.get("created", ""),
+                        extra={"uri": self.uri, "uuid": dom.UUIDString()})
+
+    @_translated
+    def get(self, name: str) -> Instance:
+        return self._instance(self._domain(name))
+
+    @_translated
+    def list(self) -> Iterator[Instance]:
+        found = []
+        for dom in self._call("list domains", self.conn.listAllDomains, 0):
+            with contextlib.suppress(NotFound):  # removed while we looked
+                if self._meta(dom) is not None:
+                    found.append(self._instance(dom))
+        return iter(found)
+
+    @_translated
+    def log_path(self, name: str) -> Path:
+        self._domain(name)
+        if self.remote:
+            raise UnsupportedOperation(self.name, "logs on a remote host (use capstan console)")
+        return self._home(name) / "console.log"
+
+    @_translated
+    def console(self, name: str, stdin: int, stdout: BinaryIO, escape: bytes | None) -> None:
+        import libvirt
+
+        dom = self._domain(name)
+        if not dom.isActive():
+            raise Conflict(f"instance {name} is not running")
+        stream = self.conn.newStream(0)
+        self._call(f"console of {name}", dom.openConsole, None, stream,
+                   libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        finished = threading.Event()
+
+        def guest_to_user() -> None:
+            with contextlib.suppress(libvirt.libvirtError):  # "stream is closed" after stop
+                while data := stream.recv(65536):
+                    if isinstance(data, bytes):
+                        stdout.write(data)
+                        stdout.flush()
+            finished.set()
+
+        reader = threading.Thread(target=guest_to_user, daemon=True)
+        reader.start()
+        try:
+            while not finished.is_set():
+                data = _read_ready(stdin, 0.2)
+                if data is None:
+                    continue
+                if not data:  # end of input: keep copying output until the guest ends
+                    finished.wait()
+                    break
+                if escape and escape in data:
+                    self._send(stream, data.split(escape, 1)[0])
+                    break
+                self._send(stream, data)
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.finish()
+
+
+def _read_ready(fd: int, timeout: float) -> bytes | None:
+    """Bytes from *fd* when it has some within *timeout*, else None."""
+    import select
+
+    readable, _, _ = select.select([fd], [], [], timeout)
+    return os.read(fd, 4096) if readable else None
+
+
+def _qemu_pid(name: str) -> int | None:
+    try:
+        return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _make_reachable(directory: Path, root: Path) -> None:
+    """Let libvirt's QEMU (user libvirt-qemu) reach files in *directory*.
+
+    Directories up to *root* are ours: they get the search bit. Above it
+    nothing is changed; a directory QEMU cannot pass stops us with the fix.
+    """
+    for d in [directory, *directory.parents]:
+        mode = d.stat().st_mode
+        if mode & stat.S_IXOTH:
+            continue
+        if d == root or root in d.parents:
+            os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
+            continue
+        raise BackendError(f"libvirt's QEMU cannot reach {directory}: run chmod o+x {d}, or "
+                           "set libvirt_pool to upload disks into a storage pool")
+
+
+def _progress(total: int, label: str) -> Callable[..., None]:
+    """A progress reporter: a bar on a terminal, nothing otherwise."""
+    if not sys.stderr.isatty():
+        return lambda _n, done=False: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False)
+
+    def update(n: int, done: bool = False) -> None:
+        bar.update(n)
+        if done:
+            bar.close()
+
+    return update
+
