@@ -38,6 +38,10 @@ KEYS: dict[str, type] = {
     "libvirt_uri": str,
     "libvirt_pool": str,
     "libvirt_network": str,
+    "repositories": str,
+    "github_api": str,
+    "github_repo": str,
+    "github_token": str,
 }
 
 

@@ -70,9 +70,11 @@ class CapstanApp(App):
 
     def configure_logging(self) -> None:
         super().configure_logging()
-        # qemu.qmp narrates every connection at INFO; only -vv (DEBUG) wants that.
+        # Libraries' chatter is for -vv (DEBUG) only.
         if self.options.verbose_level < 2:
             logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
+            # urllib3 narrates each retry; the final error is reported once, by us
+            logging.getLogger("urllib3").setLevel(logging.ERROR)
 
     @property
     def config(self) -> Config:

@@ -11,6 +11,8 @@ from cliff.lister import Lister
 from capstan.commands import app_config
 from capstan.config import KEYS
 
+SECRETS = {"github_token"}
+
 
 class ConfigPrint(Lister):
     """Show every effective setting and where it came from"""
@@ -20,5 +22,6 @@ class ConfigPrint(Lister):
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
         config = app_config(self)
         rows = [("root", str(config.root), config.sources["root"])]
-        rows += [(key, config.values[key], config.sources[key]) for key in KEYS]
+        rows += [(key, "***" if key in SECRETS and config.values[key] else config.values[key],
+                  config.sources[key]) for key in KEYS]
         return ("Key", "Value", "Source"), rows

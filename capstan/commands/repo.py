@@ -1,0 +1,167 @@
+"""pull, images, rmi, search, package pull|search, base import, push, package push."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cliff.command import Command
+from cliff.lister import Lister
+from cliff.show import ShowOne
+
+from capstan.commands import app_config
+
+_PULLED = ("Name", "Kind", "Status", "SHA256", "Source", "Path")
+
+
+def _row(p: Any) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    return _PULLED, (p.name, p.kind, p.status, p.sha256, p.source, str(p.path))
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    return getattr(args, "formatter", "table") != "table"
+
+
+class Pull(ShowOne):
+    """Download an image or loader into the local repository"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", metavar="NAME",
+                            help="loader (osv-loader) or bucket image (ns/name)")
+        parser.add_argument("-p", "--platform", default="qemu", help="image flavour (qemu)")
+        parser.add_argument("--force", action="store_true", help="download again")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.pulling import pull_image
+
+        return _row(pull_image(app_config(self), parsed_args.name, parsed_args.platform,
+                               s3=self.app.options.s3, force=parsed_args.force,
+                               quiet=_quiet(parsed_args)))
+
+
+class PackagePull(ShowOne):
+    """Download a package (.yaml and .mpm) into the local repository"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", metavar="PACKAGE")
+        parser.add_argument("--force", action="store_true", help="download again")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.pulling import pull_package
+
+        return _row(pull_package(app_config(self), parsed_args.name, s3=self.app.options.s3,
+                                 force=parsed_args.force, quiet=_quiet(parsed_args)))
+
+
+class Images(Lister):
+    """List the images of the local repository"""
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        from capstan.pulling import list_images
+
+        return (("Name", "Platform", "Size", "Created", "SHA256", "Source"),
+                [(r.name, r.platform, r.size, r.created, r.sha256, r.source)
+                 for r in list_images(app_config(self))])
+
+
+class Rmi(Command):
+    """Delete images from the local repository"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("names", nargs="+", metavar="NAME")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.pulling import remove_image
+
+        for name in parsed_args.names:
+            remove_image(app_config(self), name)
+            self.app.stdout.write(f"Deleted image: {name}\n")
+        return 0
+
+
+class _Search(Lister):
+    kind: str | None = None
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("pattern", nargs="?", default="*",
+                            help="substring or glob (default: everything)")
+        return parser
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        from capstan.pulling import search
+
+        return (("Kind", "Name", "Repository"),
+                search(app_config(self), parsed_args.pattern, self.kind, self.app.options.s3))
+
+
+class Search(_Search):
+    """Search the remote repositories for images and packages"""
+
+
+class PackageSearch(_Search):
+    """Search the remote repositories for packages"""
+
+    kind = "package"
+
+
+class BaseImport(ShowOne):
+    """Import your own loader or base image into the local repository"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("file", type=Path, metavar="FILE")
+        parser.add_argument("--name", required=True, help="repository name, e.g. my/loader")
+        parser.add_argument("--description", default="")
+        parser.add_argument("--version", dest="image_version", default="")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.pulling import import_base
+
+        return _row(import_base(app_config(self), parsed_args.file, parsed_args.name,
+                                parsed_args.description, parsed_args.image_version))
+
+
+class Push(ShowOne):
+    """Publish an image to an S3 bucket or directory repository"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", metavar="NAME", help="image (ns/name)")
+        parser.add_argument("url", metavar="REPOSITORY", help="s3://bucket/prefix or a directory")
+        parser.add_argument("-p", "--platform", default="qemu")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.pulling import push_image
+
+        return _row(push_image(app_config(self), parsed_args.name, parsed_args.url,
+                               parsed_args.platform))
+
+
+class PackagePush(ShowOne):
+    """Publish a package to an S3 bucket or directory repository"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("package", metavar="PACKAGE", help="package name or .mpm file")
+        parser.add_argument("url", metavar="REPOSITORY", help="s3://bucket/prefix or a directory")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.pulling import push_package
+
+        return _row(push_package(app_config(self), parsed_args.package, parsed_args.url))

@@ -1,0 +1,187 @@
+"""Downloads that never leave a partial or unverified file behind.
+
+A download goes to ``<target>.part`` (resumed with HTTP ``Range`` after an
+interruption), is checked against its SHA-256 when one is known, decompressed
+when its bytes are gzip, then renamed into place. A lock per target makes
+concurrent downloads of the same file wait for one another instead of racing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from capstan.errors import InputError, LocalIOError, NotFound, RemoteError
+
+__all__ = ["Artifact", "fetch", "reason", "session", "sha256_of"]
+
+_CHUNK = 1 << 20
+_NET_CHUNK = 1 << 16  # what an interruption can lose; the rest is resumed
+_TIMEOUT = (10, 60)  # connect, read
+_GZIP = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A remote file: where it is and, when the remote publishes one, its digest."""
+
+    name: str
+    url: str
+    size: int | None = None
+    sha256: str | None = None
+    opener: Callable[[Path], None] | None = None  # for non-HTTP sources (S3, files)
+
+
+def session(token: str | None = None) -> Any:
+    """A requests session with retries on connection errors, 429 and 5xx."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    s = requests.Session()
+    retry = Retry(total=4, backoff_factor=0.3, status_forcelist=(429, 500, 502, 503, 504),
+                  allowed_methods=frozenset({"GET", "HEAD"}), respect_retry_after_header=True)
+    s.mount("http://", HTTPAdapter(max_retries=retry))
+    s.mount("https://", HTTPAdapter(max_retries=retry))
+    s.headers["User-Agent"] = "pycapstan"
+    if token:
+        s.headers["Authorization"] = f"Bearer {token}"
+    return s
+
+
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of *path*."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(artifact: Artifact, target: Path, *, http: Any = None, quiet: bool = False,
+          unpack: bool = False) -> str:
+    """Download *artifact* to *target*; return the SHA-256 of the bytes as published.
+
+    With *unpack*, gzip data (found by its magic bytes, whatever the name) is
+    stored decompressed: images are published gzipped, packages are not.
+
+    An existing *target* is kept (another process may just have downloaded
+    it). A digest mismatch raises InputError naming both digests, and leaves
+    nothing behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(_lock_path(target))):
+        if target.exists():
+            return sha256_of(target)
+        part = target.with_name(f".{target.name}.part")
+        if artifact.opener is not None:
+            part.unlink(missing_ok=True)
+            artifact.opener(part)
+        else:
+            _http_get(artifact, part, http or session(), quiet)
+        digest = sha256_of(part)
+        if artifact.sha256 and digest != artifact.sha256:
+            part.unlink()
+            raise InputError(f"{artifact.name}: checksum mismatch: expected sha256 "
+                             f"{artifact.sha256}, got {digest}; the download was discarded")
+        _place(part, target, unpack)
+        return digest
+
+
+def _lock_path(target: Path) -> Path:
+    """The lock of *target*, kept out of the repository's directories."""
+    locks = Path(tempfile.gettempdir()) / f"capstan-locks-{os.getuid()}"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    return locks / (hashlib.sha1(str(target.absolute()).encode()).hexdigest() + ".lock")
+
+
+def _http_get(artifact: Artifact, part: Path, http: Any, quiet: bool) -> None:
+    import requests
+
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    try:
+        with http.get(artifact.url, headers=headers, stream=True, timeout=_TIMEOUT) as reply:
+            if reply.status_code == 416 and have:  # nothing left to fetch: start over
+                part.unlink()
+                return _http_get(artifact, part, http, quiet)
+            if reply.status_code == 404:
+                raise NotFound(f"{artifact.name}: not found at {artifact.url}")
+            if reply.status_code not in (200, 206):
+                raise RemoteError(f"{artifact.name}: {artifact.url} answered HTTP "
+                                  f"{reply.status_code} {reply.reason}")
+            mode = "ab" if reply.status_code == 206 else "wb"
+            done = have if mode == "ab" else 0
+            total = int(reply.headers.get("Content-Length", 0)) + done or artifact.size
+            progress = _progress(total, done, artifact.name, quiet)
+            try:
+                with open(part, mode) as out:
+                    for chunk in reply.iter_content(_NET_CHUNK):
+                        out.write(chunk)
+                        progress(len(chunk))
+                    out.flush()
+                    os.fsync(out.fileno())
+            finally:
+                progress(0, done=True)
+    except requests.RequestException as err:
+        raise RemoteError(f"{artifact.name}: download from {artifact.url} failed: "
+                          f"{reason(err)} (run the command again to resume)") from err
+    except OSError as err:
+        raise LocalIOError(f"cannot write {part}: {err.strerror}") from err
+    if artifact.size is not None and part.stat().st_size != artifact.size:
+        raise RemoteError(f"{artifact.name}: got {part.stat().st_size} of {artifact.size} "
+                          "bytes (run the command again to resume)")
+
+
+def reason(err: Exception) -> str:
+    """The useful part of a requests/urllib3 error: ``[Errno 111] Connection refused``."""
+    text = str(err)
+    match = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if match:
+        return match.group(0)
+    match = re.search(r"(Read timed out|Connection (?:aborted|broken)[^'\")]*)", text)
+    return match.group(1) if match else text.split(": ")[-1][:160]
+
+
+def _place(part: Path, target: Path, unpack: bool) -> None:
+    """Rename *part* to *target*, gunzipping it first if asked and its bytes are gzip."""
+    with open(part, "rb") as f:
+        gz = unpack and f.read(2) == _GZIP
+    if gz:
+        plain = part.with_name(part.name + ".plain")
+        try:
+            with gzip.open(part, "rb") as src, open(plain, "wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+        except (OSError, EOFError) as err:
+            plain.unlink(missing_ok=True)
+            part.unlink()
+            raise InputError(f"{target.name}: corrupt gzip data ({err})") from err
+        part.unlink()
+        part = plain
+    os.replace(part, target)
+
+
+def _progress(total: int | None, done: int, label: str, quiet: bool) -> Callable[..., None]:
+    if quiet or not sys.stderr.isatty():
+        return lambda _n, done=False: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=label, leave=False)
+
+    def update(n: int, done: bool = False) -> None:
+        bar.update(n)
+        if done:
+            bar.close()
+
+    return update

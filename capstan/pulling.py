@@ -1,0 +1,251 @@
+"""Services behind pull, images, rmi, search, base import and push."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+import yaml
+from filelock import FileLock
+
+from capstan.config import Config
+from capstan.download import fetch, sha256_of
+from capstan.errors import ImageError, InputError, NotFound
+from capstan.remotes import BucketRemote, Found, remotes
+from capstan.repository import LocalRepository, atomic_write
+
+__all__ = ["ImageRow", "Pulled", "import_base", "list_images", "pull_image", "pull_package",
+           "push_image", "push_package", "remove_image", "search"]
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """An artefact now in the local repository."""
+
+    name: str
+    kind: str
+    path: Path
+    sha256: str
+    source: str
+    status: str  # downloaded, present, imported, pushed
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image of the local repository."""
+
+    name: str
+    platform: str
+    size: int
+    created: str
+    sha256: str
+    source: str
+
+
+def _first(found: list[tuple[str, Found | None]], what: str, labels: list[str]) -> Found:
+    for _, hit in found:
+        if hit is not None:
+            return hit
+    raise NotFound(f"{what} is not available in {', '.join(labels) or 'any repository'}")
+
+
+def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = False,
+               force: bool = False, quiet: bool = False) -> Pulled:
+    """Download image or loader *name* into the repository (a no-op when present)."""
+    repo = LocalRepository(config.root)
+    target = repo.image_file(name, platform)
+    if target.is_file() and not force:
+        return Pulled(name, "image", target, _recorded(repo, name) or sha256_of(target),
+                      "local", "present")
+    sources = remotes(config, s3)
+    hit = None
+    for remote in sources:
+        hit = remote.image(name, platform)
+        if hit:
+            break
+    if hit is None:
+        raise NotFound(f"image {name} is not available in "
+                       f"{', '.join(r.label for r in sources)}")
+    image, *index = hit.files
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with repo.lock(name):
+        if force:
+            target.unlink(missing_ok=True)
+        digest = fetch(image, target, quiet=quiet, unpack=True)
+        meta = {"format_version": "1", "version": "", "description": "", "build": "",
+                "created": time.strftime("%Y-%m-%d %H:%M")}
+        if index:
+            index_file = target.with_name(".index.remote.yaml")
+            index_file.unlink(missing_ok=True)
+            fetch(index[0], index_file, quiet=True)
+            try:
+                remote_meta = yaml.safe_load(index_file.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise InputError(f"{index[0].url}: malformed index.yaml: {err}") from err
+            finally:
+                index_file.unlink(missing_ok=True)
+            if isinstance(remote_meta, dict):
+                meta.update({k: v for k, v in remote_meta.items() if k in meta or
+                             k == "platform"})
+        meta.update({"sha256": digest, "source": hit.source})
+        atomic_write(repo.image_dir(name) / "index.yaml",
+                     yaml.safe_dump(meta, sort_keys=False).encode())
+    return Pulled(name, "image", target, digest, hit.source, "downloaded")
+
+
+def _recorded(repo: LocalRepository, name: str) -> str:
+    try:
+        meta = yaml.safe_load((repo.image_dir(name) / "index.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    return str(meta.get("sha256", "")) if isinstance(meta, dict) else ""
+
+
+def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = False,
+                 quiet: bool = False) -> Pulled:
+    """Download package *name* (``.yaml`` and ``.mpm``) into ``<root>/packages``."""
+    packages = config.root / "packages"
+    manifest, archive = packages / f"{name}.yaml", packages / f"{name}.mpm"
+    stamp = packages / f"{name}.mpm.sha256"
+    if manifest.is_file() and archive.is_file() and not force:
+        digest = stamp.read_text().strip() if stamp.is_file() else sha256_of(archive)
+        return Pulled(name, "package", archive, digest, "local", "present")
+    sources = remotes(config, s3)
+    hit = None
+    for remote in sources:
+        hit = remote.package(name)
+        if hit:
+            break
+    if hit is None:
+        raise NotFound(f"package {name} is not available in "
+                       f"{', '.join(r.label for r in sources)}")
+    yaml_art, mpm_art = hit.files
+    packages.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(packages / f".{name}.lock")):
+        if force:
+            for f in (manifest, archive):
+                f.unlink(missing_ok=True)
+        # the archive first: a package "exists" once its manifest does
+        digest = fetch(mpm_art, archive, quiet=quiet)
+        fetch(yaml_art, manifest, quiet=True)
+        atomic_write(stamp, f"{digest}\n".encode())
+    return Pulled(name, "package", archive, digest, hit.source, "downloaded")
+
+
+def list_images(config: Config) -> list[ImageRow]:
+    """Every image in the repository, Capstan's namespaces included."""
+    repo = LocalRepository(config.root)
+    rows: list[ImageRow] = []
+    if not repo.images.is_dir():
+        return rows
+    for index in sorted(repo.images.rglob("*")):
+        if not index.is_file() or index.name.startswith(".") or index.suffix not in (
+                ".qemu", ".vbox", ".vmw", ".vhd", ".vhdx", ".gce"):
+            continue
+        name = index.parent.relative_to(repo.images).as_posix()
+        if index.stem != name.rsplit("/", 1)[-1]:
+            continue
+        try:
+            meta = yaml.safe_load((index.parent / "index.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            meta = {}
+        meta = meta if isinstance(meta, dict) else {}
+        rows.append(ImageRow(name, index.suffix[1:], index.stat().st_size,
+                             str(meta.get("created", "")), str(meta.get("sha256", "")),
+                             str(meta.get("source", ""))))
+    return rows
+
+
+def remove_image(config: Config, name: str) -> None:
+    """Delete image *name* (every platform) from the repository."""
+    repo = LocalRepository(config.root)
+    folder = repo.image_dir(name)
+    with repo.lock(name):
+        if not folder.is_dir():
+            raise NotFound(f"no such image: {name} (see 'capstan images')")
+        shutil.rmtree(folder)
+
+
+def search(config: Config, pattern: str = "*", kind: str | None = None,
+           s3: bool = False) -> list[tuple[str, str, str]]:
+    """(kind, name, repository) of remote artefacts matching the glob *pattern*."""
+    rows = []
+    for remote in remotes(config, s3):
+        for k, name in remote.names():
+            if (kind is None or k == kind) and fnmatch(name, pattern if any(
+                    c in pattern for c in "*?[") else f"*{pattern}*"):
+                rows.append((k, name, remote.label))
+    return rows
+
+
+def import_base(config: Config, source: Path, name: str, description: str = "",
+                version: str = "") -> Pulled:
+    """Copy a loader or base image into the repository as *name*."""
+    from capstan.image.loader import read_loader
+
+    read_loader(source)  # refuses anything that is not an OSv loader or image
+    repo = LocalRepository(config.root)
+    target = repo.image_file(name, "qemu")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with repo.lock(name):
+        tmp = target.with_name(f".{target.name}.importing")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+        digest = sha256_of(target)
+        meta = {"format_version": "1", "version": version, "description": description,
+                "build": "", "created": time.strftime("%Y-%m-%d %H:%M"), "sha256": digest,
+                "source": str(source.absolute())}
+        atomic_write(repo.image_dir(name) / "index.yaml",
+                     yaml.safe_dump(meta, sort_keys=False).encode())
+    return Pulled(name, "image", target, digest, str(source), "imported")
+
+
+def push_image(config: Config, name: str, url: str, platform: str = "qemu") -> Pulled:
+    """Publish image *name* to the bucket at *url* (Capstan's layout, with digests)."""
+    repo = LocalRepository(config.root)
+    image = repo.image_file(name, platform)
+    if not image.is_file():
+        raise NotFound(f"no such image: {name}")
+    if "/" not in name:
+        raise ImageError(f"'{name}': bucket images need a namespace, e.g. me/{name}")
+    bucket = BucketRemote(url)
+    base = name.rsplit("/", 1)[-1]
+    digest = _publish(bucket, image, f"{name}/{base}.{platform}")
+    index = repo.image_dir(name) / "index.yaml"
+    if index.is_file():
+        bucket.put(index, f"{name}/index.yaml")
+    return Pulled(name, "image", image, digest, url, "pushed")
+
+
+def push_package(config: Config, name_or_file: str, url: str) -> Pulled:
+    """Publish a package (a name in ``<root>/packages`` or a ``.mpm`` file)."""
+    path = Path(name_or_file)
+    if path.suffix == ".mpm" and path.is_file():
+        archive, name = path, path.stem
+        manifest = path.with_suffix(".yaml")
+    else:
+        name = name_or_file
+        archive = config.root / "packages" / f"{name}.mpm"
+        manifest = config.root / "packages" / f"{name}.yaml"
+    if not archive.is_file() or not manifest.is_file():
+        raise NotFound(f"no package {name_or_file}: need {archive} and {manifest}")
+    bucket = BucketRemote(url)
+    digest = _publish(bucket, archive, f"packages/{name}.mpm")
+    bucket.put(manifest, f"packages/{name}.yaml")  # last: the package is then complete
+    return Pulled(name, "package", archive, digest, url, "pushed")
+
+
+def _publish(bucket: BucketRemote, source: Path, key: str) -> str:
+    """Upload *source* and its ``.sha256`` (digest first, so readers can verify)."""
+    digest = sha256_of(source)
+    stamp = source.with_name(f".{source.name}.sha256")
+    stamp.write_text(f"{digest}  {source.name}\n")
+    try:
+        bucket.put(stamp, f"{key}.sha256")
+    finally:
+        stamp.unlink(missing_ok=True)
+    bucket.put(source, key)
+    return digest
