@@ -27,7 +27,7 @@ from capstan.errors import InputError, LocalIOError, NotFound, RemoteError
 __all__ = ["Artifact", "fetch", "reason", "session", "sha256_of"]
 
 _CHUNK = 1 << 20
-_NET_CHUNK = 1 << 16  # what an interruption can lose; the rest is resumed
+_NET_CHUNK = 1 << 20  # also what an interruption can lose; the rest is resumed
 _TIMEOUT = (10, 60)  # connect, read
 _GZIP = b"\x1f\x8b"
 
@@ -88,9 +88,9 @@ def fetch(artifact: Artifact, target: Path, *, http: Any = None, quiet: bool = F
         if artifact.opener is not None:
             part.unlink(missing_ok=True)
             artifact.opener(part)
+            digest = sha256_of(part)
         else:
-            _http_get(artifact, part, http or session(), quiet)
-        digest = sha256_of(part)
+            digest = _http_get(artifact, part, http or session(), quiet)
         if artifact.sha256 and digest != artifact.sha256:
             part.unlink()
             raise InputError(f"{artifact.name}: checksum mismatch: expected sha256 "
@@ -106,7 +106,9 @@ def _lock_path(target: Path) -> Path:
     return locks / (hashlib.sha1(str(target.absolute()).encode()).hexdigest() + ".lock")
 
 
-def _http_get(artifact: Artifact, part: Path, http: Any, quiet: bool) -> None:
+def _http_get(artifact: Artifact, part: Path, http: Any, quiet: bool) -> str:
+    """Fetch into *part* (resuming it) and return the SHA-256 of all its bytes,
+    hashed as they arrive."""
     import requests
 
     have = part.stat().st_size if part.exists() else 0
@@ -123,12 +125,18 @@ def _http_get(artifact: Artifact, part: Path, http: Any, quiet: bool) -> None:
                                   f"{reply.status_code} {reply.reason}")
             mode = "ab" if reply.status_code == 206 else "wb"
             done = have if mode == "ab" else 0
+            h = hashlib.sha256()
+            if done:
+                with open(part, "rb") as old:
+                    while block := old.read(_CHUNK):
+                        h.update(block)
             total = int(reply.headers.get("Content-Length", 0)) + done or artifact.size
             progress = _progress(total, done, artifact.name, quiet)
             try:
                 with open(part, mode) as out:
                     for chunk in reply.iter_content(_NET_CHUNK):
                         out.write(chunk)
+                        h.update(chunk)
                         progress(len(chunk))
                     out.flush()
                     os.fsync(out.fileno())
@@ -142,6 +150,7 @@ def _http_get(artifact: Artifact, part: Path, http: Any, quiet: bool) -> None:
     if artifact.size is not None and part.stat().st_size != artifact.size:
         raise RemoteError(f"{artifact.name}: got {part.stat().st_size} of {artifact.size} "
                           "bytes (run the command again to resume)")
+    return h.hexdigest()
 
 
 def reason(err: Exception) -> str:

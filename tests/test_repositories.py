@@ -106,14 +106,16 @@ def test_package_pull_records_digests(cli, server: RepoServer, capstan_root: Pat
 
 
 def test_interrupted_download_resumes(cli, server: RepoServer, capstan_root: Path) -> None:
-    server.state.cut_after["osv-loader.qemu.x86_64"] = 80000
-    result = cli("pull", "osv-loader")
+    big = mpm("osv.big", os.urandom(3 << 20))  # random: the archive stays about 3 MiB
+    server.state.releases[0].assets.update({"osv.big.yaml": b"name: osv.big\n",
+                                            "osv.big.mpm": big})
+    server.state.cut_after["osv.big.mpm"] = (2 << 20) + 1000
+    result = cli("package", "pull", "osv.big")
     assert result.code == 75 and "run the command again to resume" in result.err
-    assert not (capstan_root / "repository" / "osv-loader" / "osv-loader.qemu").exists()
-    assert show(cli, "pull", "osv-loader")["Status"] == "downloaded"
-    assert server.state.ranges == ["bytes=65536-"]  # what arrived whole was kept
-    loader = capstan_root / "repository" / "osv-loader" / "osv-loader.qemu"
-    assert loader.read_bytes() == PROBE
+    assert not (capstan_root / "packages" / "osv.big.mpm").exists()
+    assert show(cli, "package", "pull", "osv.big")["Status"] == "downloaded"
+    assert server.state.ranges == [f"bytes={2 << 20}-"]  # whole MiBs that arrived were kept
+    assert (capstan_root / "packages" / "osv.big.mpm").read_bytes() == big
 
 
 def test_corrupt_artifact_is_refused(cli, server: RepoServer, capstan_root: Path) -> None:
