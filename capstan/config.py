@@ -23,6 +23,7 @@ _FALSE = {"0", "f", "false", "no", "off"}
 _CHOICES = {
     "qemu_aio_type": ("threads", "native"),
     "qemu_accel": ("auto", "kvm", "hvf", "tcg"),
+    "aws_upload": ("ebs", "s3"),
 }
 # key -> type; every key also reads the environment variable CAPSTAN_<KEY>.
 KEYS: dict[str, type] = {
@@ -42,6 +43,12 @@ KEYS: dict[str, type] = {
     "github_api": str,
     "github_repo": str,
     "github_token": str,
+    "aws_region": str,
+    "aws_instance_type": str,
+    "aws_subnet": str,
+    "aws_security_group": str,
+    "aws_upload": str,
+    "aws_bucket": str,
 }
 
 

@@ -74,7 +74,8 @@ class CapstanApp(App):
         if self.options.verbose_level < 2:
             logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
             # urllib3 narrates each retry; the final error is reported once, by us
-            logging.getLogger("urllib3").setLevel(logging.ERROR)
+            for chatty in ("urllib3", "botocore", "boto3", "s3transfer"):
+                logging.getLogger(chatty).setLevel(logging.ERROR)
 
     @property
     def config(self) -> Config:

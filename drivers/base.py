@@ -9,7 +9,7 @@ import re
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -214,6 +214,16 @@ class Driver(ABC):
     def log_path(self, name: str) -> Path:
         """The file holding the instance's console output."""
         raise UnsupportedOperation(self.name, "logs")
+
+    def read_log(self, name: str) -> bytes:
+        """The console output so far."""
+        path = self.log_path(name)
+        return path.read_bytes() if path.exists() else b""
+
+    def dry_run(self, spec: InstanceSpec) -> Sequence[str]:
+        """What create and start would do for *spec*, one line each."""
+        return [f"create instance {spec.name} from {spec.image} "
+                f"({spec.memory_mib} MiB, {spec.cpus} vCPUs)", f"start {spec.name}"]
 
     def run_foreground(self, name: str, out: BinaryIO, timeout: float | None = None) -> int:
         """Start *name*, stream its console log to *out* until the guest stops.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,3 +119,49 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30, what: str = "")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what or predicate}")
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(ready, 30, "moto_server")
+    yield url
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def aws_env(moto: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """boto3 pointed at moto_server with fake credentials (never real ones)."""
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto}/moto-api/reset", method="POST"))
+    return moto
+
+
+@pytest.fixture
+def s3(aws_env: str) -> str:
+    """A fresh bucket on moto_server."""
+    import boto3
+
+    bucket = f"capstan-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return bucket
+
+

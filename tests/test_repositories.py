@@ -7,12 +7,8 @@ import hashlib
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +17,6 @@ import pytest
 from repo_server import Release, RepoServer
 
 from capstan.image.loader import probe_loader_path
-
-from conftest import wait_for
 
 PROBE = probe_loader_path().read_bytes()
 
@@ -184,40 +178,6 @@ def test_file_repository_push_and_pull(cli, tmp_path: Path, capstan_root: Path,
     (mirror / "packages" / "osv.tool.mpm").write_bytes(b"tampered")
     result = cli("package", "pull", "--force", "osv.tool")
     assert result.code == 65 and "checksum mismatch" in result.err
-
-
-@pytest.fixture(scope="session")
-def moto() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_for(ready, 30, "moto_server")
-    yield url
-    server.send_signal(signal.SIGTERM)
-    server.wait(timeout=10)
-
-
-@pytest.fixture
-def s3(moto: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    import boto3
-
-    bucket = f"capstan-{os.getpid()}-{time.monotonic_ns() % 10**9}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return bucket
 
 
 def test_s3_bucket_through_boto3_and_anonymous_http(cli, s3: str, moto: str, tmp_path: Path,

@@ -68,6 +68,8 @@ class Run(Command):
                             help="stop the guest after this many seconds (foreground)")
         parser.add_argument("--persist", action="store_true",
                             help="accepted for Capstan: instances always persist")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print what would be created, and create nothing")
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -89,6 +91,9 @@ class Run(Command):
                          mac=args.mac, forwards=args.forward,
                          volumes=args.volume, execute=args.execute, boots=args.boot,
                          envs=args.env, cpu_model=args.cpu_model)
+        if args.dry_run:
+            self.app.stdout.write("".join(f"would {line}\n" for line in driver.dry_run(spec)))
+            return 0
         driver.create(spec)
         self.app.stdout.write(f"Created instance: {name}\n")
         if args.detach:
@@ -208,16 +213,18 @@ class Logs(Command):
         from capstan.drivers.base import InstanceState
 
         driver = _driver(self, parsed_args.hypervisor)
-        path = driver.log_path(parsed_args.name)
         out = sys.stdout.buffer
+        if not parsed_args.follow:
+            out.write(driver.read_log(parsed_args.name))
+            out.flush()
+            return 0
+        path = driver.log_path(parsed_args.name)
         with open(path, "rb") if path.exists() else open("/dev/null", "rb") as log:
             while True:
                 data = log.read()
                 if data:
                     out.write(data)
                     out.flush()
-                if not parsed_args.follow:
-                    return 0
                 if driver.get(parsed_args.name).state is not InstanceState.RUNNING:
                     out.write(log.read())
                     out.flush()

@@ -1,8 +1,9 @@
-"""pull, images, rmi, search, package pull|search, base import, push, package push."""
+"""pull, images, rmi, search, package pull|search|push, base import, push, image upload."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -59,32 +60,84 @@ class PackagePull(ShowOne):
                                  force=parsed_args.force, quiet=_quiet(parsed_args)))
 
 
+def _cloud(command: Command, name: str | None) -> Any:
+    """The driver *name* when given (it must keep images), else None (the local repository)."""
+    if name is None:
+        return None
+    from capstan.drivers.base import get_driver
+    from capstan.errors import UnsupportedOperation
+
+    driver = get_driver(name, app_config(command))
+    if "images" not in driver.capabilities:
+        raise UnsupportedOperation(name, "images (they are files in the local repository)")
+    return driver
+
+
 class Images(Lister):
-    """List the images of the local repository"""
+    """List the images of the local repository (or, with -p aws, our AMIs)"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("-p", "--hypervisor", metavar="DRIVER",
+                            help="list a cloud driver's images instead (aws)")
+        return parser
 
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
         from capstan.pulling import list_images
 
+        cloud = _cloud(self, parsed_args.hypervisor)
+        if cloud is not None:
+            return (("Name", "ID", "Snapshot", "SHA256", "Created"),
+                    [(i["name"], i["id"], i["snapshot"], i["digest"], i["created"])
+                     for i in cloud.images()])
         return (("Name", "Platform", "Size", "Created", "SHA256", "Source"),
                 [(r.name, r.platform, r.size, r.created, r.sha256, r.source)
                  for r in list_images(app_config(self))])
 
 
+class ImageUpload(ShowOne):
+    """Upload an image to a cloud as a machine image (-p aws: an AMI)"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("image", metavar="IMAGE", help="repository name or file")
+        parser.add_argument("--name", help="name to tag it with (default: the image's)")
+        parser.add_argument("-p", "--hypervisor", metavar="DRIVER", default="aws")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.repository import LocalRepository
+
+        cloud = _cloud(self, parsed_args.hypervisor)
+        image = LocalRepository(app_config(self).root).resolve(parsed_args.image)
+        name = parsed_args.name or image.stem
+        start = time.monotonic()
+        ami = cloud.upload(image, name)
+        return (("Name", "ID", "Bytes sent", "Seconds"),
+                (name, ami, cloud.bytes_sent, round(time.monotonic() - start, 2)))
+
+
 class Rmi(Command):
-    """Delete images from the local repository"""
+    """Delete images from the local repository (or, with -p aws, AMIs and snapshots)"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument("names", nargs="+", metavar="NAME")
+        parser.add_argument("-p", "--hypervisor", metavar="DRIVER",
+                            help="delete a cloud driver's image instead (aws)")
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         from capstan.pulling import remove_image
 
+        cloud = _cloud(self, parsed_args.hypervisor)
         for name in parsed_args.names:
-            remove_image(app_config(self), name)
+            if cloud is not None:
+                cloud.remove_image(name)
+            else:
+                remove_image(app_config(self), name)
             self.app.stdout.write(f"Deleted image: {name}\n")
         return 0
 

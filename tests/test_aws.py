@@ -1,0 +1,213 @@
+"""The AWS driver against moto_server (EBS direct, EC2) and botocore Stubbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from capstan.config import load
+from capstan.drivers.aws import BLOCK, AwsDriver
+from capstan.errors import BackendError, ConfigError, RemoteError
+from capstan.imagecache import image_facts
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.functional
+
+
+@pytest.fixture
+def sparse(tmp_path: Path) -> Path:
+    """An 8 MiB raw disk with data in blocks 0, 3 and 7 only."""
+    disk = tmp_path / "sparse.raw"
+    with open(disk, "wb") as f:
+        f.truncate(16 * BLOCK)
+        for index in (0, 3, 7):
+            f.seek(index * BLOCK + 100)
+            f.write(f"block {index}".encode())
+    return disk
+
+
+def driver(capstan_root: Path, **values: str) -> AwsDriver:
+    env = {"CAPSTAN_ROOT": str(capstan_root), **{f"CAPSTAN_{k.upper()}": v
+                                                 for k, v in values.items()}}
+    return AwsDriver(load({}, env))
+
+
+def our_snapshots(digest: str) -> list[str]:
+    found = boto3.client("ec2").describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": "tag:capstan:managed", "Values": ["true"]},
+        {"Name": "tag:capstan:image-digest", "Values": [digest]}])["Snapshots"]
+    return [s["SnapshotId"] for s in found]
+
+
+def test_ebs_direct_sends_only_nonzero_blocks(cli, aws_env: str, sparse: Path,
+                                              capstan_root: Path) -> None:
+    result = cli("image", "upload", sparse, "--name", "sparse", "-f", "json")
+    assert result.code == 0, result.err
+    shown = dict(json.loads(result.out))
+    assert shown["Bytes sent"] == 3 * BLOCK and shown["ID"].startswith("ami-")
+    digest = image_facts(capstan_root, sparse).sha256
+    (snapshot,) = our_snapshots(digest)
+    ebs = boto3.client("ebs")
+    listed = ebs.list_snapshot_blocks(SnapshotId=snapshot)["Blocks"]
+    assert sorted(b["BlockIndex"] for b in listed) == [0, 3, 7]
+    raw = sparse.read_bytes()
+    for block in listed:
+        data = ebs.get_snapshot_block(SnapshotId=snapshot, BlockIndex=block["BlockIndex"],
+                                      BlockToken=block["BlockToken"])["BlockData"].read()
+        start = block["BlockIndex"] * BLOCK
+        assert data == raw[start:start + BLOCK]
+    # the same bytes again: the AMI is reused, nothing is sent
+    again = dict(json.loads(cli("image", "upload", sparse, "-f", "json").out))
+    assert again["ID"] == shown["ID"] and again["Bytes sent"] == 0
+    rows = json.loads(cli("images", "-p", "aws", "-f", "json").out)
+    assert [(r["Name"], r["ID"]) for r in rows] == [("sparse", shown["ID"])]
+    assert cli("rmi", "-p", "aws", "sparse").code == 0
+    assert json.loads(cli("images", "-p", "aws", "-f", "json").out) == []
+    assert our_snapshots(digest) == []
+
+
+def test_register_image_request(aws_env: str, sparse: Path, capstan_root: Path) -> None:
+    aws = driver(capstan_root)
+    sent: dict[str, Any] = {}
+    aws.client("ec2").meta.events.register(
+        "provide-client-params.ec2.RegisterImage", lambda params, **_: sent.update(params))
+    ami = aws.upload(sparse, "reg")
+    snapshot = our_snapshots(image_facts(capstan_root, sparse).sha256)[0]
+    assert ami.startswith("ami-")
+    assert (sent["Architecture"], sent["VirtualizationType"], sent["BootMode"]) == \
+        ("x86_64", "hvm", "legacy-bios")
+    assert sent["EnaSupport"] is True and sent["RootDeviceName"] == "/dev/xvda"
+    assert sent["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == snapshot
+    assert {t["Key"] for t in sent["TagSpecifications"][0]["Tags"]} >= {"capstan:managed"}
+    aws.remove_image(ami)
+
+
+def test_killed_upload_resumes(cli, aws_env: str, tmp_path: Path, capstan_root: Path) -> None:
+    disk = tmp_path / "big.raw"
+    disk.write_bytes(os.urandom(160 * BLOCK))
+    digest = image_facts(capstan_root, disk).sha256
+    state = capstan_root / "cache" / "aws" / f"{digest}.json"
+    upload = subprocess.Popen([sys.executable, "-m", "capstan.shell", "image", "upload",
+                               str(disk), "--name", "big"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    def some_done() -> bool:
+        try:
+            return len(json.loads(state.read_text())["done"]) >= 16
+        except (OSError, ValueError):
+            return False
+
+    wait_for(some_done, 60, "the first blocks")
+    upload.send_signal(signal.SIGKILL)
+    upload.wait()
+    first = set(json.loads(state.read_text())["done"])
+    assert 16 <= len(first) < 160
+    result = cli("image", "upload", disk, "--name", "big", "-f", "json")
+    assert result.code == 0, result.err
+    shown = dict(json.loads(result.out))
+    assert shown["Bytes sent"] <= (160 - len(first)) * BLOCK  # only what was missing
+    (snapshot,) = our_snapshots(digest)
+    blocks = boto3.client("ebs").list_snapshot_blocks(SnapshotId=snapshot, MaxResults=1000)
+    assert len(blocks["Blocks"]) == 160
+    assert not state.exists()
+    assert cli("rmi", "-p", "aws", "big").code == 0
+
+
+def test_run_list_logs_stop_delete(cli, aws_env: str, sparse: Path) -> None:
+    planned = cli("run", "-p", "aws", "--dry-run", "-i", sparse, "web")
+    assert planned.code == 0 and "would run instance web: t3.micro" in planned.out
+    assert cli("instances", "-p", "aws", "-f", "value").out == ""
+    result = cli("run", "-p", "aws", "-d", "-i", sparse, "web")
+    assert result.code == 0, result.err
+    rows = json.loads(cli("instances", "-p", "aws", "-f", "json").out)
+    assert [(r["Name"], r["Status"]) for r in rows] == [("web", "running")]
+    assert cli("logs", "-p", "aws", "web").code == 0
+    assert cli("stop", "-p", "aws", "web").code == 0
+    assert json.loads(cli("instances", "-p", "aws", "-f", "json").out)[0]["Status"] == "stopped"
+    assert cli("delete", "-p", "aws", "web").code == 0
+    assert cli("instances", "-p", "aws", "-f", "value").out == ""
+    reservations = boto3.client("ec2").describe_instances(Filters=[
+        {"Name": "tag:capstan:name", "Values": ["web"]}])["Reservations"]
+    assert {i["State"]["Name"] for r in reservations for i in r["Instances"]} <= \
+        {"terminated", "shutting-down"}
+    assert cli("rmi", "-p", "aws", "web").code == 0
+
+
+def test_import_snapshot_via_botocore_stubber(aws_env: str, s3: str, sparse: Path,
+                                              capstan_root: Path) -> None:
+    """ImportSnapshot is not in moto: S3 is real (moto), EC2 is a botocore Stubber."""
+    aws = driver(capstan_root, aws_upload="s3", aws_bucket=s3)
+    ec2 = aws.client("ec2")
+    stub = Stubber(ec2)
+    stub.add_response("import_snapshot", {"ImportTaskId": "import-snap-1"})
+    stub.add_response("describe_import_snapshot_tasks", {"ImportSnapshotTasks": [{
+        "ImportTaskId": "import-snap-1", "SnapshotTaskDetail": {"Status": "active"}}]})
+    stub.add_response("describe_import_snapshot_tasks", {"ImportSnapshotTasks": [{
+        "ImportTaskId": "import-snap-1",
+        "SnapshotTaskDetail": {"Status": "completed", "SnapshotId": "snap-0123456789abcdef0"}}]})
+    stub.add_response("create_tags", {})
+    with stub, pytest.MonkeyPatch.context() as m:
+        m.setattr("time.sleep", lambda _s: None)
+        snapshot = aws.import_via_s3(sparse, "imp", "d" * 64)
+    assert snapshot == "snap-0123456789abcdef0"
+    stub.assert_no_pending_responses()
+    assert boto3.client("s3").list_objects_v2(Bucket=s3).get("KeyCount", 0) == 0
+
+
+def test_snapshot_error_state_is_cleaned_up(aws_env: str, capstan_root: Path) -> None:
+    aws = driver(capstan_root)
+    stub = Stubber(aws.client("ec2"))
+    stub.add_response("describe_snapshots", {"Snapshots": [{
+        "SnapshotId": "snap-1", "State": "error", "StateMessage": "disk fault"}]})
+    stub.add_response("delete_snapshot", {}, {"SnapshotId": "snap-1"})
+    with stub, pytest.raises(BackendError, match="snap-1 failed: disk fault \\(deleted\\)"):
+        aws._wait_snapshot("snap-1")
+    stub.assert_no_pending_responses()
+
+
+def test_throttling_and_credentials_errors(aws_env: str, capstan_root: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    aws = driver(capstan_root)
+
+    def throttled(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}},
+                          "PutSnapshotBlock")
+
+    with pytest.raises(RemoteError, match=r"kept throttling .* \(run the command again"):
+        aws._call("put_snapshot_block", throttled)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    with pytest.raises(ConfigError, match="no AWS credentials"):
+        driver(capstan_root).client("ec2")
+
+
+def test_bad_cli_input(cli, aws_env: str, sparse: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = [
+        ({"AWS_DEFAULT_REGION": "mars-1"}, ("images", "-p", "aws"), 78, "unknown AWS region"),
+        ({"CAPSTAN_AWS_UPLOAD": "carrier-pigeon"}, ("images", "-p", "aws"), 78,
+         "aws_upload must be one of"),
+        ({}, ("rmi", "-p", "aws", "nope"), 65, "no pycapstan AMI 'nope'"),
+        ({}, ("run", "-p", "aws", "-i", sparse, "-f", "8080:80", "x"), 64, "no port forwards"),
+        ({}, ("images", "-p", "qemu"), 69, "does not support images"),
+    ]
+    for env, argv, code, text in cases:
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            result = cli(*argv)
+        assert (result.code, result.err.count("\n")) == (code, 1), (argv, result)
+        assert text in result.err, (argv, result.err)
+    assert cli("instances", "-p", "aws", "-f", "value").out == ""
