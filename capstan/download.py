@@ -50,7 +50,8 @@ def session(token: str | None = None) -> Any:
     from urllib3.util.retry import Retry
 
     s = requests.Session()
-    retry = Retry(total=4, backoff_factor=0.3, status_forcelist=(429, 500, 502, 503, 504),
+    retry = Retry(total=4, connect=2, backoff_factor=0.3,
+                  status_forcelist=(429, 500, 502, 503, 504),
                   allowed_methods=frozenset({"GET", "HEAD"}), respect_retry_after_header=True)
     s.mount("http://", HTTPAdapter(max_retries=retry))
     s.mount("https://", HTTPAdapter(max_retries=retry))

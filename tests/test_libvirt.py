@@ -241,6 +241,7 @@ def test_bad_libvirt_input_leaves_nothing(cli, image: Path, lv: str, capstan_roo
     assert cli("run", "-d", "-i", image, "-e", "/x @hold", name).code == 0
     result = cli("run", "-d", "-i", image, name)
     assert result.code == 65 and "already exists" in result.err
+    wait_for(lambda: "PROBE done" in _log(capstan_root, name), what="probe report")
     assert cli("delete", name).code == 0
     cases = [
         ({"CAPSTAN_LIBVIRT_URI": "qemu+tcp://127.0.0.1:1/system"}, 69, "cannot connect"),
