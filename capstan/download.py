@@ -24,7 +24,7 @@ from filelock import FileLock
 
 from capstan.errors import InputError, LocalIOError, NotFound, RemoteError
 
-__all__ = ["Artifact", "fetch", "reason", "session", "sha256_of"]
+__all__ = ["Artifact", "fetch", "progress_bar", "reason", "session", "sha256_of"]
 
 _CHUNK = 1 << 20
 _NET_CHUNK = 1 << 20  # also what an interruption can lose; the rest is resumed
@@ -132,7 +132,7 @@ def _http_get(artifact: Artifact, part: Path, http: Any, quiet: bool) -> str:
                     while block := old.read(_CHUNK):
                         h.update(block)
             total = int(reply.headers.get("Content-Length", 0)) + done or artifact.size
-            progress = _progress(total, done, artifact.name, quiet)
+            progress = progress_bar(total, artifact.name, done=done, quiet=quiet)
             try:
                 with open(part, mode) as out:
                     for chunk in reply.iter_content(_NET_CHUNK):
@@ -182,7 +182,9 @@ def _place(part: Path, target: Path, unpack: bool) -> None:
     os.replace(part, target)
 
 
-def _progress(total: int | None, done: int, label: str, quiet: bool) -> Callable[..., None]:
+def progress_bar(total: int | None, label: str, *, done: int = 0,
+                 quiet: bool = False) -> Callable[..., None]:
+    """``update(nbytes, done=False)``: a byte progress bar on a terminal, else a no-op."""
     if quiet or not sys.stderr.isatty():
         return lambda _n, done=False: None
     from tqdm import tqdm

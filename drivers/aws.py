@@ -152,7 +152,7 @@ class AwsDriver(Driver):
         ready = [i for i in images["Images"] if i.get("State", "available") == "available"]
         return str(ready[0]["ImageId"]) if ready else None
 
-    def upload(self, image: Path, name: str, progress: Callable[[int], None] | None = None,
+    def upload(self, image: Path, name: str, progress: Callable[..., None] | None = None,
                ) -> str:
         """Make an AMI of *image* (reusing one made of the same bytes); its id."""
         from capstan.imagecache import image_facts
@@ -168,7 +168,13 @@ class AwsDriver(Driver):
             if self.upload_mode == "s3":
                 snapshot = self.import_via_s3(raw, name, digest)
             else:
-                snapshot = self.snapshot_ebs_direct(raw, name, digest, progress)
+                from capstan.download import progress_bar
+
+                bar = progress or progress_bar(sum(BLOCK for _ in nonzero_blocks(raw)),
+                                               f"snapshot of {name}")
+                snapshot = self.snapshot_ebs_direct(raw, name, digest, bar)
+                if progress is None:
+                    bar(0, done=True)
         return self.register(snapshot, name, digest)
 
     def warn_drivers(self, raw: Path) -> None:
@@ -181,7 +187,7 @@ class AwsDriver(Driver):
                         self.instance_type, ", ".join(sorted(found)) or "neither")
 
     def snapshot_ebs_direct(self, raw: Path, name: str, digest: str,
-                            progress: Callable[[int], None] | None = None) -> str:
+                            progress: Callable[..., None] | None = None) -> str:
         """An EBS snapshot of *raw* through the EBS direct APIs; resumable."""
         ebs = self.client("ebs")
         state_file = self.config.root / "cache" / "aws" / f"{digest}.json"

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import stat
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -313,7 +312,9 @@ class LibvirtDriver(Driver):
         undo.append(vol.delete)
         stream = self.conn.newStream(0)
         self._call(f"upload to {volume}", vol.upload, stream, 0, size, 0)
-        progress = _progress(size, f"uploading {volume}")
+        from capstan.download import progress_bar
+
+        progress = progress_bar(size, f"uploading {volume}")
         with open(source, "rb") as f:
             try:
                 while chunk := f.read(_CHUNK):
@@ -489,20 +490,3 @@ def _make_reachable(directory: Path, root: Path) -> None:
             continue
         raise BackendError(f"libvirt's QEMU cannot reach {directory}: run chmod o+x {d}, or "
                            "set libvirt_pool to upload disks into a storage pool")
-
-
-def _progress(total: int, label: str) -> Callable[..., None]:
-    """A progress reporter: a bar on a terminal, nothing otherwise."""
-    if not sys.stderr.isatty():
-        return lambda _n, done=False: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False)
-
-    def update(n: int, done: bool = False) -> None:
-        bar.update(n)
-        if done:
-            bar.close()
-
-    return update
-
