@@ -392,6 +392,8 @@ class QemuDriver(Driver):
         """Wait for QMP's greeting: QEMU has then set up every device and forward."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if child.poll() == 0:
+                return  # the guest has already run and powered off
             if child.poll() is not None:
                 tail = Path(state.qemu_log).read_text(errors="replace").strip().splitlines()
                 reason = tail[-1] if tail else f"exit status {child.returncode}"
