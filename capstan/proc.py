@@ -52,8 +52,8 @@ def run(
         raise CommandFailed(argv, -1, f"timed out after {timeout} s") from err
     except OSError as err:
         raise CommandFailed(argv, -1, str(err)) from err
-    if done.returncode != 0:
+    if done.returncode != 0:  # some tools (vmrun) report errors on stdout
         raise CommandFailed(
-            argv, done.returncode, done.stderr.decode(errors="replace")
+            argv, done.returncode, (done.stderr or done.stdout).decode(errors="replace")
         )
     return done

@@ -44,6 +44,9 @@ def boot(image: Path, fmt: str, log: Path, bus: str = "virtio",
     if bus == "ahci":
         disk = ["-M", "q35", "-drive", f"{drive},if=none,id=d0",
                 "-device", "ide-hd,drive=d0,bus=ide.0"]
+    elif bus == "pvscsi":  # VMware's paravirtual SCSI controller
+        disk = ["-M", "pc", "-device", "pvscsi,id=s0", "-drive", f"{drive},if=none,id=d0",
+                "-device", "scsi-hd,drive=d0,bus=s0.0"]
     else:
         disk = ["-M", "pc", "-drive", f"{drive},if={bus}"]
     argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "64", "-nodefaults",
