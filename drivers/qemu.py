@@ -414,34 +414,41 @@ class QemuDriver(Driver):
         after *timeout*. Ctrl-C stops the guest gracefully (a second one kills
         it) and is re-raised.
         """
-        state, child = self._launch(name)
-        console = open(state.console_log, "rb")  # noqa: SIM115 - closed below
-        console.seek(0, os.SEEK_END)
+        log = Path(self._load(name).console_log)
+        offset = log.stat().st_size if log.exists() else 0  # this run's output starts here
         seen = b""
+        child = None
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            _, child = self._launch(name)
             while child.poll() is None:
-                seen += self._pump(console, out)
+                seen += self._pump(log, offset + len(seen), out)
                 if deadline is not None and time.monotonic() > deadline:
                     self.stop(name)
                     raise GuestTimeout(f"instance {name} did not finish within {timeout} s")
                 time.sleep(0.05)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # also while QEMU is starting
             out.write(b"\r\ncapstan: stopping the guest (Ctrl-C again kills it)...\r\n")
             out.flush()
             try:
                 self.stop(name)
             except KeyboardInterrupt:
-                self._kill(state)
+                self._kill(self._load(name))
             raise
         finally:
-            seen += self._pump(console, out)
-            console.close()
+            seen += self._pump(log, offset + len(seen), out)
+        assert child is not None
         return self._verdict(name, child.wait(), seen)
 
     @staticmethod
-    def _pump(console: BinaryIO, out: BinaryIO) -> bytes:
-        data = console.read()
+    def _pump(log: Path, offset: int, out: BinaryIO) -> bytes:
+        """Copy what *log* holds past *offset* to *out*."""
+        try:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return b""
         if data:
             out.write(data)
             out.flush()
