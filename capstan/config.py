@@ -24,6 +24,7 @@ _CHOICES = {
     "qemu_aio_type": ("threads", "native"),
     "qemu_accel": ("auto", "kvm", "hvf", "tcg"),
     "aws_upload": ("ebs", "s3"),
+    "vbox_storage": ("ahci", "virtio-scsi"),
 }
 # key -> type; every key also reads the environment variable CAPSTAN_<KEY>.
 KEYS: dict[str, type] = {
@@ -49,6 +50,15 @@ KEYS: dict[str, type] = {
     "aws_security_group": str,
     "aws_upload": str,
     "aws_bucket": str,
+    "vbox_storage": str,
+    "vsphere_url": str,
+    "vsphere_user": str,
+    "vsphere_password": str,
+    "vsphere_insecure": bool,
+    "vsphere_cafile": str,
+    "vsphere_datacenter": str,
+    "vsphere_datastore": str,
+    "vsphere_network": str,
 }
 
 

@@ -35,7 +35,7 @@ class VirtualBoxDriver(HostedDriver):
         return name in _NAMES.findall(self.cli("list", "vms"))
 
     def build(self, spec: InstanceSpec, folder: Path, forwards: Sequence[PortForward]) -> None:
-        controller = str(spec.extra.get("storage", "ahci"))
+        controller = str(self.config.values.get("vbox_storage") or "ahci")
         if controller not in ("ahci", "virtio-scsi"):
             raise UsageError(f"invalid VirtualBox storage '{controller}': ahci or virtio-scsi")
         disk = self.disk(spec, folder, "vdi")

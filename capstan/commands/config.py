@@ -11,7 +11,7 @@ from cliff.lister import Lister
 from capstan.commands import app_config
 from capstan.config import KEYS
 
-SECRETS = {"github_token"}
+SECRETS = {"github_token", "vsphere_password"}
 
 
 class ConfigPrint(Lister):

@@ -268,3 +268,36 @@ class ImageConvert(ShowOne):
         with publishing(target) as tmp:
             formats.convert(source, tmp / target.name, parsed_args.disk_format, source_fmt)
         return _show(formats.info(target, parsed_args.disk_format.driver))
+
+
+class ImageExport(ShowOne):
+    """Export an image for other hypervisors (--disk-format ova: OVF + VMDK + manifest)"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_image(parser)
+        parser.add_argument("-o", "--output", type=Path, required=True, help="file to write")
+        parser.add_argument("--disk-format", default="ova", choices=("ova",),
+                            help="package format (ova)")
+        parser.add_argument("--name", help="VM name in the descriptor (default: the file's)")
+        parser.add_argument("-m", "--memory", default="1G", help="memory of the VM (1G)")
+        parser.add_argument("--cpus", type=int, default=2, help="vCPUs (2)")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> Any:
+        import tempfile
+
+        from capstan.image.compose import publishing
+        from capstan.image.ova import export_ova
+        from capstan.running import memory_mib
+
+        target: Path = parsed_args.output
+        mib = memory_mib(parsed_args.memory)
+        with _open_image(self, parsed_args.image) as img:
+            source, source_fmt = img.path, img.format
+            with publishing(target) as tmp, tempfile.TemporaryDirectory(
+                    prefix=".capstan-ova-", dir=target.parent) as parts:
+                result = export_ova(source, source_fmt, tmp / target.name, Path(parts),
+                                    parsed_args.name or target.stem, mib, parsed_args.cpus)
+        return (("Path", "Capacity", "Members"),
+                (str(target), result.capacity, " ".join(result.members)))
