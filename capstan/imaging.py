@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from capstan.config import Config
-from capstan.errors import LocalIOError, UsageError
+from capstan.errors import InputError, LocalIOError, UsageError
 from capstan.image import cmdline, compose, tree
 from capstan.image.formats import DiskFormat
 from capstan.image.loader import read_loader
 from capstan.repository import LocalRepository
 
-__all__ = ["PLATFORM_OF", "compose_tree"]
+if TYPE_CHECKING:
+    from capstan.packages import Collected, Resolved
+    from capstan.runtimes import RunConfig
+
+__all__ = ["PLATFORM_OF", "compose_package", "compose_tree", "package_cmdline"]
+
+LOG = logging.getLogger(__name__)
 
 PLATFORM_OF = {
     DiskFormat.QCOW2: "qemu", DiskFormat.RAW: "qemu", DiskFormat.VDI: "vbox",
@@ -61,3 +70,81 @@ def compose_tree(
         result = compose.compose(entries, ld, target, text, fmt, size)
         repo.write_index(name)
     return result
+
+
+def package_cmdline(run: RunConfig | None, execute: str | None, boots: Sequence[str],
+                    envs: Sequence[str]) -> str:
+    """The image command line of a package compose (reference 6.7, fixed).
+
+    ``--run`` verbatim, else ``--boot`` names, else ``config_set_default`` (or the
+    only config set), else ``runscript /run/default;``; then ``--env`` as hard
+    tokens in front.
+    """
+    from capstan.running import env_token
+
+    if execute:
+        text = execute
+    else:
+        names = [b.strip() for b in boots if b.strip()] or list(
+            run.default_boot() if run else ())
+        text = "".join(f"runscript /run/{n};" for n in names) or DEFAULT_BOOT
+    return " ".join([*(env_token(e) for e in envs), text])
+
+
+def compose_package(config: Config, package: Path, *, name: str | None = None,
+                    output: Path | None = None, loader: str | None = None,
+                    execute: str | None = None, boots: Sequence[str] = (),
+                    envs: Sequence[str] = (), size: int = 0,
+                    disk_format: DiskFormat | None = None, fs: str = "rofs",
+                    require: Sequence[str] = (), pull_missing: bool = False,
+                    s3: bool = False) -> tuple[compose.ComposeResult, Collected]:
+    """Collect *package* with its dependencies and compose the merged tree."""
+    import tempfile
+
+    from capstan.packages import collect, load_manifest, load_run
+
+    if fs != "rofs":
+        raise UsageError("--fs zfs needs OSv's ZFS builder VM, which pycapstan does not "
+                         "drive yet: use --fs rofs")
+    manifest = load_manifest(package)
+    run = load_run(package, manifest.name)
+    text = package_cmdline(run, execute, boots, envs)
+    pull = None
+    if pull_missing:
+        from capstan.pulling import pull_package
+
+        def pull(pkg: str) -> None:
+            pull_package(config, pkg, s3=s3, quiet=True)
+
+    with tempfile.TemporaryDirectory(prefix="capstan-collect-") as tmp:
+        collected = collect(package, config.root, Path(tmp) / "mpm-pkg", require, pull=pull,
+                            check=lambda resolved: _check_lock(package, resolved))
+        for path, earlier, later in collected.collisions:
+            LOG.warning("%s from %s replaces the one from %s", path, later, earlier)
+        result = compose_tree(config, collected.tree, name=name, output=output,
+                              loader=loader, command_line=text, size=size,
+                              disk_format=disk_format)
+    return result, collected
+
+
+def _check_lock(package: Path, resolved: Sequence[Resolved]) -> None:
+    """Pin every resolved package in ``capstan.lock``; a changed one is refused."""
+    import yaml
+
+    from capstan.repository import atomic_write
+
+    lock = package / "capstan.lock"
+    now = {p.name: {"version": p.version, "sha256": p.sha256} for p in resolved}
+    if lock.is_file():
+        try:
+            pinned = yaml.safe_load(lock.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{lock}: malformed lock file: {err}") from err
+        for pkg, entry in (pinned.get("packages") or {}).items():
+            have = now.get(pkg)
+            if have and have["sha256"] != entry.get("sha256"):
+                raise InputError(f"{lock} pins {pkg} at sha256 {entry.get('sha256')} but the "
+                                 f"repository has {have['sha256']}: pull the pinned package, "
+                                 "or delete capstan.lock to accept the new one")
+    atomic_write(lock, yaml.safe_dump({"lock_version": 1, "packages": now},
+                                      sort_keys=True).encode())

@@ -66,6 +66,16 @@ class CapstanApp(App):
                             help="GitHub release: any, latest or a tag")
         parser.add_argument("--s3", action="store_true",
                             help="take packages and loaders from the S3/HTTP repository")
+        parse = parser.parse_known_args
+
+        def globals_first(args: Any = None, namespace: Any = None) -> Any:
+            """Global options only before the command: `runtime init -r R` keeps its -r."""
+            args = list(args or [])
+            split = _command_start(args)
+            ns, extra = parse(args[:split], namespace)
+            return ns, [*extra, *args[split:]]
+
+        parser.parse_known_args = globals_first  # type: ignore[method-assign]
         return parser
 
     def configure_logging(self) -> None:
@@ -137,6 +147,20 @@ class CapstanApp(App):
         message = str(err) or type(err).__name__
         self.stderr.write(f"capstan: {prefix}{message}\n")
         return code
+
+
+_VALUED = {"-u", "--repo-url", "--repo_url", "-r", "--release-tag", "--release_tag",
+           "--log-file"}
+
+
+def _command_start(args: list[str]) -> int:
+    """Index of the command word: the first argument that is no global option or value."""
+    i = 0
+    while i < len(args):
+        if not args[i].startswith("-"):
+            return i
+        i += 2 if args[i] in _VALUED else 1
+    return i
 
 
 def _usage_error(command: str) -> Any:

@@ -1,0 +1,304 @@
+"""``capstan package init|build|collect|compose|list|describe|delete`` and ``runtime``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cliff.command import Command
+from cliff.lister import Lister
+from cliff.show import ShowOne
+
+from capstan.commands import app_config
+
+_TEMPLATE_KEYS = {"bootcmd": "<command>", "main": "<name>", "classpath": "<list>",
+                  "xms": "<value>", "xmx": "<value>", "jvm_args": "<list>", "args": "<list>",
+                  "node_args": "<list>", "python_args": "<list>", "shell": "<value>"}
+
+
+def _dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-C", "--package-dir", type=Path, default=Path("."), metavar="DIR",
+                        help="package root (default: the current directory)")
+
+
+class PackageInit(Command):
+    """Create meta/package.yaml for a new package"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("path", nargs="?", type=Path, default=Path("."))
+        parser.add_argument("-n", "--name", required=True)
+        parser.add_argument("-t", "--title", required=True)
+        parser.add_argument("-a", "--author", required=True)
+        parser.add_argument("-v", "--version", dest="pkg_version", default="")
+        parser.add_argument("--require", action="append", default=[])
+        parser.add_argument("--runtime", help="also write meta/run.yaml for this runtime")
+        parser.add_argument("-p", "--platform", default="")
+        parser.add_argument("--force", action="store_true", help="overwrite existing files")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.packages import init_manifest
+
+        a = parsed_args
+        path = init_manifest(a.path, a.name, a.title, a.author, a.pkg_version, a.require,
+                             a.platform, a.force)
+        self.app.stdout.write(f"Initialized package {a.name} in {path.parent}\n")
+        if a.runtime:
+            _write_template(a.path, a.runtime, False, a.force)
+            self.app.stdout.write(f"Wrote {a.path / 'meta' / 'run.yaml'}\n")
+        return 0
+
+
+def _template(runtime: str, plain: bool) -> str:
+    from capstan.errors import NotFound
+    from capstan.runtimes import RUNTIMES
+
+    rt = RUNTIMES.get(runtime)
+    if rt is None:
+        raise NotFound(f"unknown runtime '{runtime}' (one of {', '.join(RUNTIMES)})")
+    lines = [f"runtime: {rt.name}", "config_set:", "  myconfig1:"]
+    for key in rt.keys:
+        lines += ["    # REQUIRED" if key in ("bootcmd", "main") else "    # OPTIONAL",
+                  f"    {key}: {_TEMPLATE_KEYS[key]}"]
+    lines += ["    # OPTIONAL: environment variables (soft defaults)", "    env:",
+              "      KEY: <value>", "config_set_default: myconfig1", ""]
+    text = "\n".join(lines)
+    return "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("#")) + \
+        "\n" if plain else text
+
+
+def _write_template(package: Path, runtime: str, plain: bool, force: bool) -> None:
+    from capstan.errors import Conflict, NotFound
+
+    if not (package / "meta" / "package.yaml").is_file():
+        raise NotFound(f"{package.absolute()} is not a package (no meta/package.yaml)")
+    path = package / "meta" / "run.yaml"
+    if path.exists() and not force:
+        raise Conflict(f"{path} already exists: use --force to overwrite it")
+    path.write_text(_template(runtime, plain))
+
+
+class RuntimeList(Lister):
+    """List the runtimes meta/run.yaml can use"""
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        from capstan.runtimes import RUNTIMES
+
+        return (("Runtime", "Description", "Dependencies"),
+                [(r.name, r.description, " ".join(r.depends)) for r in RUNTIMES.values()])
+
+
+class RuntimeInit(Command):
+    """Write a meta/run.yaml template for a runtime"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("-r", "--runtime", required=True)
+        parser.add_argument("--plain", action="store_true", help="without comments")
+        parser.add_argument("-f", "--force", action="store_true", help="overwrite run.yaml")
+        _dir(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        a = parsed_args
+        _write_template(a.package_dir, a.runtime, a.plain, a.force)
+        self.app.stdout.write("meta/run.yaml stub added to your package: customize it\n")
+        return 0
+
+
+class PackageBuild(ShowOne):
+    """Build the package into NAME.mpm (reproducible)"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _dir(parser)
+        parser.add_argument("-o", "--output", type=Path, help="archive to write")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.download import sha256_of
+        from capstan.packages import build_mpm
+
+        path = build_mpm(parsed_args.package_dir, parsed_args.output)
+        return ("Path", "Size", "SHA256"), (str(path), path.stat().st_size, sha256_of(path))
+
+
+class PackageImport(ShowOne):
+    """Build the package and put it into the local repository"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _dir(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.download import sha256_of
+        from capstan.packages import build_mpm, load_manifest
+        from capstan.repository import atomic_write
+
+        manifest = load_manifest(parsed_args.package_dir)
+        packages = app_config(self).root / "packages"
+        packages.mkdir(parents=True, exist_ok=True)
+        path = build_mpm(parsed_args.package_dir, packages / f"{manifest.name}.mpm")
+        atomic_write(packages / f"{manifest.name}.yaml", manifest.to_yaml().encode())
+        return ("Name", "Path", "SHA256"), (manifest.name, str(path), sha256_of(path))
+
+
+def _compose_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--require", action="append", default=[],
+                        help="extra package (repeatable)")
+    parser.add_argument("-p", "--pull-missing", action="store_true",
+                        help="download missing packages from the remotes")
+    _dir(parser)
+
+
+class PackageCollect(Command):
+    """Merge the package and its dependencies into ./mpm-pkg for inspection"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _compose_args(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.packages import collect
+
+        config = app_config(self)
+        pull = None
+        if parsed_args.pull_missing:
+            from capstan.pulling import pull_package
+
+            def pull(name: str) -> None:
+                pull_package(config, name, s3=self.app.options.s3)
+
+        done = collect(parsed_args.package_dir, config.root,
+                       parsed_args.package_dir / "mpm-pkg", parsed_args.require, pull=pull)
+        for path, earlier, later in done.collisions:
+            self.app.stderr.write(f"capstan: {path} from {later} replaces {earlier}'s\n")
+        self.app.stdout.write(f"Collected {len(done.packages)} packages into {done.tree}\n")
+        return 0
+
+
+class PackageCompose(ShowOne):
+    """Compose the package and its dependencies into an image"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", nargs="?", metavar="IMAGE_NAME",
+                            help="repository image name (or use -o FILE)")
+        parser.add_argument("-o", "--output", type=Path, help="image file to write instead")
+        parser.add_argument("-s", "--size", default="0", help="minimum virtual size, e.g. 1G")
+        parser.add_argument("--fs", default="rofs", choices=("rofs", "zfs"))
+        parser.add_argument("--boot", action="append", default=[],
+                            help="config set to run (repeatable)")
+        parser.add_argument("--run", "-e", dest="execute", help="command line, verbatim")
+        parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+        parser.add_argument("--update", action="store_true",
+                            help="accepted for Capstan (ROFS images are always rebuilt)")
+        parser.add_argument("-l", "--loader-image", "--loader_image", dest="loader")
+        parser.add_argument("--disk-format", dest="disk_format",
+                            help="qcow2, raw, vmdk, vdi, vhd or vhdx")
+        _compose_args(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.errors import UsageError
+        from capstan.image.formats import DiskFormat
+        from capstan.imaging import compose_package
+        from capstan.sizes import parse_size
+
+        a = parsed_args
+        if (a.name is None) == (a.output is None):
+            raise UsageError("give an image name or -o FILE")
+        result, collected = compose_package(
+            app_config(self), a.package_dir, name=a.name, output=a.output, loader=a.loader,
+            execute=a.execute, boots=a.boot, envs=a.env,
+            size=parse_size(a.size) if a.size != "0" else 0,
+            disk_format=DiskFormat.parse(a.disk_format) if a.disk_format else None,
+            fs=a.fs, require=a.require, pull_missing=a.pull_missing, s3=self.app.options.s3)
+        return (("Image", "Packages", "Command line", "Collisions"),
+                (str(result.path), " ".join(p.name for p in collected.packages),
+                 result.cmdline, len(collected.collisions)))
+
+
+class PackageList(Lister):
+    """List the packages of the local repository"""
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        from capstan.packages import parse_manifest
+        from capstan.yamlfile import load_strict
+
+        folder = app_config(self).root / "packages"
+        rows = []
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            m = parse_manifest(load_strict(path), str(path))
+            rows.append((m.name, m.title, m.version, m.created, " ".join(m.require)))
+        return ("Name", "Description", "Version", "Created", "Requires"), rows
+
+
+class PackageDescribe(ShowOne):
+    """Show a package's metadata and boot commands"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("package", metavar="PACKAGE", help="name or .mpm file")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.errors import InputError
+        from capstan.packages import read_mpm
+        from capstan.runtimes import boot_command, parse_run
+
+        path = Path(parsed_args.package)
+        if not path.is_file():
+            path = app_config(self).root / "packages" / f"{parsed_args.package}.mpm"
+        archive = read_mpm(path)
+        m = archive.manifest
+        if m is None:
+            raise InputError(f"{path}: not a valid package: no meta/package.yaml")
+        boots = ""
+        if archive.run_yaml is not None:
+            run = parse_run(archive.run_yaml, m.name, f"{path}:meta/run.yaml")
+            table = {m.name: run}
+            lines = []
+            for cs in run.config_sets:
+                try:
+                    lines.append(f"{cs}: {boot_command(table, m.name, cs)}")
+                except InputError:  # inherits from another package
+                    base = run.config_sets[cs].base or run.runtime.base
+                    lines.append(f"{cs}: (inherits from {base})")
+            boots = "\n".join(lines)
+        return (("Name", "Title", "Author", "Version", "Requires", "Boot", "Files"),
+                (m.name, m.title, m.author, m.version, " ".join(m.require), boots,
+                 sum(1 for i in archive.members if not i.name.startswith("meta"))))
+
+
+class PackageDelete(Command):
+    """Delete packages from the local repository"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("names", nargs="+", metavar="PACKAGE")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.errors import NotFound
+
+        folder = app_config(self).root / "packages"
+        for name in parsed_args.names:
+            files = [folder / f"{name}{suffix}" for suffix in (".yaml", ".mpm", ".mpm.sha256")]
+            if not any(f.exists() for f in files):
+                raise NotFound(f"no package {name} in {folder}")
+            for f in files:  # the manifest first: a package "exists" while both do
+                f.unlink(missing_ok=True)
+            self.app.stdout.write(f"Deleted package: {name}\n")
+        return 0
+
+

@@ -1,0 +1,449 @@
+"""Packages: manifests, ``.mpm`` archives, ``.capstanignore``, resolution and collection.
+
+Formats per Capstan (reference 6.2, 6.8, 8, 9). Archives are written
+reproducibly (sorted members, uid/gid 0, mtime ``SOURCE_DATE_EPOCH`` or 0,
+gzip without a timestamp) and read safely (no member may escape the target).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import re
+import shutil
+import stat
+import tarfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from capstan.errors import Conflict, InputError, NotFound, UsageError
+from capstan.runtimes import RunConfig, boot_command, parse_run
+from capstan.yamlfile import load_strict
+
+__all__ = ["Collected", "Manifest", "build_mpm", "collect", "ignore_rules", "load_manifest",
+           "read_mpm", "resolve"]
+
+BOOTSTRAP = "osv.bootstrap"
+MAX_MEMBER = 4 << 30
+_KEYS = ("name", "title", "author", "version", "require", "binary", "created", "platform")
+_BUILTIN_IGNORES = ("/meta/*", "/mpm-pkg", "/.git", "/.capstanignore", "/.gitignore",
+                    "/volumes", "/capstan.lock")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``meta/package.yaml``."""
+
+    name: str
+    title: str
+    author: str
+    version: str = ""
+    require: tuple[str, ...] = ()
+    created: str = ""
+    platform: str = ""
+    binary: dict[str, str] = field(default_factory=dict)
+
+    def to_yaml(self) -> str:
+        """Capstan's key order; empty optional keys left out."""
+        data: dict[str, Any] = {"name": self.name, "title": self.title, "author": self.author}
+        if self.version:
+            data["version"] = self.version
+        if self.require:
+            data["require"] = list(self.require)
+        if self.binary:
+            data["binary"] = self.binary
+        data["created"] = self.created or "N/A"
+        if self.platform:
+            data["platform"] = self.platform
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def parse_manifest(data: Any, where: str) -> Manifest:
+    """Validate manifest data; errors name *where* and the key."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping (name, title, author, ...)")
+    unknown = sorted(set(map(str, data)) - set(_KEYS))
+    if unknown:
+        raise InputError(f"{where}: unknown key '{unknown[0]}'")
+    for key in ("name", "title", "author"):
+        if not data.get(key):
+            raise InputError(f"{where}: '{key}' must be provided for the package")
+    require = data.get("require") or []
+    if not isinstance(require, list) or not all(isinstance(r, str) for r in require):
+        raise InputError(f"{where}: 'require' must be a list of package names")
+    for key in ("name", "title", "author", "version", "platform"):
+        if key in data and not isinstance(data[key], str | int | float):
+            raise InputError(f"{where}: '{key}' must be a string")
+    return Manifest(str(data["name"]), str(data["title"]), str(data["author"]),
+                    str(data.get("version") or ""), tuple(require),
+                    str(data.get("created") or ""), str(data.get("platform") or ""),
+                    dict(data.get("binary") or {}))
+
+
+def load_manifest(package: Path) -> Manifest:
+    """``<package>/meta/package.yaml``."""
+    path = package / "meta" / "package.yaml"
+    if not path.is_file():
+        raise NotFound(f"{package.absolute()} is not a package: no meta/package.yaml "
+                       "(run 'capstan package init')")
+    return parse_manifest(load_strict(path), str(path))
+
+
+def load_run(package: Path, name: str) -> RunConfig | None:
+    """``<package>/meta/run.yaml``, if there is one."""
+    path = package / "meta" / "run.yaml"
+    return parse_run(load_strict(path), name, str(path)) if path.is_file() else None
+
+
+# -- .capstanignore --------------------------------------------------------------
+
+
+def ignore_rules(package: Path) -> list[re.Pattern[str]]:
+    """The patterns of ``.capstanignore`` plus Capstan's built-in ones, compiled."""
+    lines: list[str] = []
+    path = package / ".capstanignore"
+    if path.is_file():
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+    patterns = [ln for ln in lines if ln and not ln.startswith("#")]
+    if "/meta" in patterns:
+        raise InputError(f"{path}: please remove '/meta' from .capstanignore")
+    return [_ignore_regex(p) for p in [*patterns, *_BUILTIN_IGNORES]]
+
+
+def _ignore_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("/**/", i):
+            out += "(?:/.*)?/"
+            i += 4
+        elif pattern.startswith("/*", i) and i + 2 == len(pattern):
+            out += "/.*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return re.compile(out)
+
+
+def ignored(rules: Sequence[re.Pattern[str]], rel: str) -> bool:
+    """Whether */rel* (with a leading ``/``) is ignored."""
+    return any(r.fullmatch(rel) for r in rules)
+
+
+def _walk(root: Path, rules: Sequence[re.Pattern[str]]) -> list[tuple[str, Path]]:
+    """(``/relative``, path) of everything below *root* not ignored, sorted."""
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            rel = "/" + (here / name).relative_to(root).as_posix()
+            if ignored(rules, rel):
+                dirnames.remove(name)
+            else:
+                found.append((rel, here / name))
+        for name in filenames:
+            rel = "/" + (here / name).relative_to(root).as_posix()
+            if not ignored(rules, rel):
+                found.append((rel, here / name))
+    return sorted(found)
+
+
+# -- .mpm archives -------------------------------------------------------------------
+
+
+def build_mpm(package: Path, output: Path | None = None) -> Path:
+    """Write ``<name>.mpm`` of *package* (reproducible; .capstanignore honoured)."""
+    manifest = load_manifest(package)
+    load_run(package, manifest.name)  # a broken run.yaml fails now, not at compose
+    target = output or package / f"{manifest.name}.mpm"
+    rules = [*ignore_rules(package)[:-len(_BUILTIN_IGNORES)], _ignore_regex("/mpm-pkg"),
+             _ignore_regex("/" + target.name), _ignore_regex("/.git"),
+             _ignore_regex("/volumes")]
+    mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(_info("/", tarfile.DIRTYPE, 0o755, mtime))
+        for rel, path in _walk(package, rules):
+            st = path.lstat()
+            if stat.S_ISDIR(st.st_mode):
+                tar.addfile(_info(rel + "/", tarfile.DIRTYPE, st.st_mode, mtime))
+            elif stat.S_ISLNK(st.st_mode):
+                info = _info(rel, tarfile.SYMTYPE, st.st_mode, mtime)
+                info.linkname = os.readlink(path)
+                tar.addfile(info)
+            elif stat.S_ISREG(st.st_mode):
+                info = _info(rel, tarfile.REGTYPE, st.st_mode, mtime)
+                info.size = st.st_size
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                raise InputError(f"{path}: unsupported file type (only files, directories "
+                                 "and symlinks go into a package)")
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0,
+                                               filename="") as gz:
+        gz.write(raw.getvalue())
+    tmp.replace(target)
+    return target
+
+
+def _info(name: str, kind: bytes, mode: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = stat.S_IMODE(mode)
+    info.mtime = mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+@dataclass
+class Archive:
+    """A package archive read into memory (members by normalised name)."""
+
+    path: Path
+    manifest: Manifest | None
+    run_yaml: Any
+    members: list[tarfile.TarInfo]
+    data: dict[str, bytes]
+
+
+def read_mpm(path: Path) -> Archive:
+    """Read and check an ``.mpm`` (gzip or plain tar, names with or without ``/``)."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError as err:
+        raise NotFound(f"no such package archive: {path}") from err
+    if blob[:2] == b"\x1f\x8b":
+        try:
+            blob = gzip.decompress(blob)
+        except (OSError, EOFError) as err:
+            raise InputError(f"{path}: truncated or corrupt package archive ({err})") from err
+    members: list[tarfile.TarInfo] = []
+    data: dict[str, bytes] = {}
+    manifest = run_yaml = None
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
+            for info in tar:
+                name = _safe_name(path, info)
+                if name is None:
+                    continue
+                if info.size > MAX_MEMBER:
+                    raise InputError(f"{path}: member {info.name} is too large")
+                if not (info.isdir() or info.isreg() or info.issym()):
+                    raise InputError(f"{path}: member {info.name} is not a file, directory "
+                                     "or symlink")
+                info.name = name
+                members.append(info)
+                if info.isreg():
+                    f = tar.extractfile(info)
+                    data[name] = f.read() if f else b""
+    except tarfile.TarError as err:
+        raise InputError(f"{path}: truncated or corrupt package archive ({err})") from err
+    if "meta/package.yaml" in data:
+        manifest = parse_manifest(_yaml(data["meta/package.yaml"], path, "package.yaml"),
+                                  f"{path}:meta/package.yaml")
+    if "meta/run.yaml" in data:
+        run_yaml = _yaml(data["meta/run.yaml"], path, "run.yaml")
+    return Archive(path, manifest, run_yaml, members, data)
+
+
+def _yaml(text: bytes, path: Path, what: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: malformed meta/{what}: {err}") from err
+
+
+def _safe_name(path: Path, info: tarfile.TarInfo) -> str | None:
+    """The member's path relative to the package root; None for the root itself."""
+    name = info.name.lstrip("/").rstrip("/")
+    if name in ("", "."):
+        return None
+    parts = name.split("/")
+    if ".." in parts:
+        raise InputError(f"{path}: member '{info.name}' escapes the package")
+    if info.issym():
+        target = info.linkname
+        depth = len(parts) - 1
+        for part in target.split("/"):
+            depth += -1 if part == ".." else (0 if part in ("", ".") else 1)
+            if depth < 0:
+                raise InputError(f"{path}: symlink '{info.name}' -> '{target}' escapes "
+                                 "the package")
+    if info.islnk():
+        raise InputError(f"{path}: hard link '{info.name}' in a package")
+    return name
+
+
+# -- resolution and collection ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A package chosen for a compose, with where it comes from."""
+
+    name: str
+    version: str
+    sha256: str
+    path: Path
+
+
+def resolve(root: Path, names: Sequence[str], *, pull: Any = None) -> list[Resolved]:
+    """Dependencies in merge order: depth-first post-order, each once at its last place."""
+    packages = root / "packages"
+    order: list[str] = []
+    manifests: dict[str, Manifest] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            raise InputError(f"dependency cycle: {' -> '.join([*path[path.index(name):], name])}")
+        archive = packages / f"{name}.mpm"
+        if not archive.is_file() or not (packages / f"{name}.yaml").is_file():
+            if pull is None:
+                raise NotFound(f"package {name} is not in your local repository: pull it with "
+                               f"'capstan package pull {name}' or use --pull-missing")
+            pull(name)
+        if name not in manifests:
+            manifests[name] = parse_manifest(load_strict(packages / f"{name}.yaml"),
+                                             str(packages / f"{name}.yaml"))
+        for dep in manifests[name].require:
+            visit(dep, [*path, name])
+        order.append(name)
+
+    for name in names:
+        visit(name, [])
+    last = {name: i for i, name in enumerate(order)}
+    chosen = [name for i, name in enumerate(order) if last[name] == i]
+    return [Resolved(n, manifests[n].version, _sha256(packages / f"{n}.mpm"),
+                     packages / f"{n}.mpm") for n in chosen]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Collected:
+    """The merged tree of a package compose."""
+
+    tree: Path
+    packages: list[Resolved]
+    run_configs: dict[str, RunConfig]
+    collisions: list[tuple[str, str, str]]  # path, earlier package, later package
+    scripts: dict[str, str]
+
+
+def collect(package: Path, root: Path, target: Path, extra: Iterable[str] = (), *,
+            pull: Any = None, bootstrap: bool = True, check: Any = None) -> Collected:
+    """Merge the dependencies and the application into *target* (Capstan's mpm-pkg).
+
+    *check*, when given, sees the resolved packages before anything is extracted.
+    """
+    manifest = load_manifest(package)
+    app_run = load_run(package, manifest.name)
+    runtime_deps = list(app_run.runtime.depends) if app_run else []
+    wanted = [*([BOOTSTRAP] if bootstrap else []), *runtime_deps, *manifest.require, *extra]
+    resolved = resolve(root, wanted, pull=pull)
+    if check is not None:
+        check(resolved)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    owner: dict[str, str] = {}
+    collisions: list[tuple[str, str, str]] = []
+    runs: dict[str, RunConfig] = {}
+    order: list[str] = []
+    for dep in resolved:
+        archive = read_mpm(dep.path)
+        if archive.run_yaml is not None:
+            runs[dep.name] = parse_run(archive.run_yaml, dep.name, f"{dep.path}:meta/run.yaml")
+            order.append(dep.name)
+        for info in archive.members:
+            if info.name.startswith("meta/") or info.name == "meta":
+                continue
+            _place(target, info, archive.data.get(info.name), dep.name, owner, collisions)
+    rules = [*ignore_rules(package), _ignore_regex(f"/{manifest.name}.mpm")]
+    for rel, path in _walk(package, rules):
+        if rel.startswith("/meta"):
+            continue
+        st = path.lstat()
+        info = tarfile.TarInfo(rel.lstrip("/"))
+        info.mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+            _place(target, info, None, manifest.name, owner, collisions)
+        elif stat.S_ISLNK(st.st_mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+            _place(target, info, None, manifest.name, owner, collisions)
+        else:
+            _place(target, info, path.read_bytes(), manifest.name, owner, collisions)
+    if app_run is not None:
+        runs[manifest.name] = app_run
+        order.append(manifest.name)
+    scripts: dict[str, str] = {}
+    script_owner: dict[str, str] = {}
+    (target / "run").mkdir(exist_ok=True)
+    for pkg in order:
+        for name in runs[pkg].config_sets:
+            try:
+                text = boot_command(runs, pkg, name)
+            except InputError as err:
+                raise InputError(f"Validation failed for configuration set '{name}' of "
+                                 f"{pkg}: {err}") from err
+            if name in script_owner and script_owner[name] != pkg:
+                collisions.append((f"/run/{name}", script_owner[name], pkg))
+            scripts[name], script_owner[name] = text, pkg
+            script = target / "run" / name
+            script.write_text(text)
+            script.chmod(0o700)
+    return Collected(target, resolved, runs, collisions, scripts)
+
+
+def _place(target: Path, info: tarfile.TarInfo, data: bytes | None, pkg: str,
+           owner: dict[str, str], collisions: list[tuple[str, str, str]]) -> None:
+    dest = target / info.name
+    if info.isdir():
+        dest.mkdir(parents=True, exist_ok=True)
+        dest.chmod(info.mode | 0o700)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if info.name in owner and owner[info.name] != pkg:
+        collisions.append(("/" + info.name, owner[info.name], pkg))
+    owner[info.name] = pkg
+    if dest.is_symlink() or dest.is_file():
+        dest.unlink()
+    elif dest.is_dir():
+        raise Conflict(f"{pkg} puts a file at /{info.name}, where another package has a "
+                       "directory")
+    if info.issym():
+        dest.symlink_to(info.linkname)
+    else:
+        dest.write_bytes(data or b"")
+        dest.chmod(info.mode or 0o644)
+
+
+def init_manifest(package: Path, name: str, title: str, author: str, version: str = "",
+                  require: Sequence[str] = (), platform: str = "", force: bool = False) -> Path:
+    """Write ``meta/package.yaml`` (refusing to overwrite one unless *force*)."""
+    path = package / "meta" / "package.yaml"
+    if path.exists() and not force:
+        raise Conflict(f"{path} exists: use --force to overwrite it")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        raise UsageError(f"invalid package name '{name}'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    manifest = Manifest(name, title, author, version, tuple(require), created, platform)
+    path.write_text(manifest.to_yaml())
+    return path
