@@ -302,3 +302,38 @@ class PackageDelete(Command):
         return 0
 
 
+
+
+class Init(Command):
+    """Write a Capstanfile template in the current directory"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("--force", action="store_true", help="overwrite a Capstanfile")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.capstanfile import init
+
+        path = init(Path("."), parsed_args.force)
+        self.app.stdout.write(f"Wrote {path}: edit base, cmdline, build and files\n")
+        return 0
+
+
+class Build(ShowOne):
+    """Build the image the Capstanfile describes, into the local repository"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", nargs="?", help="image name (default: the directory's)")
+        parser.add_argument("-o", "--output", type=Path, help="image file to write instead")
+        parser.add_argument("-C", "--directory", type=Path, default=Path("."),
+                            help="project directory (default: the current one)")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.capstanfile import build
+
+        result = build(app_config(self), parsed_args.directory, parsed_args.name,
+                       parsed_args.output)
+        return ("Image", "Command line"), (str(result.path), result.cmdline)

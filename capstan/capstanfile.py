@@ -1,0 +1,142 @@
+"""Capstanfile mode: ``capstan init`` and ``capstan build`` (reference 6.1, 11.7).
+
+Capstan boots its base image in a VM and uploads the files over cpio; pycapstan
+builds the same image on the host: the base's own files (when the base is a
+composed image) and the Capstanfile's ``rootfs`` and ``files`` are merged in a
+staging tree and composed onto the base's loader with a ROFS.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capstan.config import Config
+from capstan.errors import CommandFailed, ImageError, InputError, NotFound, UsageError
+from capstan.yamlfile import load_strict
+
+__all__ = ["Capstanfile", "build", "init", "load"]
+
+TEMPLATE = """\
+# Capstanfile: how 'capstan build' makes this project's image.
+# The base: a loader or a composed image (repository name or file).
+base: osv-loader
+# The OSv command line.
+cmdline: /hello
+# A host command run first (through sh -c), e.g. make.
+build: make
+# Guest path: host path ('&' stands for the guest path's file name).
+files:
+  /hello: &
+"""
+
+
+@dataclass(frozen=True)
+class Capstanfile:
+    """A parsed Capstanfile."""
+
+    path: Path
+    base: str
+    cmdline: str
+    build: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    rootfs: str | None = None
+
+
+def load(path: Path) -> Capstanfile:
+    """Read and check *path*: unknown keys, wrong types and missing files are errors."""
+    data: Any = load_strict(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping (base, cmdline, build, files, rootfs)")
+    if "rpm-base" in data:
+        raise InputError(f"{path}: rpm-base is obsolete (Fedora's Koji paths are gone): put "
+                         "the files under rootfs instead")
+    unknown = sorted(set(map(str, data)) - {"base", "cmdline", "build", "files", "rootfs"})
+    if unknown:
+        raise InputError(f"{path}: unknown key '{unknown[0]}'")
+    if not isinstance(data.get("cmdline"), str) or not data["cmdline"].strip():
+        raise InputError(f"{path}: 'cmdline' is required")
+    files = data.get("files") or {}
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in files.items()):
+        raise InputError(f"{path}: 'files' must map guest paths to host paths")
+    for key in ("base", "build", "rootfs"):
+        if key in data and data[key] is not None and not isinstance(data[key], str):
+            raise InputError(f"{path}: '{key}' must be a string")
+    return Capstanfile(path, str(data.get("base") or "osv-loader"), data["cmdline"].strip(),
+                       str(data.get("build") or ""), dict(files), data.get("rootfs"))
+
+
+def init(directory: Path, force: bool = False) -> Path:
+    """Write a commented Capstanfile template."""
+    path = directory / "Capstanfile"
+    if path.exists() and not force:
+        raise InputError(f"{path} exists: use --force to overwrite it")
+    path.write_text(TEMPLATE)
+    return path
+
+
+def build(config: Config, project: Path, name: str | None = None,
+          output: Path | None = None) -> Any:
+    """Run the build command and compose the image into the repository (or *output*)."""
+    from capstan.image.inspect import OsvImage
+    from capstan.imaging import compose_tree
+    from capstan.repository import LocalRepository
+
+    spec = load(project / "Capstanfile")
+    if spec.build:
+        done = subprocess.run(["sh", "-c", spec.build], cwd=project, capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr).strip().splitlines()
+            raise CommandFailed(["sh", "-c", spec.build], done.returncode,
+                                tail[-1] if tail else "")
+    base = LocalRepository(config.root).resolve(spec.base, kind="loader")
+    with tempfile.TemporaryDirectory(prefix="capstan-build-") as tmp:
+        stage = Path(tmp)
+        try:
+            with OsvImage(base) as img:
+                if img.partition is not None:
+                    _extract(img, stage)
+        except ImageError:
+            pass  # a bare loader: nothing to inherit
+        rootfs = project / (spec.rootfs or "ROOTFS")
+        if spec.rootfs and not rootfs.is_dir():
+            raise NotFound(f"{spec.path}: rootfs: {rootfs} does not exist")
+        if rootfs.is_dir():
+            shutil.copytree(rootfs, stage, symlinks=True, dirs_exist_ok=True)
+        for guest, host in spec.files.items():
+            if not guest.startswith("/"):
+                raise UsageError(f"{spec.path}: files: '{guest}' must be an absolute guest path")
+            source = project / host.replace("&", guest.rsplit("/", 1)[-1])
+            if not source.exists():
+                raise NotFound(f"{spec.path}: files: {source}: no such file or directory")
+            target = stage / guest.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+            else:
+                shutil.copy2(source, target)
+        image_name = None if output else (name or project.absolute().name)
+        return compose_tree(config, stage, name=image_name, output=output, loader=str(base),
+                            command_line=spec.cmdline)
+
+
+def _extract(img: Any, stage: Path) -> None:
+    """Copy every file, directory and symlink of *img*'s ROFS into *stage*."""
+    for item in img.items("/"):
+        target = stage / item.path.lstrip("/")
+        if item.kind == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+        elif item.kind == "symlink":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(item.target)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as f:
+                for chunk in img.read(item.path):
+                    f.write(chunk)
