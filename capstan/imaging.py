@@ -103,9 +103,6 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
 
     from capstan.packages import collect, load_manifest, load_run
 
-    if fs != "rofs":
-        raise UsageError("--fs zfs needs OSv's ZFS builder VM, which pycapstan does not "
-                         "drive yet: use --fs rofs")
     manifest = load_manifest(package)
     run = load_run(package, manifest.name)
     text = package_cmdline(run, execute, boots, envs)
@@ -121,10 +118,35 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
                             check=lambda resolved: _check_lock(package, resolved))
         for path, earlier, later in collected.collisions:
             LOG.warning("%s from %s replaces the one from %s", path, later, earlier)
+        if fs == "zfs":
+            return _compose_zfs(config, collected, name, output, loader, text, size,
+                                disk_format), collected
         result = compose_tree(config, collected.tree, name=name, output=output,
                               loader=loader, command_line=text, size=size,
                               disk_format=disk_format)
     return result, collected
+
+
+def _compose_zfs(config: Config, collected: Collected, name: str | None, output: Path | None,
+                 loader: str | None, text: str, size: int,
+                 disk_format: DiskFormat | None) -> compose.ComposeResult:
+    from capstan.image.inspect import OsvImage
+    from capstan.zfsbuild import compose_zfs
+
+    repo = LocalRepository(config.root)
+    target = output or repo.image_file(str(name), "qemu")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    entries = tree.collect(collected.tree)
+    compose_zfs(config, entries, loader or "osv-loader-with-zfs", target, text, size,
+                disk_format)
+    with OsvImage(target) as img:
+        part = img.partition
+        info = img.summary()
+    return compose.ComposeResult(
+        path=target, disk_format=info.format, virtual_size=info.virtual_size,
+        partition_start=part.start if part else 0, partition_size=part.size if part else 0,
+        cmdline=img.cmdline, loader=loader or "osv-loader-with-zfs", files=len(entries),
+        directories=0, symlinks=0, file_bytes=0)
 
 
 def _check_lock(package: Path, resolved: Sequence[Resolved]) -> None:

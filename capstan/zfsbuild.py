@@ -1,0 +1,154 @@
+"""Uploading a tree into a ZFS image through OSv's builder VM (reference 11.3).
+
+The builder prints ``Waiting for connection from host...`` when its cpiod
+listens; we then connect to the host port forwarded to guest port 10000 (a
+free one per build), stream the cpio archive and wait for the VM to power off.
+Every wait has a timeout whose error carries the VM's last output line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from capstan.config import Config
+from capstan.drivers.base import free_port
+from capstan.errors import BackendError, GuestTimeout
+from capstan.image.cpio import newc_stream
+from capstan.image.formats import DiskFormat
+from capstan.image.rofs import Entry
+
+__all__ = ["BUILDER", "HANDSHAKE", "builder_argv", "compose_zfs", "pick_port", "upload"]
+
+BUILDER = "osv-zfs-builder"
+DEFAULT_SIZE = 10 << 30  # Capstan's --size default for ZFS images
+
+HANDSHAKE = "Waiting for connection from host..."
+BUILDER_CMDLINE = ("--console=serial --norandom --nomount --noinit --preload-zfs-library "
+                   "/tools/mkfs.so; /tools/cpiod.so --prefix /zfs/zfs; "
+                   "/zfs.so set compression=off osv")
+
+
+def builder_argv(qemu: str, builder: str, disk: str, port: int, accel: str) -> list[str]:
+    """The builder VM: the new image as its disk, cpiod's port forwarded to *port*."""
+    return [qemu, "-machine", "pc", "-accel", accel, "-m", "512", "-smp", "1", "-nodefaults",
+            "-display", "none", "-no-user-config", "-serial", "stdio",
+            "-kernel", builder, "-append", BUILDER_CMDLINE,
+            "-drive", f"file={disk},if=none,id=hd0,format=qcow2",
+            "-device", "virtio-blk-pci,drive=hd0",
+            "-netdev", f"user,id=un0,hostfwd=tcp:127.0.0.1:{port}-:10000",
+            "-device", "virtio-net-pci,netdev=un0,romfile="]
+
+
+def upload(argv: Sequence[str], port: int, entries: Sequence[Entry],
+           timeout: float = 300) -> None:
+    """Run the builder *argv*, stream *entries* to *port* after its handshake."""
+    vm = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace")
+    assert vm.stdout is not None
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert vm.stdout is not None
+        for line in vm.stdout:
+            lines.append(line.rstrip())
+            if line.strip() == HANDSHAKE:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.1):
+            if vm.poll() is not None:
+                raise BackendError(f"the ZFS builder exited ({vm.returncode}) before it was "
+                                   f"ready: {_last(lines)}")
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"the ZFS builder was not ready within {timeout:.0f} s: "
+                                   f"{_last(lines)}")
+        with _connect(port, deadline) as sock:
+            for chunk in newc_stream(entries):
+                sock.sendall(chunk)
+        try:
+            code = vm.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired as err:
+            raise GuestTimeout(f"the ZFS builder did not finish within {timeout:.0f} s: "
+                               f"{_last(lines)}") from err
+        if code != 0:
+            raise BackendError(f"the ZFS builder failed ({code}): {_last(lines)}")
+    finally:
+        if vm.poll() is None:
+            vm.kill()
+            vm.wait()
+        reader.join(timeout=5)
+
+
+def _connect(port: int, deadline: float) -> socket.socket:
+    while True:
+        with contextlib.suppress(OSError):
+            return socket.create_connection(("127.0.0.1", port), timeout=30)
+        if time.monotonic() > deadline:
+            raise GuestTimeout(f"could not connect to the ZFS builder on port {port}")
+        time.sleep(0.2)
+
+
+def _last(lines: Sequence[str]) -> str:
+    return next((ln for ln in reversed(lines) if ln.strip()), "no output")
+
+
+def pick_port() -> int:
+    """A free local port for the builder's forward (never a fixed one)."""
+    return free_port("127.0.0.1", "tcp", 0)
+
+
+def compose_zfs(config: Config, entries: Sequence[Entry], loader_ref: str, output: Path,
+                text: str, size: int = 0, disk_format: DiskFormat | None = None,
+                timeout: float = 600) -> Path:
+    """An OSv image whose root is ZFS, filled by the builder VM (reference 11.3).
+
+    Needs a ZFS-capable loader (e.g. ``osv-loader-with-zfs``) and the builder
+    ``osv-zfs-builder`` in the repository (``capstan pull osv-zfs-builder``).
+    """
+    from capstan.drivers.qemu import QemuDriver
+    from capstan.image import cmdline as osv_cmdline
+    from capstan.image import mbr
+    from capstan.image.compose import publishing
+    from capstan.image.formats import DiskFormat as Fmt
+    from capstan.image.formats import convert
+    from capstan.image.loader import read_loader
+    from capstan.repository import LocalRepository
+
+    repo = LocalRepository(config.root)
+    builder = repo.resolve(BUILDER, kind="ZFS builder (capstan pull osv-zfs-builder)")
+    loader = read_loader(repo.resolve(loader_ref, kind="loader"))
+    text = osv_cmdline.with_rootfs(text, "zfs")
+    osv_cmdline.validate(text)
+    start = loader.partition_start
+    total = mbr.align_up(max(size or DEFAULT_SIZE, start + (64 << 20)), 1 << 20)
+    qemu = QemuDriver(config)
+    with publishing(output) as tmp:
+        raw = tmp / "disk.raw"
+        sector0 = bytearray(loader.data[:512])
+        mbr.set_partition(sector0, 2, start, total - start)
+        with open(raw, "wb") as f:
+            f.write(bytes(sector0) + osv_cmdline.area_bytes(text) + loader.data[32768:])
+            f.truncate(total)
+        disk = tmp / "disk.qcow2"
+        convert(raw, disk, Fmt.QCOW2)
+        raw.unlink()
+        port = pick_port()
+        upload(builder_argv(qemu.qemu_binary(), str(builder), str(disk), port,
+                            qemu.accelerator()), port, entries, timeout)
+        fmt = disk_format or Fmt.QCOW2
+        if fmt is Fmt.QCOW2:
+            disk.rename(tmp / output.name)
+        else:
+            convert(disk, tmp / output.name, fmt, source_fmt="qcow2")
+            disk.unlink()
+    return output
