@@ -32,7 +32,10 @@ __all__ = ["Collected", "Manifest", "build_mpm", "collect", "ignore_rules", "loa
 
 BOOTSTRAP = "osv.bootstrap"
 MAX_MEMBER = 4 << 30
-_KEYS = ("name", "title", "author", "version", "require", "binary", "created", "platform")
+_KEYS = ("name", "title", "author", "version", "require", "binary", "created", "platform",
+         "constraints")
+_VERSION = re.compile(r"\d{1,3}(\.\d{1,3}){0,2}")
+_CONSTRAINT = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*(\S+)\s*")
 _BUILTIN_IGNORES = ("/meta/*", "/mpm-pkg", "/.git", "/.capstanignore", "/.gitignore",
                     "/volumes", "/capstan.lock")
 
@@ -49,6 +52,7 @@ class Manifest:
     created: str = ""
     platform: str = ""
     binary: dict[str, str] = field(default_factory=dict)
+    constraints: dict[str, str] = field(default_factory=dict)  # Capstan ignores this key
 
     def to_yaml(self) -> str:
         """Capstan's key order; empty optional keys left out."""
@@ -62,6 +66,8 @@ class Manifest:
         data["created"] = self.created or "N/A"
         if self.platform:
             data["platform"] = self.platform
+        if self.constraints:
+            data["constraints"] = self.constraints
         return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -71,7 +77,12 @@ def parse_manifest(data: Any, where: str) -> Manifest:
         raise InputError(f"{where}: expected a mapping (name, title, author, ...)")
     unknown = sorted(set(map(str, data)) - set(_KEYS))
     if unknown:
-        raise InputError(f"{where}: unknown key '{unknown[0]}'")
+        raise InputError(f"{where}{line_of(where, unknown[0])}: unknown key '{unknown[0]}'")
+    constraints = data.get("constraints") or {}
+    if not isinstance(constraints, dict):
+        raise InputError(f"{where}: 'constraints' must map package names to version ranges")
+    for pkg, rule in constraints.items():
+        version_constraint(str(rule), f"{where}: constraints.{pkg}")
     for key in ("name", "title", "author"):
         if not data.get(key):
             raise InputError(f"{where}: '{key}' must be provided for the package")
@@ -84,7 +95,47 @@ def parse_manifest(data: Any, where: str) -> Manifest:
     return Manifest(str(data["name"]), str(data["title"]), str(data["author"]),
                     str(data.get("version") or ""), tuple(require),
                     str(data.get("created") or ""), str(data.get("platform") or ""),
-                    dict(data.get("binary") or {}))
+                    dict(data.get("binary") or {}),
+                    {str(k): str(v) for k, v in constraints.items()})
+
+
+def line_of(where: str, key: str) -> str:
+    """``:LINE`` of the top-level *key* in the file *where*, when it can be found."""
+    try:
+        text = Path(where).read_text()
+    except OSError:
+        return ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.match(rf"{re.escape(key)}\s*:", line):
+            return f":{number}"
+    return ""
+
+
+def version_key(version: str) -> int:
+    """Capstan's comparable form of ``X[.Y[.Z]]`` (weights 10^6, 10^3, 1)."""
+    parts = [int(p) for p in version.split(".")] + [0, 0]
+    return parts[0] * 1_000_000 + parts[1] * 1_000 + parts[2]
+
+
+def version_constraint(rule: str, where: str) -> list[tuple[str, int]]:
+    """``>=1.2,<2`` as (operator, version key) pairs; errors name *where*."""
+    parsed = []
+    for part in rule.split(","):
+        match = _CONSTRAINT.fullmatch(part)
+        if match is None or not _VERSION.fullmatch(match.group(2)):
+            raise InputError(f"{where}: invalid version constraint '{rule}' (e.g. >=1.2,<2)")
+        parsed.append((match.group(1), version_key(match.group(2))))
+    return parsed
+
+
+def satisfies(version: str, rule: str) -> bool:
+    """Whether *version* meets every part of *rule*."""
+    if not _VERSION.fullmatch(version):
+        return False
+    have = version_key(version)
+    checks = {">=": have.__ge__, "<=": have.__le__, "==": have.__eq__, "!=": have.__ne__,
+              ">": have.__gt__, "<": have.__lt__}
+    return all(checks[op](want) for op, want in version_constraint(rule, "constraint"))
 
 
 def load_manifest(package: Path) -> Manifest:
@@ -300,8 +351,12 @@ class Resolved:
     path: Path
 
 
-def resolve(root: Path, names: Sequence[str], *, pull: Any = None) -> list[Resolved]:
-    """Dependencies in merge order: depth-first post-order, each once at its last place."""
+def resolve(root: Path, names: Sequence[str], *, pull: Any = None,
+            constraints: dict[str, str] | None = None) -> list[Resolved]:
+    """Dependencies in merge order: depth-first post-order, each once at its last place.
+
+    *constraints* (and every manifest's own) must hold for the chosen versions.
+    """
     packages = root / "packages"
     order: list[str] = []
     manifests: dict[str, Manifest] = {}
@@ -326,6 +381,13 @@ def resolve(root: Path, names: Sequence[str], *, pull: Any = None) -> list[Resol
         visit(name, [])
     last = {name: i for i, name in enumerate(order)}
     chosen = [name for i, name in enumerate(order) if last[name] == i]
+    rules = [(who, pkg, rule) for who, m in manifests.items() for pkg, rule in
+             m.constraints.items()] + [("the application", pkg, rule)
+                                       for pkg, rule in (constraints or {}).items()]
+    for who, pkg, rule in rules:
+        if pkg in manifests and not satisfies(manifests[pkg].version, rule):
+            raise InputError(f"{who} needs {pkg} {rule}, but the repository has version "
+                             f"'{manifests[pkg].version}'")
     return [Resolved(n, manifests[n].version, _sha256(packages / f"{n}.mpm"),
                      packages / f"{n}.mpm") for n in chosen]
 
@@ -355,7 +417,7 @@ def collect(package: Path, root: Path, target: Path, extra: Iterable[str] = (), 
     app_run = load_run(package, manifest.name)
     runtime_deps = list(app_run.runtime.depends) if app_run else []
     wanted = [*([BOOTSTRAP] if bootstrap else []), *runtime_deps, *manifest.require, *extra]
-    resolved = resolve(root, wanted, pull=pull)
+    resolved = resolve(root, wanted, pull=pull, constraints=manifest.constraints)
     if check is not None:
         check(resolved)
     if target.exists():

@@ -20,14 +20,15 @@ _ENV = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\??)=(.*)", re.DOTALL)
 
 
 def env_token(text: str) -> str:
-    """``KEY=VALUE`` as the hard loader option ``--env=KEY=VALUE``."""
+    """``KEY=VALUE`` as the hard option ``--env=KEY=VALUE``; ``KEY?=VALUE`` stays soft
+    (set only when the variable is still unset)."""
     match = _ENV.fullmatch(text)
-    if match is None or match.group(2):
-        raise UsageError(f"invalid --env '{text}': use KEY=VALUE")
+    if match is None:
+        raise UsageError(f"invalid --env '{text}': use KEY=VALUE (or KEY?=VALUE)")
     value = match.group(3)
     if any(c in value for c in "\t\n\0"):
         raise UsageError(f"invalid --env '{text}': tabs, newlines and NUL cannot be passed")
-    return f"--env={match.group(1)}={value.replace(' ', chr(92) + ' ')}"
+    return f"--env={match.group(1)}{match.group(2)}={value.replace(' ', chr(92) + ' ')}"
 
 
 def boot_cmdline(current: str, execute: str | None, boots: Sequence[str],

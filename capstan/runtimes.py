@@ -73,7 +73,9 @@ def parse_run(data: Any, package: str, where: str) -> RunConfig:
         raise InputError(f"{where}: expected a mapping with runtime and config_set")
     unknown = sorted(set(data) - {"runtime", "config_set", "config_set_default"})
     if unknown:
-        raise InputError(f"{where}: unknown key '{unknown[0]}'")
+        from capstan.packages import line_of
+
+        raise InputError(f"{where}{line_of(where, unknown[0])}: unknown key '{unknown[0]}'")
     runtime = RUNTIMES.get(str(data.get("runtime", "")))
     if runtime is None:
         raise InputError(f"{where}: unknown runtime '{data.get('runtime')}' "

@@ -107,6 +107,7 @@ def test_run_yaml_errors(data: dict[str, object], message: str) -> None:
     (None, [], ["P=1"], {"a": {}, "b": {}}, "b", "--env=P=1 runscript /run/b;"),
     (None, [], [], {"only": {}}, "", "runscript /run/only;"),  # a lone set is the default
     (None, [], ["P=1"], {"a": {}, "b": {}}, "", "--env=P=1 runscript /run/default;"),
+    (None, [], ["P?=1"], {"a": {}}, "", "--env=P?=1 runscript /run/a;"),  # a soft default
 ])
 def test_cmdline_precedence(execute: str | None, boots: list[str], envs: list[str],
                             sets: dict[str, dict[str, str]], default: str,
@@ -196,6 +197,22 @@ def test_hostile_archives_are_refused(tmp_path: Path, member: str, link: str | N
             tar.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(InputError, match=message):
         read_mpm(bad)
+
+
+def test_hostile_and_huge_archives_on_the_command_line(cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mpm"
+    with tarfile.open(bad, "w:gz") as tar:
+        info = tarfile.TarInfo("../../evil")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    result = cli("package", "describe", bad)
+    assert (result.code, result.err.count("\n")) == (65, 1) and "escapes" in result.err
+    assert not (tmp_path.parent / "evil").exists()
+    huge = tarfile.TarInfo("big")
+    huge.size = 5 << 30  # a header that claims 5 GiB, with no data behind it
+    (tmp_path / "huge.mpm").write_bytes(huge.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
+    result = cli("package", "describe", tmp_path / "huge.mpm")
+    assert result.code == 65 and "too large" in result.err
 
 
 def test_truncated_archive(tmp_path: Path) -> None:
@@ -312,7 +329,10 @@ def test_resolution_lock_and_bad_input(cli, repository: None, tmp_path: Path,
     cases = [
         ("require:\n  - osv.nope\n", 65, "package osv.nope is not in your local repository"),
         ("require: [x\n", 65, "package.yaml:"),
-        ("colour: red\n", 65, "unknown key 'colour'"),
+        ("colour: red\n", 65, "package.yaml:4: unknown key 'colour'"),
+        ("require: [app.hadoop-hdfs]\nconstraints: {app.hadoop-hdfs: '>=2.0'}\n", 65,
+         "needs app.hadoop-hdfs >=2.0, but the repository has version '1.0'"),
+        ("constraints: {x: 'about 2'}\n", 65, "invalid version constraint 'about 2'"),
     ]
     for extra, code, text in cases:
         (app / "meta" / "package.yaml").write_text(
