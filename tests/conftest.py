@@ -165,3 +165,15 @@ def s3(aws_env: str) -> str:
     return bucket
 
 
+
+
+def expect_errors(cli: Cli, monkeypatch: pytest.MonkeyPatch,
+                  cases: list[tuple[dict[str, str], tuple[str | Path, ...], int, str]]) -> None:
+    """Each (environment, argv, exit code, text) case fails with that code in one line."""
+    for env, argv, code, text in cases:
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            result = cli(*argv)
+        assert (result.code, result.err.count("\n")) == (code, 1), (argv, result)
+        assert text in result.err, (argv, result.err)

@@ -20,7 +20,7 @@ from capstan.drivers.aws import BLOCK, AwsDriver
 from capstan.errors import BackendError, ConfigError, RemoteError
 from capstan.imagecache import image_facts
 
-from conftest import wait_for
+from conftest import expect_errors, wait_for
 
 pytestmark = pytest.mark.functional
 
@@ -203,11 +203,5 @@ def test_bad_cli_input(cli, aws_env: str, sparse: Path,
         ({}, ("run", "-p", "aws", "-i", sparse, "-f", "8080:80", "x"), 64, "no port forwards"),
         ({}, ("images", "-p", "qemu"), 69, "does not support images"),
     ]
-    for env, argv, code, text in cases:
-        with monkeypatch.context() as m:
-            for key, value in env.items():
-                m.setenv(key, value)
-            result = cli(*argv)
-        assert (result.code, result.err.count("\n")) == (code, 1), (argv, result)
-        assert text in result.err, (argv, result.err)
+    expect_errors(cli, monkeypatch, cases)
     assert cli("instances", "-p", "aws", "-f", "value").out == ""

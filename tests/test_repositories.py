@@ -14,9 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from repo_server import Release, RepoServer
 
 from capstan.image.loader import probe_loader_path
+
+from conftest import expect_errors
+from repo_server import Release, RepoServer
 
 PROBE = probe_loader_path().read_bytes()
 
@@ -227,13 +229,7 @@ def test_bad_remote_input_leaves_the_repository_unchanged(cli, server: RepoServe
          "no repository directory"),
         ({}, ("pull", "../escape"), 64, "invalid image name"),
     ]
-    for env, argv, code, text in cases:
-        with monkeypatch.context() as m:
-            for key, value in env.items():
-                m.setenv(key, value)
-            result = cli(*argv)
-        assert (result.code, result.err.count("\n")) == (code, 1), (argv, result)
-        assert text in result.err, (argv, result.err)
+    expect_errors(cli, monkeypatch, cases)
     server.state.corrupt_listing = True
     monkeypatch.setenv("CAPSTAN_REPOSITORIES", f"{server.url}/bucket/")
     result = cli("pull", "a/b")

@@ -302,8 +302,6 @@ class PackageDelete(Command):
         return 0
 
 
-
-
 class Init(Command):
     """Write a Capstanfile template in the current directory"""
 
