@@ -23,12 +23,17 @@ from repo_server import Release, RepoServer
 PROBE = probe_loader_path().read_bytes()
 
 
+def manifest(name: str) -> bytes:
+    """A package manifest as OSv publishes one."""
+    return f"name: {name}\ntitle: {name}\nauthor: OSv\n".encode()
+
+
 def mpm(name: str, payload: bytes = b"hello") -> bytes:
     """A small package archive in Capstan's format."""
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w") as tar:
-        for path, data in (("/meta/package.yaml", f"name: {name}\n".encode()),
+        for path, data in (("/meta/package.yaml", manifest(name)),
                            (f"/{name}/data", payload)):
             info = tarfile.TarInfo(path)
             info.size = len(data)
@@ -40,10 +45,10 @@ def mpm(name: str, payload: bytes = b"hello") -> bytes:
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[RepoServer]:
     with RepoServer() as srv:
         srv.state.releases = [
-            Release("v0.58.0", {"osv.nginx.yaml": b"name: osv.nginx\n",
+            Release("v0.58.0", {"osv.nginx.yaml": manifest("osv.nginx"),
                                 "osv.nginx.mpm.x86_64": mpm("osv.nginx")}),
             Release("v0.57.0", {"osv-loader.qemu.x86_64": PROBE,
-                                "osv.bootstrap.yaml": b"name: osv.bootstrap\n",
+                                "osv.bootstrap.yaml": manifest("osv.bootstrap"),
                                 "osv.bootstrap.mpm.x86_64": mpm("osv.bootstrap")}),
             Release("v0.54.0", {"osv-loader.qemu": b"old"}),
         ]
@@ -71,6 +76,21 @@ def test_pull_a_loader_from_every_release_page_compose_and_boot(cli, server: Rep
     assert cli("compose", "-l", "osv-loader", "-o", out, app_tree).code == 0
     done = cli.program("run", "-i", out, "--rm", "pulled")
     assert "PROBE rofs-magic=ok" in done.stdout, done.stderr
+    # a package app composed from pulled packages, on the pulled loader
+    pkg = tmp_path / "pkg"
+    (pkg / "meta").mkdir(parents=True)
+    (pkg / "meta" / "package.yaml").write_text("name: app\ntitle: app\nauthor: me\n"
+                                               "require: [osv.nginx]\n")
+    (pkg / "meta" / "run.yaml").write_text("runtime: native\nconfig_set:\n  web:\n"
+                                           "    bootcmd: /nginx.so\n")
+    composed = tmp_path / "pkg.qcow2"
+    result = cli("package", "compose", "-C", pkg, "-l", "osv-loader", "--pull-missing", "-o",
+                 composed)
+    assert result.code == 0, result.err
+    files = cli("image", "ls", "-R", composed, "-f", "value", "-c", "Path").out.split()
+    assert "/osv.bootstrap/data" in files and "/osv.nginx/data" in files
+    done = cli.program("run", "-i", composed, "--rm", "pkgapp")
+    assert "PROBE cmdline=[--rootfs=rofs runscript /run/web;]" in done.stdout, done.stderr
     images = json.loads(cli("images", "-f", "json").out)
     assert images[0]["Name"] == "osv-loader" and images[0]["SHA256"] == pulled["SHA256"]
     assert cli("rmi", "osv-loader").code == 0
@@ -97,7 +117,7 @@ def test_package_pull_records_digests(cli, server: RepoServer, capstan_root: Pat
     pulled = show(cli, "package", "pull", "osv.bootstrap")
     packages = capstan_root / "packages"
     assert (packages / "osv.bootstrap.mpm").read_bytes() == mpm("osv.bootstrap")
-    assert (packages / "osv.bootstrap.yaml").read_text() == "name: osv.bootstrap\n"
+    assert (packages / "osv.bootstrap.yaml").read_text().startswith("name: osv.bootstrap\n")
     assert (packages / "osv.bootstrap.mpm.sha256").read_text().strip() == pulled["SHA256"]
 
 
