@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,29 @@ def test_bad_capstanfiles(cli, project: Path, capstan_root: Path, text: str, cod
     assert (result.code, result.err.count("\n")) == (code, 1), result
     assert message in result.err
     assert not (capstan_root / "repository" / "bad").exists()
+
+
+def test_run_without_an_image_builds_here(cli, project: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capstan's decision tree, step 4: the Capstanfile, else the package, in the CWD."""
+    done = cli.program("run", "--rm", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert "PROBE cmdline=[--rootfs=rofs /hello --port 8080]" in done.stdout
+    assert "proj" in cli("images", "-f", "value", "-c", "Name").out.split()
+    pkg = tmp_path / "pkg"
+    (pkg / "meta").mkdir(parents=True)
+    (pkg / "meta" / "package.yaml").write_text("name: pkgapp\ntitle: t\nauthor: a\n")
+    (pkg / "meta" / "run.yaml").write_text(
+        "runtime: native\nconfig_set:\n  web:\n    bootcmd: /web\n  cli:\n    bootcmd: /cli\n"
+        "config_set_default: web\n")
+    boot = tmp_path / "boot"
+    (boot / "meta").mkdir(parents=True)
+    (boot / "meta" / "package.yaml").write_text("name: osv.bootstrap\ntitle: b\nauthor: a\n")
+    assert cli("package", "import", "-C", boot).code == 0
+    env = {**os.environ, "CAPSTAN_LOADER": "probe-loader"}
+    done = cli.program("run", "--rm", cwd=pkg, env=env)
+    assert "PROBE cmdline=[--rootfs=rofs runscript /run/web;]" in done.stdout, done.stderr
+    done = cli.program("run", "--boot", "cli", "--env", "K=V", "--rm", cwd=pkg, env=env)
+    assert "PROBE cmdline=[--rootfs=rofs --env=K=V runscript /run/cli;]" in done.stdout
+    done = cli.program("run", cwd=tmp_path)
+    assert done.returncode == 65 and "missing Capstanfile or package metadata" in done.stderr

@@ -14,7 +14,7 @@ from cliff.command import Command
 from cliff.lister import Lister
 
 from capstan.commands import app_config
-from capstan.errors import BackendError, CapstanError, UsageError
+from capstan.errors import BackendError, CapstanError
 
 _COLUMNS = ("Name", "Platform", "Status", "Image", "PID", "Ports", "Created")
 
@@ -78,7 +78,8 @@ class Run(Command):
         args = parsed_args
         image_ref, name = args.image, args.name
         if image_ref is None and name is None:
-            raise UsageError("give an image: capstan run NAME, or capstan run -i IMAGE [NAME]")
+            image_ref = name = self._build_here(args)
+            args.execute, args.boot, args.env = None, [], []  # already in the image
         if image_ref is None:
             image_ref = name
             name = Path(name).stem if Path(name).is_file() else name.replace("/", "-")
@@ -112,6 +113,34 @@ class Run(Command):
         finally:
             if args.rm:
                 driver.delete(name)
+
+
+    def _build_here(self, args: argparse.Namespace) -> str:
+        """Capstan's run without an image: build the Capstanfile or compose the package
+        in the current directory into the repository; the image's name."""
+        from capstan.errors import InputError
+        from capstan.repository import LocalRepository
+
+        config = app_config(self)
+        here = Path.cwd()
+        if (here / "Capstanfile").is_file():
+            from capstan.capstanfile import build
+
+            name = here.name
+            if not LocalRepository(config.root).image_file(name).is_file():
+                build(config, here, name)
+            return name
+        if (here / "meta" / "package.yaml").is_file():
+            from capstan.imaging import compose_package
+            from capstan.packages import load_manifest
+
+            name = load_manifest(here).name
+            compose_package(config, here, name=name, execute=args.execute, boots=args.boot,
+                            envs=args.env, pull_missing=True, s3=self.app.options.s3)
+            self.app.stdout.write(f"Composed package {name}\n")
+            return name
+        raise InputError("missing Capstanfile or package metadata here: give an image "
+                         "(capstan run -i IMAGE [NAME]) or run in a project directory")
 
 
 class Instances(Lister):
