@@ -174,3 +174,18 @@ def test_cached_facts_and_overlays_follow_image_changes(cli, image: Path, app_tr
     assert "cmdline=[--rootfs=rofs /hello @one]" in done.stdout
     assert "sectors=00000014" not in done.stdout  # the new, larger partition is booted
     assert len(list((capstan_root / "cache" / "overlays").glob("*.qcow2"))) == 2
+
+
+def test_run_name_relaunches_an_existing_instance(cli, image: Path,
+                                                 capstan_root: Path) -> None:
+    assert cli("run", "-d", "-i", image, "-e", "/x @hold", "again").code == 0
+    wait_for(lambda: "PROBE done" in cli.program("logs", "again").stdout, what="first boot")
+    assert cli("stop", "again").code == 0
+    disk = capstan_root / "instances" / "qemu" / "again" / "disk.qcow2"
+    inode = disk.stat().st_ino
+    result = cli("run", "-d", "again")
+    assert result.code == 0 and "Running (already existing) instance: again" in result.out
+    assert states(cli)["again"][0] == "running"
+    assert disk.stat().st_ino == inode  # the same disk: its state survives
+    result = cli("run", "-e", "/other", "again")
+    assert result.code == 64 and "delete it first" in result.err

@@ -14,7 +14,7 @@ from cliff.command import Command
 from cliff.lister import Lister
 
 from capstan.commands import app_config
-from capstan.errors import BackendError, CapstanError
+from capstan.errors import BackendError, CapstanError, UsageError
 
 _COLUMNS = ("Name", "Platform", "Status", "Image", "PID", "Ports", "Created")
 
@@ -80,13 +80,20 @@ class Run(Command):
         if image_ref is None and name is None:
             image_ref = name = self._build_here(args)
             args.execute, args.boot, args.env = None, [], []  # already in the image
+        driver = _driver(self, args.hypervisor)
+        if image_ref is None and self._exists(driver, name):
+            # Capstan's step 2: `run NAME` relaunches the instance, disk state included
+            if args.execute is not None or args.boot or args.env:
+                raise UsageError(f"instance {name} exists: delete it first to run it with "
+                                 "another command line")
+            self.app.stdout.write(f"Running (already existing) instance: {name}\n")
+            return self._launch(driver, name, args)
         if image_ref is None:
             image_ref = name
             name = Path(name).stem if Path(name).is_file() else name.replace("/", "-")
         elif name is None:
             name = Path(image_ref).stem if Path(image_ref).is_file() else \
                 image_ref.replace("/", "-")
-        driver = _driver(self, args.hypervisor)
         spec = make_spec(app_config(self), image_ref, name, memory=args.memory,
                          cpus=args.cpus, networking=args.networking, bridge=args.bridge,
                          mac=args.mac, forwards=args.forward,
@@ -97,11 +104,28 @@ class Run(Command):
             return 0
         driver.create(spec)
         self.app.stdout.write(f"Created instance: {name}\n")
+        return self._launch(driver, name, args, created=True)
+
+    @staticmethod
+    def _exists(driver: Any, name: str) -> bool:
+        from capstan.errors import NotFound
+
+        try:
+            driver.get(name)
+        except (NotFound, UsageError):
+            return False
+        return True
+
+    def _launch(self, driver: Any, name: str, args: argparse.Namespace,
+                created: bool = False) -> int:
+        """Start *name* detached or in the foreground (a run that cannot start a new
+        instance leaves nothing behind)."""
         if args.detach:
             try:
                 inst = driver.start(name)
             except CapstanError:
-                driver.delete(name)  # a run that cannot start leaves nothing behind
+                if created:
+                    driver.delete(name)
                 raise
             ports = f" ports {', '.join(inst.ports)}" if inst.ports else ""
             pid = f" (pid {inst.pid})" if inst.pid else ""
@@ -113,7 +137,6 @@ class Run(Command):
         finally:
             if args.rm:
                 driver.delete(name)
-
 
     def _build_here(self, args: argparse.Namespace) -> str:
         """Capstan's run without an image: build the Capstanfile or compose the package
