@@ -221,12 +221,25 @@ def _aws(config: Config) -> Finding:
     return Finding("aws", Status.OK, "credentials from " + ", ".join(sources))
 
 
+def _vsphere(config: Config) -> Finding:
+    if importlib.util.find_spec("pyVmomi") is None:
+        return Finding("vsphere", Status.MISSING, "pyvmomi is not installed",
+                       "pip install 'pycapstan[vsphere]'")
+    if not config.values.get("vsphere_url"):
+        return Finding("vsphere", Status.MISSING, "pyvmomi found, no vsphere_url configured",
+                       "set vsphere_url, vsphere_user and CAPSTAN_VSPHERE_PASSWORD")
+    if not (config.values.get("vsphere_password") or config.values.get("vsphere_user")):
+        return Finding("vsphere", Status.WARN, f"{config.vsphere_url}: no credentials",
+                       "set vsphere_user and CAPSTAN_VSPHERE_PASSWORD")
+    return Finding("vsphere", Status.OK, f"{config.vsphere_url} as {config.vsphere_user}")
+
+
 _CHECKS: tuple[Callable[[Config], Finding], ...] = (
     _root, _qemu, _qemu_img, _accelerators, _kvm, _nested, _bridge, _libvirt,
     _tool("virtualbox", "VBoxManage", ["--version"], "install VirtualBox from virtualbox.org"),
     _tool("vmware", "vmrun", None,
           "install VMware Workstation (Linux, Windows) or Fusion (macOS)"),
-    _aws,
+    _aws, _vsphere,
 )
 
 

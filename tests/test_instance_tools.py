@@ -167,7 +167,7 @@ def test_doctor_reports_every_check_with_fixes(cli) -> None:
     assert result.code == 0, result.err
     rows = {r["Check"]: r for r in json.loads(result.out)}
     assert set(rows) >= {"root", "qemu", "qemu-img", "accelerators", "kvm", "nested",
-                         "bridge", "libvirt", "virtualbox", "vmware", "aws"}
+                         "bridge", "libvirt", "virtualbox", "vmware", "aws", "vsphere"}
     assert rows["qemu"]["Status"] == "ok" and "7." in rows["qemu"]["Detail"]
     assert "tcg" in rows["accelerators"]["Detail"]
     assert all(r["Fix"] for r in rows.values() if r["Status"] != "ok")
