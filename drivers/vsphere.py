@@ -11,13 +11,14 @@ disk. Our VMs carry a ``pycapstan:`` annotation. TLS is verified unless
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlparse
 
 from capstan import proc
@@ -36,6 +37,23 @@ from capstan.errors import (
 __all__ = ["VSphereDriver"]
 
 MARK = "pycapstan:"
+T = TypeVar("T")
+
+
+def _translated(method: Callable[..., T]) -> Callable[..., T]:
+    """*method* with vSphere faults turned into BackendError (one line)."""
+
+    @functools.wraps(method)
+    def wrapper(self: VSphereDriver, *args: Any, **kwargs: Any) -> T:
+        from pyVmomi import vmodl
+
+        try:
+            return method(self, *args, **kwargs)
+        except vmodl.MethodFault as err:
+            reason = getattr(err, "msg", "") or type(err).__name__.rsplit(".", 1)[-1]
+            raise BackendError(f"vSphere: {reason}") from err
+
+    return wrapper
 
 
 class VSphereDriver(Driver):
@@ -159,6 +177,7 @@ class VSphereDriver(Driver):
 
     # -- lifecycle -------------------------------------------------------------
 
+    @_translated
     def create(self, spec: InstanceSpec) -> Instance:
         from pyVmomi import vim
 
@@ -175,6 +194,9 @@ class VSphereDriver(Driver):
 
             overlay = Path(tmp) / "overlay.qcow2"
             make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)
+            meta = {"image": str(spec.image.absolute()),
+                    "digest": image_facts(self.config.root, spec.image).sha256,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             disk = Path(tmp) / f"{spec.name}.vmdk"
             proc.run(["qemu-img", "convert", "-q", "-O", "vmdk", "-o",
                       "subformat=monolithicFlat,adapter_type=lsilogic", str(overlay),
@@ -187,9 +209,6 @@ class VSphereDriver(Driver):
                 self._upload(dc, ds, disk.with_name(f"{spec.name}-flat.vmdk"),
                              f"{folder}/{spec.name}-flat.vmdk")
                 self._upload(dc, ds, disk, f"{folder}/{spec.name}.vmdk")
-                meta = {"image": str(spec.image.absolute()),
-                        "digest": image_facts(self.config.root, spec.image).sha256,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 vm = self._create_vm(spec, dc, ds, folder, meta)
             except BaseException:
                 self._delete_folder(dc, ds, folder)
@@ -235,6 +254,7 @@ class VSphereDriver(Driver):
                 return vm
         raise NotFound(f"no such instance: {name} (in vSphere)")
 
+    @_translated
     def start(self, name: str) -> Instance:
         vm = self._vm(name)
         if vm.runtime.powerState == "poweredOn":
@@ -242,6 +262,7 @@ class VSphereDriver(Driver):
         self._task(vm.PowerOnVM_Task(), f"power on {name}")
         return self._instance(vm)
 
+    @_translated
     def stop(self, name: str, timeout: float = 30) -> Instance:
         from pyVmomi import vim
 
@@ -257,6 +278,7 @@ class VSphereDriver(Driver):
             self._task(vm.PowerOffVM_Task(), f"power off {name}")
         return self._instance(vm)
 
+    @_translated
     def delete(self, name: str) -> None:
         self.stop(name, timeout=5)
         vm = self._vm(name)
@@ -279,6 +301,7 @@ class VSphereDriver(Driver):
                         image_digest=meta.get("digest", ""), created=meta.get("created", ""),
                         extra={"moref": vm._moId})
 
+    @_translated
     def get(self, name: str) -> Instance:
         return self._instance(self._vm(name))
 
