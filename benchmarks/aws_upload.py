@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-CAPSTAN = [sys.executable, "-m", "capstan.shell"]
+from common import CAPSTAN, free_port, wait_for_port
+
 PAGE = 4096
 
 
@@ -39,9 +39,7 @@ def main() -> None:
         for i in range(200):
             (tree / "app").mkdir(exist_ok=True)
             (tree / "app" / str(i)).write_bytes(os.urandom(64 * 1024 * 1024 // 200))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                                  "-p", str(port)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -55,11 +53,7 @@ def main() -> None:
             raw = work / "app.raw"
             subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)],
                            check=True)
-            for _ in range(100):
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                time.sleep(0.1)
+            wait_for_port(port)
             start = time.perf_counter()
             done = subprocess.run([*CAPSTAN, "image", "upload", str(image), "-f", "json"],
                                   env=env, check=True, capture_output=True, text=True)

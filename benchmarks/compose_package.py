@@ -14,12 +14,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-CAPSTAN = [sys.executable, "-m", "capstan.shell"]
+from common import CAPSTAN
 
 
 def main() -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-CAPSTAN = [sys.executable, "-m", "capstan.shell"]
+from common import CAPSTAN, probe_image
+
 FLEET = """\
 name: bench{count}
 services:
@@ -31,12 +31,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="capstan-bench-") as tmp:
         work = Path(tmp)
         env = dict(os.environ, CAPSTAN_ROOT=str(work / "root"), CAPSTAN_QEMU_ACCEL="tcg")
-        app = work / "app"
-        (app / "run").mkdir(parents=True)
-        (app / "run" / "default").write_text("/hello")
-        subprocess.run([*CAPSTAN, "compose", "-l", "probe-loader", "-o",
-                        str(work / "app.qcow2"), str(app)], env=env, check=True,
-                       capture_output=True)
+        probe_image(work, env)
         for count in (1, 16):
             (work / f"f{count}.yaml").write_text(FLEET.format(count=count))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,8 @@ import textwrap
 import time
 from pathlib import Path
 
-CAPSTAN = [sys.executable, "-m", "capstan.shell"]
+from common import CAPSTAN, free_port, wait_for_port
+
 SIZE = 512 << 20
 SERVER = textwrap.dedent("""
     import http.server, sys
@@ -56,19 +56,13 @@ def main() -> None:
             for _ in range(SIZE >> 20):
                 f.write(block)
         (served / "index.yaml").write_text("format_version: '1'\n")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)],
                                   cwd=work / "served")
         url = f"http://127.0.0.1:{port}/"
         env = dict(os.environ, CAPSTAN_ROOT=str(work / "root"), CAPSTAN_REPO_URL=url)
         try:
-            for _ in range(100):
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                time.sleep(0.05)
+            wait_for_port(port)
             curl, ours = [], []
             for _ in range(5):
                 start = time.perf_counter()

@@ -13,12 +13,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-CAPSTAN = [sys.executable, "-m", "capstan.shell"]
+from common import CAPSTAN, probe_image
 
 
 def first_byte(log: Path, start: float, timeout: float = 30) -> float:
@@ -33,12 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="capstan-bench-") as tmp:
         work = Path(tmp)
         env = dict(os.environ, CAPSTAN_ROOT=str(work / "root"), CAPSTAN_QEMU_ACCEL="tcg")
-        app = work / "app"
-        (app / "run").mkdir(parents=True)
-        (app / "run" / "default").write_text("/hello")
-        image = work / "app.qcow2"
-        subprocess.run([*CAPSTAN, "compose", "-l", "probe-loader", "-o", str(image), str(app)],
-                       env=env, check=True, capture_output=True)
+        image = probe_image(work, env)
         ours, bare = [], []
         for n in range(5):
             name = f"b{n}"

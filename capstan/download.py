@@ -23,8 +23,9 @@ from typing import Any
 from filelock import FileLock
 
 from capstan.errors import InputError, LocalIOError, NotFound, RemoteError
+from capstan.repository import sha256_of
 
-__all__ = ["Artifact", "fetch", "progress_bar", "reason", "session", "sha256_of"]
+__all__ = ["Artifact", "fetch", "progress_bar", "reason", "session"]
 
 _CHUNK = 1 << 20
 _NET_CHUNK = 1 << 20  # also what an interruption can lose; the rest is resumed
@@ -59,15 +60,6 @@ def session(token: str | None = None) -> Any:
     if token:
         s.headers["Authorization"] = f"Bearer {token}"
     return s
-
-
-def sha256_of(path: Path) -> str:
-    """The hex SHA-256 of *path*."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch(artifact: Artifact, target: Path, *, http: Any = None, quiet: bool = False,

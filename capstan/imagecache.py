@@ -15,7 +15,7 @@ from pathlib import Path
 
 from capstan import proc
 from capstan.errors import ImageError, LocalIOError
-from capstan.repository import atomic_write
+from capstan.repository import atomic_write, sha256_of
 
 __all__ = ["ImageFacts", "image_facts", "make_overlay"]
 
@@ -50,7 +50,7 @@ def image_facts(root: Path, path: Path) -> ImageFacts:
             return ImageFacts(**entry["facts"])  # type: ignore[arg-type]
         except TypeError:
             pass  # written by another version: recompute
-    facts = ImageFacts(sniff_format(read_head(path, "image")), _sha256(path), _cmdline(path))
+    facts = ImageFacts(sniff_format(read_head(path, "image")), sha256_of(path), _cmdline(path))
     entries.pop(str(path), None)
     entries[str(path)] = {"key": key, "facts": asdict(facts)}
     while len(entries) > _MAX_ENTRIES:
@@ -71,14 +71,6 @@ def _load(cache: Path) -> dict[str, dict[str, object]]:
     return data if isinstance(data, dict) else {}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cmdline(path: Path) -> str | None:
     from capstan.image.inspect import OsvImage
 
@@ -90,8 +82,9 @@ def _cmdline(path: Path) -> str | None:
 
 
 
-def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> None:
-    """Create a qcow2 overlay *disk* on *image*, with *cmdline* written into it.
+def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> ImageFacts:
+    """Create a qcow2 overlay *disk* on *image*, with *cmdline* written into it; return
+    the image's facts.
 
     Overlays are a pure function of image, content and command line, so the
     first one made is kept in ``<root>/cache/overlays`` and copied next time: a
@@ -107,7 +100,7 @@ def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> No
     template = cache / f"{key.hexdigest()[:32]}.qcow2"
     with contextlib.suppress(FileNotFoundError):
         shutil.copyfile(template, disk)
-        return
+        return facts
     proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", facts.format, "-b", str(image),
               str(disk)])
     if cmdline is not None:
@@ -125,3 +118,4 @@ def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> No
         for stale in old[:max(0, len(old) - _MAX_OVERLAYS + 1)]:
             stale.unlink(missing_ok=True)
         atomic_write(template, disk.read_bytes())
+    return facts

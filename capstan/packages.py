@@ -8,7 +8,6 @@ gzip without a timestamp) and read safely (no member may escape the target).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 
 from capstan.errors import Conflict, InputError, NotFound, UsageError
+from capstan.repository import sha256_of
 from capstan.runtimes import RunConfig, boot_command, parse_run
 from capstan.yamlfile import load_strict
 
@@ -388,12 +388,8 @@ def resolve(root: Path, names: Sequence[str], *, pull: Any = None,
         if pkg in manifests and not satisfies(manifests[pkg].version, rule):
             raise InputError(f"{who} needs {pkg} {rule}, but the repository has version "
                              f"'{manifests[pkg].version}'")
-    return [Resolved(n, manifests[n].version, _sha256(packages / f"{n}.mpm"),
+    return [Resolved(n, manifests[n].version, sha256_of(packages / f"{n}.mpm"),
                      packages / f"{n}.mpm") for n in chosen]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass

@@ -12,10 +12,10 @@ import yaml
 from filelock import FileLock
 
 from capstan.config import Config
-from capstan.download import fetch, sha256_of
+from capstan.download import fetch
 from capstan.errors import ImageError, InputError, NotFound
 from capstan.remotes import BucketRemote, Found, remotes
-from capstan.repository import LocalRepository, atomic_write
+from capstan.repository import LocalRepository, atomic_write, sha256_of
 
 __all__ = ["ImageRow", "Pulled", "import_base", "list_images", "pull_image", "pull_package",
            "push_image", "push_package", "remove_image", "search"]

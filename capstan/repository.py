@@ -7,6 +7,7 @@ lock (``repository/.locks``) and publish files by rename.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -18,7 +19,16 @@ from filelock import FileLock
 from capstan.errors import LocalIOError, NotFound, UsageError
 from capstan.image.loader import PROBE_LOADER, probe_loader_path
 
-__all__ = ["LocalRepository", "atomic_write"]
+__all__ = ["LocalRepository", "atomic_write", "sha256_of"]
+
+
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of the file at *path*, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -170,8 +170,7 @@ class AwsDriver(Driver):
             else:
                 from capstan.download import progress_bar
 
-                bar = progress or progress_bar(sum(BLOCK for _ in nonzero_blocks(raw)),
-                                               f"snapshot of {name}")
+                bar = progress or progress_bar(None, f"snapshot of {name}")
                 snapshot = self.snapshot_ebs_direct(raw, name, digest, bar)
                 if progress is None:
                     bar(0, done=True)
@@ -228,12 +227,15 @@ class AwsDriver(Driver):
             if progress:
                 progress(len(data))
 
-        blocks = (b for b in nonzero_blocks(raw) if b[0] not in done)
+        total = 0  # non-zero blocks, sent now or before an interruption
         try:
             with ThreadPoolExecutor(self.jobs) as pool:
                 # bounded: at most 2 * jobs blocks in memory
                 pending: list[Any] = []
-                for block in blocks:
+                for block in nonzero_blocks(raw):
+                    total += 1
+                    if block[0] in done:
+                        continue
                     pending.append(pool.submit(put, block))
                     if len(pending) >= 2 * self.jobs:
                         pending.pop(0).result()
@@ -241,7 +243,6 @@ class AwsDriver(Driver):
                     future.result()
         finally:
             save()
-        total = sum(1 for _ in nonzero_blocks(raw))
         self._call("complete_snapshot", ebs.complete_snapshot, SnapshotId=snapshot,
                    ChangedBlocksCount=total)
         self._wait_snapshot(snapshot)

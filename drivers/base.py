@@ -107,6 +107,11 @@ class PortForward:
     def __str__(self) -> str:
         return f"{self.host_addr}:{self.host_port}->{self.guest_port}/{self.protocol}"
 
+    def allocate(self) -> PortForward:
+        """This rule with its host port checked free now (0 becomes a free port)."""
+        port = free_port(self.host_addr, self.protocol, self.host_port)
+        return PortForward(port, self.guest_port, self.protocol, self.host_addr)
+
 
 @dataclass(frozen=True)
 class Volume:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from capstan import proc
-from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState, free_port
+from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState
 from capstan.errors import CommandFailed, Conflict, NotFound, ToolMissing, UsageError
 from capstan.repository import atomic_write
 
@@ -93,8 +93,7 @@ class HostedDriver(Driver):
         if self.exists(spec.name):
             raise Conflict(f"{self.tool} already has a VM named {spec.name} that pycapstan "
                            "did not create; choose another name")
-        forwards = tuple(type(f)(free_port(f.host_addr, f.protocol, f.host_port),
-                                 f.guest_port, f.protocol, f.host_addr) for f in spec.forwards)
+        forwards = tuple(f.allocate() for f in spec.forwards)
         folder.mkdir(parents=True)
         try:
             self.build(spec, folder, forwards)

@@ -31,7 +31,6 @@ from capstan.drivers.base import (
     InstanceSpec,
     InstanceState,
     PortForward,
-    free_port,
     mac_address,
 )
 from capstan.errors import (
@@ -250,9 +249,7 @@ class LibvirtDriver(Driver):
         home.mkdir(parents=True)
         undo: list[Callable[[], None]] = [lambda: shutil.rmtree(home, ignore_errors=True)]
         try:
-            forwards = tuple(PortForward(free_port(f.host_addr, f.protocol, f.host_port),
-                                         f.guest_port, f.protocol, f.host_addr)
-                             for f in spec.forwards)
+            forwards = tuple(f.allocate() for f in spec.forwards)
             disk = self._disk(spec, home, undo)
             from capstan.imagecache import image_facts
 

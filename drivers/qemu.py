@@ -46,7 +46,7 @@ from capstan.errors import (
     ToolMissing,
     UsageError,
 )
-from capstan.imagecache import image_facts, make_overlay
+from capstan.imagecache import make_overlay
 
 LOG = logging.getLogger(__name__)
 
@@ -241,9 +241,8 @@ class QemuDriver(Driver):
 
     def _prepare(self, spec: InstanceSpec, d: Path) -> _State:
         image = spec.image.absolute()
-        facts = image_facts(self.config.root, image)
         disk = d / "disk.qcow2"
-        make_overlay(self.config.root, image, spec.cmdline, disk)
+        facts = make_overlay(self.config.root, image, spec.cmdline, disk)
         run = self._run_dir(d)
         run.mkdir(parents=True, exist_ok=True, mode=0o700)
         state = _State(

@@ -190,12 +190,11 @@ class VSphereDriver(Driver):
         ds = self._datastore(dc)
         folder = f"capstan/{spec.name}"
         with tempfile.TemporaryDirectory(prefix="capstan-vsphere-") as tmp:
-            from capstan.imagecache import image_facts, make_overlay
+            from capstan.imagecache import make_overlay
 
             overlay = Path(tmp) / "overlay.qcow2"
-            make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)
-            meta = {"image": str(spec.image.absolute()),
-                    "digest": image_facts(self.config.root, spec.image).sha256,
+            facts = make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)
+            meta = {"image": str(spec.image.absolute()), "digest": facts.sha256,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             disk = Path(tmp) / f"{spec.name}.vmdk"
             proc.run(["qemu-img", "convert", "-q", "-O", "vmdk", "-o",

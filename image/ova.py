@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capstan import proc
-from capstan.download import sha256_of
 from capstan.image.formats import info
+from capstan.repository import sha256_of
 
 __all__ = ["OvaResult", "descriptor", "export_ova"]
 

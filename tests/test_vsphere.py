@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from capstan.download import sha256_of
+from capstan.repository import sha256_of
 
 TOOLS = Path(__file__).resolve().parents[2] / "shared" / "tools"
 BIN = Path(__file__).resolve().parents[1] / ".ci" / "vcsim-bin"

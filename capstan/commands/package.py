@@ -121,8 +121,8 @@ class PackageBuild(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.download import sha256_of
         from capstan.packages import build_mpm
+        from capstan.repository import sha256_of
 
         path = build_mpm(parsed_args.package_dir, parsed_args.output)
         return ("Path", "Size", "SHA256"), (str(path), path.stat().st_size, sha256_of(path))
@@ -137,9 +137,8 @@ class PackageImport(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.download import sha256_of
         from capstan.packages import build_mpm, load_manifest
-        from capstan.repository import atomic_write
+        from capstan.repository import atomic_write, sha256_of
 
         manifest = load_manifest(parsed_args.package_dir)
         packages = app_config(self).root / "packages"
