@@ -162,16 +162,17 @@ def test_concurrent_pulls_share_one_download(cli, server: RepoServer,
 def test_http_bucket_with_paged_listing(cli, server: RepoServer,
                                         monkeypatch: pytest.MonkeyPatch,
                                         capstan_root: Path) -> None:
+    packed = gzip.compress(PROBE, mtime=0)
     server.state.bucket = {
         "mike/probe/index.yaml": b"format_version: '1'\ndescription: a probe\n",
-        "mike/probe/probe.qemu.gz": gzip.compress(PROBE),
+        "mike/probe/probe.qemu.gz": packed,
         "packages/osv.cli.yaml": b"name: osv.cli\n",
         "packages/osv.cli.mpm": mpm("osv.cli"),
     }
     monkeypatch.setenv("CAPSTAN_REPO_URL", f"{server.url}/bucket/")
     pulled = show(cli, "--s3", "pull", "mike/probe")
     assert (capstan_root / "repository" / "mike" / "probe" / "probe.qemu").read_bytes() == PROBE
-    assert pulled["SHA256"] == hashlib.sha256(gzip.compress(PROBE)).hexdigest()
+    assert pulled["SHA256"] == hashlib.sha256(packed).hexdigest()
     images = {r["Name"]: r for r in json.loads(cli("images", "-f", "json").out)}
     assert "mike/probe" in images
     assert show(cli, "--s3", "package", "pull", "osv.cli")["Status"] == "downloaded"
