@@ -11,10 +11,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import queue
 import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,23 +120,24 @@ def _http_get(artifact: Artifact, part: Path, http: Any, quiet: bool) -> str:
                                   f"{reply.status_code} {reply.reason}")
             mode = "ab" if reply.status_code == 206 else "wb"
             done = have if mode == "ab" else 0
-            h = hashlib.sha256()
-            if done:
-                with open(part, "rb") as old:
-                    while block := old.read(_CHUNK):
-                        h.update(block)
-            total = int(reply.headers.get("Content-Length", 0)) + done or artifact.size
-            progress = progress_bar(total, artifact.name, done=done, quiet=quiet)
-            try:
-                with open(part, mode) as out:
-                    for chunk in reply.iter_content(_NET_CHUNK):
-                        out.write(chunk)
-                        h.update(chunk)
-                        progress(len(chunk))
-                    out.flush()
-                    os.fsync(out.fileno())
-            finally:
-                progress(0, done=True)
+            with _Sha256Worker() as h:
+                if done:
+                    with open(part, "rb") as old:
+                        while block := old.read(_CHUNK):
+                            h.update(block)
+                total = int(reply.headers.get("Content-Length", 0)) + done or artifact.size
+                progress = progress_bar(total, artifact.name, done=done, quiet=quiet)
+                try:
+                    with open(part, mode) as out:
+                        for chunk in reply.iter_content(_NET_CHUNK):
+                            out.write(chunk)
+                            h.update(chunk)
+                            progress(len(chunk))
+                        out.flush()
+                        os.fsync(out.fileno())
+                finally:
+                    progress(0, done=True)
+            digest = h.hexdigest()
     except requests.RequestException as err:
         raise RemoteError(f"{artifact.name}: download from {artifact.url} failed: "
                           f"{reason(err)} (run the command again to resume)") from err
@@ -143,7 +146,35 @@ def _http_get(artifact: Artifact, part: Path, http: Any, quiet: bool) -> str:
     if artifact.size is not None and part.stat().st_size != artifact.size:
         raise RemoteError(f"{artifact.name}: got {part.stat().st_size} of {artifact.size} "
                           "bytes (run the command again to resume)")
-    return h.hexdigest()
+    return digest
+
+
+class _Sha256Worker:
+    """SHA-256 on a worker thread, so hashing overlaps the network and the disk
+    (hashlib releases the GIL). Use as a context manager; ``hexdigest()`` after it."""
+
+    def __init__(self) -> None:
+        self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._hash = hashlib.sha256()
+        self._thread = threading.Thread(target=self._work, name="sha256", daemon=True)
+
+    def _work(self) -> None:
+        while (block := self._blocks.get()) is not None:
+            self._hash.update(block)
+
+    def __enter__(self) -> _Sha256Worker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._blocks.put(None)
+        self._thread.join()
+
+    def update(self, block: bytes) -> None:
+        self._blocks.put(block)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 def reason(err: Exception) -> str:
