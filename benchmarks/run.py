@@ -1,7 +1,8 @@
 """Time from `capstan run` to the guest's first serial byte, minus bare QEMU's.
 
 Both start the same probe image with the same QEMU argv (the one capstan
-records in instance.json), alternately, five times each, in this one run.
+records in instance.json), alternately, ROUNDS times each, in this one run;
+the medians are compared.
 Also prints the start-up time of `capstan --help` and `capstan instances`.
 Targets: overhead <= 100 ms; --help <= 150 ms; instances <= 200 ms.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from common import CAPSTAN, probe_image
 
+ROUNDS = 11
+
 
 def first_byte(log: Path, start: float, timeout: float = 30) -> float:
     while time.perf_counter() - start < timeout:
@@ -34,7 +37,7 @@ def main() -> None:
         env = dict(os.environ, CAPSTAN_ROOT=str(work / "root"), CAPSTAN_QEMU_ACCEL="tcg")
         image = probe_image(work, env)
         ours, bare = [], []
-        for n in range(5):
+        for n in range(ROUNDS):
             name = f"b{n}"
             inst = work / "root" / "instances" / "qemu" / name
             start = time.perf_counter()

@@ -5,11 +5,6 @@ The command-line tool is ``capstan``; the same services are a Python API:
 runs them.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("pycapstan")
-except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0.0.0"
+__version__ = "0.1.0"  # the one place it is set; pyproject.toml reads it
 
 __all__ = ["__version__"]

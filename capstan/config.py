@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -10,9 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from capstan.errors import ConfigError
+from capstan.errors import ConfigError, LocalIOError
 
 LOG = logging.getLogger(__name__)
 
@@ -105,29 +106,60 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     return text
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _ParsedYaml:
+    """Settings files parsed once: the mappings are kept in ``<root>/cache/config.json``
+    under the SHA-1 of their text, so most commands start without loading a YAML
+    parser. The cache is advisory: a lost or stale entry costs one parse."""
+
+    def __init__(self, root: Path) -> None:
+        self._file = root / "cache" / "config.json"
+        try:
+            old = json.loads(self._file.read_bytes())
+        except (OSError, ValueError):
+            old = {}
+        self._old: dict[str, Any] = old if isinstance(old, dict) else {}
+        self._used: dict[str, Any] = {}
+
+    def parse(self, text: str, where: str) -> dict[str, Any]:
+        """The mapping in *text*; ConfigError naming *where* and the line if it is not one."""
+        key = hashlib.sha1(text.encode()).hexdigest()
+        data = self._old[key] if key in self._old else _parse_yaml(text, where)
+        self._used[key] = data
+        return data
+
+    def save(self) -> None:
+        if self._used.keys() == self._old.keys():
+            return
+        from capstan.repository import atomic_write
+
+        with contextlib.suppress(OSError, LocalIOError):  # a read-only root works uncached
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._file, json.dumps(self._used, default=str).encode())
+
+
+def _parse_yaml(text: str, where: str) -> dict[str, Any]:
+    import yaml
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read {path}: {err}") from err
+        raise ConfigError(f"{where}{line}: invalid YAML") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
+        raise ConfigError(f"{where}: expected a mapping of settings")
     return data
 
 
-def _defaults() -> dict[str, Any]:
-    text = (resources.files("capstan.etc") / "config.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
-    assert isinstance(data, dict)
-    return data
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from err
 
 
 def load(flags: Mapping[str, Any] | None = None,
@@ -138,9 +170,11 @@ def load(flags: Mapping[str, Any] | None = None,
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     config_file = root / "config.yaml"
+    parsed = _ParsedYaml(root)
+    defaults = (resources.files("capstan.etc") / "config.yaml").read_text(encoding="utf-8")
     layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("default", _defaults()),
-        (str(config_file), _read_yaml(config_file)),
+        ("default", parsed.parse(defaults, "built-in defaults")),
+        (str(config_file), parsed.parse(_read_text(config_file), str(config_file))),
         ("environment", {k: env[f"CAPSTAN_{k.upper()}"] for k in KEYS
                          if env.get(f"CAPSTAN_{k.upper()}")}),
         ("command line", {k: v for k, v in (flags or {}).items() if v is not None}),
@@ -154,4 +188,5 @@ def load(flags: Mapping[str, Any] | None = None,
             values[key] = _coerce(key, value, where)
             sources[key] = where
     sources["root"] = "environment" if env.get("CAPSTAN_ROOT") else "default"
+    parsed.save()
     return Config(root=root, values=values, sources=sources)

@@ -13,11 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 from filelock import FileLock
 
 from capstan.errors import LocalIOError, NotFound, UsageError
-from capstan.image.loader import PROBE_LOADER, probe_loader_path
 
 __all__ = ["LocalRepository", "atomic_write", "sha256_of"]
 
@@ -77,6 +75,8 @@ class LocalRepository:
         path = Path(ref).expanduser()
         if path.is_file():
             return path
+        from capstan.image.loader import PROBE_LOADER, probe_loader_path
+
         if ref == PROBE_LOADER:
             return probe_loader_path()
         if path.exists():
@@ -94,6 +94,8 @@ class LocalRepository:
 
     def write_index(self, name: str, description: str = "", version: str = "") -> None:
         """Write ``index.yaml`` for image *name* (Capstan's keys)."""
+        import yaml
+
         created = time.strftime("%Y-%m-%d %H:%M",
                                 time.localtime(_source_date_epoch() or time.time()))
         index = {"format_version": "1", "version": version, "created": created,

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import yaml
 from filelock import FileLock
 
 from capstan.drivers.base import (
@@ -363,7 +362,8 @@ class QemuDriver(Driver):
             "natrules": rules, "mac": spec.mac or "", "vncfile": "", "kernelmode": False,
             "kernelpath": "",
         }
-        (d / "osv.config").write_text(yaml.safe_dump(capstan_view, sort_keys=False))
+        # JSON is YAML (a subset that Capstan's parser reads): no YAML emitter to load
+        (d / "osv.config").write_text(json.dumps(capstan_view, indent=2) + "\n")
 
     # -- lifecycle ----------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,37 @@ def test_capstan_booleans_and_bad_values(capstan_root: Path) -> None:
     (capstan_root / "config.yaml").write_text("qemu_aio_type: [a\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         config.load({}, {"CAPSTAN_ROOT": str(capstan_root)})
+
+
+def test_parsed_settings_cache_follows_edits(capstan_root: Path) -> None:
+    env = {"CAPSTAN_ROOT": str(capstan_root)}
+    settings = capstan_root / "config.yaml"
+    for aio in ("native", "threads", "native"):  # each edit is seen at once
+        settings.write_text(f"qemu_aio_type: {aio}\n")
+        assert config.load({}, env).qemu_aio_type == aio
+    settings.write_text("qemu_aio_type: [a\n")  # errors are never cached
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=r"config.yaml, line \d+: invalid YAML"):
+            config.load({}, env)
+    settings.write_text("qemu_aio_type: native\n")
+    (capstan_root / "cache" / "config.json").write_text("{not json")  # a damaged cache
+    assert config.load({}, env).qemu_aio_type == "native"
+    code = ("import sys; from capstan import config; config.load({})\n"
+            "print('YAML', 'yaml' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, **env})
+    assert "YAML False" in done.stdout  # unchanged settings: no YAML parser loaded
+
+
+def test_read_only_root_loads_settings(tmp_path: Path) -> None:
+    root = tmp_path / "ro"
+    root.mkdir()
+    (root / "config.yaml").write_text("qemu_aio_type: native\n")
+    root.chmod(0o555)
+    try:
+        assert config.load({}, {"CAPSTAN_ROOT": str(root)}).qemu_aio_type == "native"
+    finally:
+        root.chmod(0o755)
 
 
 def test_bad_config_file_is_exit_78(cli, capstan_root: Path) -> None:
