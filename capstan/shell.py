@@ -82,7 +82,8 @@ class CapstanApp(App):
         super().configure_logging()
         # Libraries' chatter is for -vv (DEBUG) only.
         if self.options.verbose_level < 2:
-            logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
+            # qemu.qmp logs a failed connect as an ERROR; we raise (or expect) it ourselves
+            logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
             # urllib3 narrates each retry; the final error is reported once, by us
             for chatty in ("urllib3", "botocore", "boto3", "s3transfer"):
                 logging.getLogger(chatty).setLevel(logging.ERROR)

@@ -184,3 +184,10 @@ def test_missing_fleet_file(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     result = cli("ps")
     assert result.code == 65 and "no such file: capstan-fleet.yaml" in result.err
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2", "many"])
+def test_bad_job_count_is_a_usage_error(cli, fleet_dir: Path, jobs: str) -> None:
+    result = cli("up", "-j", jobs)
+    assert result.code == 64 and "expected a whole number of at least 1" in result.err
+    assert result.err.count("\n") == 1, result.err

@@ -22,9 +22,21 @@ def _file(parser: argparse.ArgumentParser) -> None:
                         help="fleet file (capstan-fleet.yaml)")
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
+
 def _jobs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-j", "--jobs", type=int, default=8,
-                        help="instances handled at once (8)")
+    from capstan import fleet
+
+    parser.add_argument("-j", "--jobs", type=_at_least_one, default=fleet.JOBS,
+                        help=f"instances handled at once ({fleet.JOBS})")
     parser.add_argument("-t", "--timeout", type=float, default=30,
                         help="seconds to wait for a graceful power-off before a stop "
                              "escalates (30)")
