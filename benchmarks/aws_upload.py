@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CAPSTAN, free_port, wait_for_port
+from common import CAPSTAN, capstan_env, free_port, wait_for_port
 
 PAGE = 4096
 
@@ -43,9 +43,9 @@ def main() -> None:
         moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                                  "-p", str(port)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        env = dict(os.environ, CAPSTAN_ROOT=str(work / "root"),
-                   AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="testing",
-                   AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+        env = capstan_env(work / "root", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+                          AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                          AWS_DEFAULT_REGION="us-east-1")
         try:
             image = work / "app.qcow2"
             subprocess.run([*CAPSTAN, "compose", "-l", "probe-loader", "-s", "1G", "-o",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -9,6 +10,13 @@ import time
 from pathlib import Path
 
 CAPSTAN = [sys.executable, "-m", "capstan.shell"]
+
+
+def capstan_env(root: Path, **settings: str) -> dict[str, str]:
+    """The environment for timed capstan runs: root and settings, and bytecode caching on
+    (an installed tool has its .pyc files; PYTHONDONTWRITEBYTECODE would time compiling)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "CAPSTAN_ROOT": str(root), **settings}
 
 
 def probe_image(work: Path, env: dict[str, str]) -> Path:

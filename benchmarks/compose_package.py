@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CAPSTAN
+from common import CAPSTAN, capstan_env
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="capstan-bench-") as tmp:
         work = Path(tmp)
-        env = dict(os.environ, CAPSTAN_ROOT=str(work / "root"))
+        env = capstan_env(work / "root")
         boot = work / "bootstrap"
         (boot / "meta").mkdir(parents=True)
         (boot / "meta" / "package.yaml").write_text("name: osv.bootstrap\ntitle: b\nauthor: a\n")

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CAPSTAN, probe_image
+from common import CAPSTAN, capstan_env, probe_image
 
 FLEET = """\
 name: bench{count}
@@ -38,7 +38,7 @@ services:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="capstan-bench-") as tmp:
         work = Path(tmp)
-        env = dict(os.environ, CAPSTAN_ROOT=str(work / "root"), CAPSTAN_QEMU_ACCEL="tcg")
+        env = capstan_env(work / "root", CAPSTAN_QEMU_ACCEL="tcg")
         probe_image(work, env)
         for count in (1, 16):
             (work / f"f{count}.yaml").write_text(FLEET.format(count=count))

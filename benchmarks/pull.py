@@ -23,7 +23,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from common import CAPSTAN, free_port, wait_for_port
+from common import CAPSTAN, capstan_env, free_port, wait_for_port
 
 SIZE = 512 << 20
 SERVER = textwrap.dedent("""
@@ -67,7 +67,7 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)],
                                   cwd=work / "served")
         url = f"http://127.0.0.1:{port}/"
-        env = dict(os.environ, CAPSTAN_ROOT=str(work / "root"), CAPSTAN_REPO_URL=url)
+        env = capstan_env(work / "root", CAPSTAN_REPO_URL=url)
         try:
             wait_for_port(port)
             curl, verified, ours = [], [], []

@@ -10,7 +10,6 @@ Targets: overhead <= 100 ms; --help <= 150 ms; instances <= 200 ms.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -18,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CAPSTAN, probe_image
+from common import CAPSTAN, capstan_env, probe_image
 
 ROUNDS = 11
 
@@ -34,7 +33,7 @@ def first_byte(log: Path, start: float, timeout: float = 30) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="capstan-bench-") as tmp:
         work = Path(tmp)
-        env = dict(os.environ, CAPSTAN_ROOT=str(work / "root"), CAPSTAN_QEMU_ACCEL="tcg")
+        env = capstan_env(work / "root", CAPSTAN_QEMU_ACCEL="tcg")
         image = probe_image(work, env)
         ours, bare = [], []
         for n in range(ROUNDS):
