@@ -128,12 +128,12 @@ class _ParsedYaml:
         return data
 
     def save(self) -> None:
-        if self._used.keys() == self._old.keys():
-            return
+        if self._used.keys() == self._old.keys() or not self._file.parent.parent.is_dir():
+            return  # unchanged, or no root yet: reading settings never creates one
         from capstan.repository import atomic_write
 
         with contextlib.suppress(OSError, LocalIOError):  # a read-only root works uncached
-            self._file.parent.mkdir(parents=True, exist_ok=True)
+            self._file.parent.mkdir(exist_ok=True)
             atomic_write(self._file, json.dumps(self._used, default=str).encode())
 
 

@@ -58,6 +58,11 @@ def test_parsed_settings_cache_follows_edits(capstan_root: Path) -> None:
     assert "YAML False" in done.stdout  # unchanged settings: no YAML parser loaded
 
 
+def test_reading_settings_never_creates_a_root(tmp_path: Path) -> None:
+    assert config.load({}, {"CAPSTAN_ROOT": str(tmp_path / "typo")}).hypervisor == "qemu"
+    assert not (tmp_path / "typo").exists()
+
+
 def test_read_only_root_loads_settings(tmp_path: Path) -> None:
     root = tmp_path / "ro"
     root.mkdir()
