@@ -91,6 +91,7 @@ def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> Im
     repeated run needs neither qemu-img nor qemu-io.
     """
     from capstan.image import cmdline as osv_cmdline
+    from capstan.image.formats import write_range
 
     facts = image_facts(root, image)
     if cmdline is not None:
@@ -104,14 +105,7 @@ def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> Im
     proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", facts.format, "-b", str(image),
               str(disk)])
     if cmdline is not None:
-        area = disk.with_name(f".{disk.name}.cmdline")
-        area.write_bytes(osv_cmdline.area_bytes(cmdline))
-        try:
-            proc.run(["qemu-io", "-f", "qcow2", "-c",
-                      f"write -s {area} {osv_cmdline.AREA_OFFSET} {osv_cmdline.AREA_SIZE}",
-                      str(disk)])
-        finally:
-            area.unlink()
+        write_range(disk, "qcow2", osv_cmdline.area_bytes(cmdline), osv_cmdline.AREA_OFFSET)
     with contextlib.suppress(OSError, LocalIOError):  # the cache is optional
         cache.mkdir(parents=True, exist_ok=True)
         old = sorted(cache.glob("*.qcow2"), key=lambda p: p.stat().st_mtime)

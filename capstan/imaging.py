@@ -97,8 +97,12 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
                     envs: Sequence[str] = (), size: int = 0,
                     disk_format: DiskFormat | None = None, fs: str = "rofs",
                     require: Sequence[str] = (), pull_missing: bool = False,
-                    s3: bool = False) -> tuple[compose.ComposeResult, Collected]:
-    """Collect *package* with its dependencies and compose the merged tree."""
+                    s3: bool = False, update: bool = False
+                    ) -> tuple[compose.ComposeResult, Collected]:
+    """Collect *package* with its dependencies and compose the merged tree.
+
+    *update* applies to ZFS images only (uploading just what changed); ROFS
+    images are always rebuilt, which takes less time than booting a VM."""
     import tempfile
 
     from capstan.packages import collect, load_manifest, load_run
@@ -120,7 +124,7 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
             LOG.warning("%s from %s replaces the one from %s", path, later, earlier)
         if fs == "zfs":
             return _compose_zfs(config, collected, name, output, loader, text, size,
-                                disk_format), collected
+                                disk_format, update), collected
         result = compose_tree(config, collected.tree, name=name, output=output,
                               loader=loader, command_line=text, size=size,
                               disk_format=disk_format)
@@ -129,7 +133,7 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
 
 def _compose_zfs(config: Config, collected: Collected, name: str | None, output: Path | None,
                  loader: str | None, text: str, size: int,
-                 disk_format: DiskFormat | None) -> compose.ComposeResult:
+                 disk_format: DiskFormat | None, update: bool) -> compose.ComposeResult:
     from capstan.image.inspect import OsvImage
     from capstan.zfsbuild import compose_zfs
 
@@ -137,8 +141,9 @@ def _compose_zfs(config: Config, collected: Collected, name: str | None, output:
     target = output or repo.image_file(str(name), "qemu")
     target.parent.mkdir(parents=True, exist_ok=True)
     entries = tree.collect(collected.tree)
-    compose_zfs(config, entries, loader or "osv-loader-with-zfs", target, text, size,
-                disk_format)
+    uploaded = compose_zfs(config, entries, loader or "osv-loader-with-zfs", target, text,
+                           size, disk_format, update=update)
+    LOG.info("uploaded %d of %d entries into %s", uploaded, len(entries), target)
     with OsvImage(target) as img:
         part = img.partition
         info = img.summary()

@@ -4,11 +4,19 @@ The builder prints ``Waiting for connection from host...`` when its cpiod
 listens; we then connect to the host port forwarded to guest port 10000 (a
 free one per build), stream the cpio archive and wait for the VM to power off.
 Every wait has a timeout whose error carries the VM's last output line.
+
+``--update`` (reference 11.6) boots the existing image itself with cpiod as its
+command and uploads only the entries whose digest changed. The digests (SHA-256)
+live beside the image in ``<image>.zfs-digests.json``; without them, or when a
+path was removed (cpiod cannot delete), a full build runs instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import shutil
 import socket
 import subprocess
 import threading
@@ -21,9 +29,10 @@ from capstan.drivers.base import free_port
 from capstan.errors import BackendError, GuestTimeout
 from capstan.image.cpio import newc_stream
 from capstan.image.formats import DiskFormat
-from capstan.image.rofs import Entry
+from capstan.image.rofs import DirEntry, Entry, SymlinkEntry
 
-__all__ = ["BUILDER", "HANDSHAKE", "builder_argv", "compose_zfs", "pick_port", "upload"]
+__all__ = ["BUILDER", "HANDSHAKE", "builder_argv", "compose_zfs", "digests", "pick_port",
+           "upload"]
 
 BUILDER = "osv-zfs-builder"
 DEFAULT_SIZE = 10 << 30  # Capstan's --size default for ZFS images
@@ -32,15 +41,20 @@ HANDSHAKE = "Waiting for connection from host..."
 BUILDER_CMDLINE = ("--console=serial --norandom --nomount --noinit --preload-zfs-library "
                    "/tools/mkfs.so; /tools/cpiod.so --prefix /zfs/zfs; "
                    "/zfs.so set compression=off osv")
+UPDATE_CMDLINE = "--console=serial /tools/cpiod.so --prefix /"
+DIGESTS = ".zfs-digests.json"
 
 
-def builder_argv(qemu: str, builder: str, disk: str, port: int, accel: str) -> list[str]:
-    """The builder VM: the new image as its disk, cpiod's port forwarded to *port*."""
+def builder_argv(qemu: str, builder: str | None, disk: str, port: int,
+                 accel: str) -> list[str]:
+    """The upload VM, cpiod's port forwarded to *port*: the *builder* kernel with the
+    new image as its disk, or (*builder* None) the image itself, booted from disk."""
+    boot = (["-kernel", builder, "-append", BUILDER_CMDLINE, "-device",
+             "virtio-blk-pci,drive=hd0"] if builder else
+            ["-device", "virtio-blk-pci,drive=hd0,bootindex=0"])
     return [qemu, "-machine", "pc", "-accel", accel, "-m", "512", "-smp", "1", "-nodefaults",
-            "-display", "none", "-no-user-config", "-serial", "stdio",
-            "-kernel", builder, "-append", BUILDER_CMDLINE,
+            "-display", "none", "-no-user-config", "-serial", "stdio", *boot,
             "-drive", f"file={disk},if=none,id=hd0,format=qcow2",
-            "-device", "virtio-blk-pci,drive=hd0",
             "-netdev", f"user,id=un0,hostfwd=tcp:127.0.0.1:{port}-:10000",
             "-device", "virtio-net-pci,netdev=un0,romfile="]
 
@@ -107,48 +121,101 @@ def pick_port() -> int:
     return free_port("127.0.0.1", "tcp", 0)
 
 
+def digests(entries: Sequence[Entry]) -> dict[str, str]:
+    """Guest path -> a digest of what the upload would write there (content and mode)."""
+    from capstan.image.cpio import mode_of
+
+    out = {}
+    for entry in entries:
+        if isinstance(entry, DirEntry):
+            out[entry.path] = "dir"
+        elif isinstance(entry, SymlinkEntry):
+            out[entry.path] = f"link:{entry.target}"
+        else:
+            h = hashlib.sha256()
+            if entry.data is not None:
+                h.update(entry.data)
+            elif entry.source is not None:
+                with open(entry.source, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+            out[entry.path] = f"file:{mode_of(entry):o}:{h.hexdigest()}"
+    return out
+
+
+def _changed(output: Path, now: dict[str, str], entries: Sequence[Entry],
+             disk_format: DiskFormat | None) -> list[Entry] | None:
+    """The entries an update must upload, or None when only a full build will do."""
+    from capstan.image.formats import DiskFormat as Fmt
+
+    if (disk_format or Fmt.QCOW2) is not Fmt.QCOW2 or not output.is_file():
+        return None
+    try:
+        before = json.loads(output.with_name(output.name + DIGESTS).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(before, dict) or not before or before.keys() - now.keys():
+        return None  # no usable record, or something was removed
+    return [e for e in entries if before.get(e.path) != now[e.path]]
+
+
 def compose_zfs(config: Config, entries: Sequence[Entry], loader_ref: str, output: Path,
                 text: str, size: int = 0, disk_format: DiskFormat | None = None,
-                timeout: float = 600) -> Path:
-    """An OSv image whose root is ZFS, filled by the builder VM (reference 11.3).
+                timeout: float = 600, update: bool = False) -> int:
+    """Build an OSv image whose root is ZFS at *output*, filled by the builder VM
+    (reference 11.3); return how many entries were uploaded.
 
     Needs a ZFS-capable loader (e.g. ``osv-loader-with-zfs``) and the builder
     ``osv-zfs-builder`` in the repository (``capstan pull osv-zfs-builder``).
+    With *update*, an existing qcow2 *output* is updated in place instead when it can be.
     """
     from capstan.drivers.qemu import QemuDriver
     from capstan.image import cmdline as osv_cmdline
     from capstan.image import mbr
     from capstan.image.compose import publishing
     from capstan.image.formats import DiskFormat as Fmt
-    from capstan.image.formats import convert
+    from capstan.image.formats import convert, write_range
     from capstan.image.loader import read_loader
-    from capstan.repository import LocalRepository
+    from capstan.repository import LocalRepository, atomic_write
 
-    repo = LocalRepository(config.root)
-    builder = repo.resolve(BUILDER, kind="ZFS builder (capstan pull osv-zfs-builder)")
-    loader = read_loader(repo.resolve(loader_ref, kind="loader"))
     text = osv_cmdline.with_rootfs(text, "zfs")
     osv_cmdline.validate(text)
-    start = loader.partition_start
-    total = mbr.align_up(max(size or DEFAULT_SIZE, start + (64 << 20)), 1 << 20)
+    now = digests(entries)
+    changed = _changed(output, now, entries, disk_format) if update else None
     qemu = QemuDriver(config)
     with publishing(output) as tmp:
-        raw = tmp / "disk.raw"
-        sector0 = bytearray(loader.data[:512])
-        mbr.set_partition(sector0, 2, start, total - start)
-        with open(raw, "wb") as f:
-            f.write(bytes(sector0) + osv_cmdline.area_bytes(text) + loader.data[32768:])
-            f.truncate(total)
         disk = tmp / "disk.qcow2"
-        convert(raw, disk, Fmt.QCOW2)
-        raw.unlink()
         port = pick_port()
-        upload(builder_argv(qemu.qemu_binary(), str(builder), str(disk), port,
-                            qemu.accelerator()), port, entries, timeout)
+        if changed is None:
+            repo = LocalRepository(config.root)
+            builder = repo.resolve(BUILDER, kind="ZFS builder (capstan pull osv-zfs-builder)")
+            loader = read_loader(repo.resolve(loader_ref, kind="loader"))
+            start = loader.partition_start
+            total = mbr.align_up(max(size or DEFAULT_SIZE, start + (64 << 20)), 1 << 20)
+            raw = tmp / "disk.raw"
+            sector0 = bytearray(loader.data[:512])
+            mbr.set_partition(sector0, 2, start, total - start)
+            with open(raw, "wb") as f:
+                f.write(bytes(sector0) + osv_cmdline.area_bytes(text) + loader.data[32768:])
+                f.truncate(total)
+            convert(raw, disk, Fmt.QCOW2)
+            raw.unlink()
+            upload(builder_argv(qemu.qemu_binary(), str(builder), str(disk), port,
+                                qemu.accelerator()), port, entries, timeout)
+        else:
+            shutil.copyfile(output, disk)
+            if changed:
+                write_range(disk, "qcow2", osv_cmdline.area_bytes(UPDATE_CMDLINE),
+                            osv_cmdline.AREA_OFFSET)
+                upload(builder_argv(qemu.qemu_binary(), None, str(disk), port,
+                                    qemu.accelerator()), port, changed, timeout)
+            write_range(disk, "qcow2", osv_cmdline.area_bytes(text), osv_cmdline.AREA_OFFSET)
         fmt = disk_format or Fmt.QCOW2
         if fmt is Fmt.QCOW2:
             disk.rename(tmp / output.name)
         else:
             convert(disk, tmp / output.name, fmt, source_fmt="qcow2")
             disk.unlink()
-    return output
+    # after the image: a record newer than its image would hide changes from an update
+    atomic_write(output.with_name(output.name + DIGESTS), json.dumps(now).encode())
+    return len(entries) if changed is None else len(changed)

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 
 from capstan.image.rofs import DirEntry, Entry, FileEntry, SymlinkEntry
 
-__all__ = ["TRAILER", "newc_stream"]
+__all__ = ["TRAILER", "mode_of", "newc_stream"]
 
 TRAILER = "TRAILER!!!"
 _CHUNK = 1 << 20
@@ -21,7 +21,8 @@ def _header(name: str, mode: int, size: int) -> bytes:
     return head + bytes(-len(head) % 4)
 
 
-def _perm(entry: FileEntry) -> int:
+def mode_of(entry: FileEntry) -> int:
+    """The permission bits *entry* is uploaded with: its source file's, else 0644."""
     if entry.source is not None:
         return stat.S_IMODE(os.stat(entry.source).st_mode)
     return 0o644
@@ -37,7 +38,7 @@ def newc_stream(entries: Sequence[Entry]) -> Iterator[bytes]:
             yield _header(entry.path, stat.S_IFLNK | 0o777, len(target))
             yield target + bytes(-len(target) % 4)
         else:
-            yield _header(entry.path, stat.S_IFREG | _perm(entry), entry.size)
+            yield _header(entry.path, stat.S_IFREG | mode_of(entry), entry.size)
             if entry.data is not None:
                 yield entry.data
             elif entry.source is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,3 +109,15 @@ def read_range(path: Path, fmt: str, target: Path, start: int, length: int) -> N
         f"skip={start // bs}", f"count={(start + length) // bs}",
         f"if={path}", f"of={target}",
     ])
+
+
+def write_range(path: Path, fmt: str, data: bytes, start: int) -> None:
+    """Write *data* at byte *start* of image *path*, in place, whatever its format."""
+    fd, scratch = tempfile.mkstemp(prefix="capstan-range-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        proc.run(["qemu-io", "-f", fmt, "-c", f"write -s {scratch} {start} {len(data)}",
+                  str(path)])
+    finally:
+        os.unlink(scratch)

@@ -198,7 +198,8 @@ class PackageCompose(ShowOne):
         parser.add_argument("--run", "-e", dest="execute", help="command line, verbatim")
         parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
         parser.add_argument("--update", action="store_true",
-                            help="accepted for Capstan (ROFS images are always rebuilt)")
+                            help="ZFS: upload only what changed into the existing image "
+                                 "(ROFS images are always rebuilt)")
         parser.add_argument("-l", "--loader-image", "--loader_image", dest="loader")
         parser.add_argument("--disk-format", dest="disk_format",
                             help="qcow2, raw, vmdk, vdi, vhd or vhdx")
@@ -219,7 +220,8 @@ class PackageCompose(ShowOne):
             execute=a.execute, boots=a.boot, envs=a.env,
             size=parse_size(a.size) if a.size != "0" else 0,
             disk_format=DiskFormat.parse(a.disk_format) if a.disk_format else None,
-            fs=a.fs, require=a.require, pull_missing=a.pull_missing, s3=self.app.options.s3)
+            fs=a.fs, require=a.require, pull_missing=a.pull_missing, s3=self.app.options.s3,
+            update=a.update)
         return (("Image", "Packages", "Command line", "Collisions"),
                 (str(result.path), " ".join(p.name for p in collected.packages),
                  result.cmdline, len(collected.collisions)))
