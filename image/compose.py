@@ -77,7 +77,7 @@ def compose(
         if disk_format is not DiskFormat.RAW:
             formats.convert(raw, tmp / output.name, disk_format)
             raw.unlink()
-    LOG.info("composed %s (%s, %d bytes)", output, disk_format.label, virtual)
+    LOG.debug("composed %s (%s, %d bytes)", output, disk_format.label, virtual)
     return ComposeResult(
         path=output, disk_format=disk_format.label, virtual_size=virtual,
         partition_start=loader.partition_start, partition_size=layout.size,
