@@ -123,12 +123,14 @@ class _ParsedYaml:
     def parse(self, text: str, where: str) -> dict[str, Any]:
         """The mapping in *text*; ConfigError naming *where* and the line if it is not one."""
         key = hashlib.sha1(text.encode()).hexdigest()
-        data = self._old[key] if key in self._old else _parse_yaml(text, where)
+        data = self._old.get(key)
+        if not isinstance(data, dict):  # not cached (or a damaged entry)
+            data = _parse_yaml(text, where)
         self._used[key] = data
         return data
 
     def save(self) -> None:
-        if self._used.keys() == self._old.keys() or not self._file.parent.parent.is_dir():
+        if self._used == self._old or not self._file.parent.parent.is_dir():
             return  # unchanged, or no root yet: reading settings never creates one
         from capstan.repository import atomic_write
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,8 +50,10 @@ def test_parsed_settings_cache_follows_edits(capstan_root: Path) -> None:
         with pytest.raises(ConfigError, match=r"config.yaml, line \d+: invalid YAML"):
             config.load({}, env)
     settings.write_text("qemu_aio_type: native\n")
-    (capstan_root / "cache" / "config.json").write_text("{not json")  # a damaged cache
-    assert config.load({}, env).qemu_aio_type == "native"
+    cache = capstan_root / "cache" / "config.json"
+    for damaged in ("{not json", json.dumps({k: [1] for k in json.loads(cache.read_text())})):
+        cache.write_text(damaged)
+        assert config.load({}, env).qemu_aio_type == "native"
     code = ("import sys; from capstan import config; config.load({})\n"
             "print('YAML', 'yaml' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
