@@ -7,8 +7,9 @@ Every wait has a timeout whose error carries the VM's last output line.
 
 ``--update`` (reference 11.6) boots the existing image itself with cpiod as its
 command and uploads only the entries whose digest changed. The digests (SHA-256)
-live beside the image in ``<image>.zfs-digests.json``; without them, or when a
-path was removed (cpiod cannot delete), a full build runs instead.
+live beside the image in ``<image>.zfs-digests.json`` with the loader's digest and
+the size; without them, with another loader or size, or when a path was removed
+(cpiod cannot delete), a full build runs instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from capstan.config import Config
 from capstan.drivers.base import free_port
@@ -143,7 +145,7 @@ def digests(entries: Sequence[Entry]) -> dict[str, str]:
     return out
 
 
-def _changed(output: Path, now: dict[str, str], entries: Sequence[Entry],
+def _changed(output: Path, now: dict[str, Any], entries: Sequence[Entry],
              disk_format: DiskFormat | None) -> list[Entry] | None:
     """The entries an update must upload, or None when only a full build will do."""
     from capstan.image.formats import DiskFormat as Fmt
@@ -152,11 +154,13 @@ def _changed(output: Path, now: dict[str, str], entries: Sequence[Entry],
         return None
     try:
         before = json.loads(output.with_name(output.name + DIGESTS).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(before, dict) or not before or before.keys() - now.keys():
-        return None  # no usable record, or something was removed
-    return [e for e in entries if before.get(e.path) != now[e.path]]
+        layout, files = before["layout"], before["entries"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # no usable record
+    if layout != now["layout"] or not isinstance(files, dict) or \
+            files.keys() - now["entries"].keys():
+        return None  # another loader or size, or something was removed
+    return [e for e in entries if files.get(e.path) != now["entries"][e.path]]
 
 
 def compose_zfs(config: Config, entries: Sequence[Entry], loader_ref: str, output: Path,
@@ -176,20 +180,22 @@ def compose_zfs(config: Config, entries: Sequence[Entry], loader_ref: str, outpu
     from capstan.image.formats import DiskFormat as Fmt
     from capstan.image.formats import convert, write_range
     from capstan.image.loader import read_loader
-    from capstan.repository import LocalRepository, atomic_write
+    from capstan.repository import LocalRepository, atomic_write, sha256_of
 
     text = osv_cmdline.with_rootfs(text, "zfs")
     osv_cmdline.validate(text)
-    now = digests(entries)
+    repo = LocalRepository(config.root)
+    loader_path = repo.resolve(loader_ref, kind="loader")
+    now = {"layout": f"loader sha256 {sha256_of(loader_path)}, size {size}",
+           "entries": digests(entries)}
     changed = _changed(output, now, entries, disk_format) if update else None
     qemu = QemuDriver(config)
     with publishing(output) as tmp:
         disk = tmp / "disk.qcow2"
         port = pick_port()
         if changed is None:
-            repo = LocalRepository(config.root)
             builder = repo.resolve(BUILDER, kind="ZFS builder (capstan pull osv-zfs-builder)")
-            loader = read_loader(repo.resolve(loader_ref, kind="loader"))
+            loader = read_loader(loader_path)
             start = loader.partition_start
             total = mbr.align_up(max(size or DEFAULT_SIZE, start + (64 << 20)), 1 << 20)
             raw = tmp / "disk.raw"

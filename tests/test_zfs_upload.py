@@ -125,6 +125,8 @@ def test_update_uploads_only_what_changed(app_tree: Path, tmp_path: Path,
     (app_tree / "lib" / "zero").unlink()  # cpiod cannot delete: a full build
     assert compose() == len(tree.collect(app_tree))
     assert stand_in[-1][0] is not None
+    assert zfsbuild.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()), out,
+                                "x", size=512 << 20, update=True) > 0  # another size: full
 
 
 def test_failed_update_keeps_the_image_and_its_record(app_tree: Path, tmp_path: Path,
@@ -154,7 +156,8 @@ def test_zfs_without_a_builder_is_a_clear_error(cli, tmp_path: Path) -> None:
     (boot / "meta").mkdir(parents=True)
     (boot / "meta" / "package.yaml").write_text("name: osv.bootstrap\ntitle: b\nauthor: a\n")
     assert cli("package", "import", "-C", boot).code == 0
-    result = cli("package", "compose", "-C", pkg, "--fs", "zfs", "-o", tmp_path / "z.qcow2")
+    result = cli("package", "compose", "-C", pkg, "--fs", "zfs", "-l", "probe-loader",
+                 "-o", tmp_path / "z.qcow2")
     assert result.code == 65 and "capstan pull osv-zfs-builder" in result.err
 
 
