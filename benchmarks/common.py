@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-CAPSTAN = [sys.executable, "-m", "capstan.shell"]
+CAPSTAN = [sys.executable, "-m", "capstan"]  # what the console script runs
 
 
 def capstan_env(root: Path, **settings: str) -> dict[str, str]:

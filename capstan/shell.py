@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.metadata
 import logging
 import os
@@ -124,6 +125,7 @@ class CapstanApp(App):
         cmd.get_epilog = lambda: cmd._epilog or ""  # type: ignore[method-assign]
         parser = cmd.get_parser(f"{self.NAME} {name}")
         parser.error = _usage_error(name)  # type: ignore[method-assign]
+        gc.enable()  # paused for start-up by capstan.__main__
         try:
             parsed = parser.parse_args(sub_argv)
             return int(cmd.run(parsed) or 0)

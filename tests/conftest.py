@@ -76,7 +76,7 @@ class Cli:
     def program(*args: str | Path, cwd: Path | None = None,
                 **kwargs: object) -> subprocess.CompletedProcess[str]:
         """Run ``capstan`` as a separate program."""
-        argv = [sys.executable, "-m", "capstan.shell", *map(str, args)]
+        argv = [sys.executable, "-m", "capstan", *map(str, args)]  # as the console script
         return subprocess.run(argv, capture_output=True, text=True, cwd=cwd,
                               check=False, **kwargs)  # type: ignore[call-overload]
 
