@@ -18,7 +18,7 @@ from capstan.remotes import BucketRemote, Found, remotes
 from capstan.repository import LocalRepository, atomic_write, sha256_of
 
 __all__ = ["ImageRow", "Pulled", "import_base", "list_images", "pull_image", "pull_package",
-           "push_image", "push_package", "remove_image", "search"]
+           "push_image", "push_package", "remove_image", "remove_package", "search"]
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,7 @@ def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = F
                  quiet: bool = False) -> Pulled:
     """Download package *name* (``.yaml`` and ``.mpm``) into ``<root>/packages``."""
     packages = config.root / "packages"
-    manifest, archive = packages / f"{name}.yaml", packages / f"{name}.mpm"
-    stamp = packages / f"{name}.mpm.sha256"
+    manifest, archive, stamp = _package_files(packages, name)
     if manifest.is_file() and archive.is_file() and not force:
         digest = stamp.read_text().strip() if stamp.is_file() else sha256_of(archive)
         return Pulled(name, "package", archive, digest, "local", "present")
@@ -124,7 +123,7 @@ def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = F
                        f"{', '.join(r.label for r in sources)}")
     yaml_art, mpm_art = hit.files
     packages.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(packages / f".{name}.lock")):
+    with _package_lock(packages, name):
         if force:
             for f in (manifest, archive):
                 f.unlink(missing_ok=True)
@@ -133,6 +132,28 @@ def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = F
         fetch(yaml_art, manifest, quiet=True)
         atomic_write(stamp, f"{digest}\n".encode())
     return Pulled(name, "package", archive, digest, hit.source, "downloaded")
+
+
+def remove_package(config: Config, name: str) -> None:
+    """Delete package *name* (manifest, archive and digest) from the repository."""
+    packages = config.root / "packages"
+    files = _package_files(packages, name)
+    if not any(f.exists() for f in files):
+        raise NotFound(f"no package {name} in {packages}")
+    with _package_lock(packages, name):
+        for f in files:  # the manifest first: a package "exists" while both do
+            f.unlink(missing_ok=True)
+
+
+def _package_files(packages: Path, name: str) -> tuple[Path, Path, Path]:
+    """Manifest, archive and recorded digest of package *name*."""
+    return (packages / f"{name}.yaml", packages / f"{name}.mpm",
+            packages / f"{name}.mpm.sha256")
+
+
+def _package_lock(packages: Path, name: str) -> FileLock:
+    """The lock serialising writers of package *name*."""
+    return FileLock(str(packages / f".{name}.lock"))
 
 
 def list_images(config: Config) -> list[ImageRow]:

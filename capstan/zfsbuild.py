@@ -126,6 +126,7 @@ def pick_port() -> int:
 def digests(entries: Sequence[Entry]) -> dict[str, str]:
     """Guest path -> a digest of what the upload would write there (content and mode)."""
     from capstan.image.cpio import mode_of
+    from capstan.repository import sha256_of
 
     out = {}
     for entry in entries:
@@ -134,15 +135,15 @@ def digests(entries: Sequence[Entry]) -> dict[str, str]:
         elif isinstance(entry, SymlinkEntry):
             out[entry.path] = f"link:{entry.target}"
         else:
-            h = hashlib.sha256()
-            if entry.data is not None:
-                h.update(entry.data)
-            elif entry.source is not None:
-                with open(entry.source, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        h.update(chunk)
-            out[entry.path] = f"file:{mode_of(entry):o}:{h.hexdigest()}"
+            digest = (sha256_of(entry.source) if entry.source is not None
+                      else hashlib.sha256(entry.data or b"").hexdigest())
+            out[entry.path] = f"file:{mode_of(entry):o}:{digest}"
     return out
+
+
+def _record(output: Path) -> Path:
+    """Where the digests of what *output* holds are kept."""
+    return output.with_name(output.name + DIGESTS)
 
 
 def _changed(output: Path, now: dict[str, Any], entries: Sequence[Entry],
@@ -153,7 +154,7 @@ def _changed(output: Path, now: dict[str, Any], entries: Sequence[Entry],
     if (disk_format or Fmt.QCOW2) is not Fmt.QCOW2 or not output.is_file():
         return None
     try:
-        before = json.loads(output.with_name(output.name + DIGESTS).read_text())
+        before = json.loads(_record(output).read_text())
         layout, files = before["layout"], before["entries"]
     except (OSError, ValueError, TypeError, KeyError):
         return None  # no usable record
@@ -223,5 +224,5 @@ def compose_zfs(config: Config, entries: Sequence[Entry], loader_ref: str, outpu
             convert(disk, tmp / output.name, fmt, source_fmt="qcow2")
             disk.unlink()
     # after the image: a record newer than its image would hide changes from an update
-    atomic_write(output.with_name(output.name + DIGESTS), json.dumps(now).encode())
+    atomic_write(_record(output), json.dumps(now).encode())
     return len(entries) if changed is None else len(changed)

@@ -290,15 +290,10 @@ class PackageDelete(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.errors import NotFound
+        from capstan.pulling import remove_package
 
-        folder = app_config(self).root / "packages"
         for name in parsed_args.names:
-            files = [folder / f"{name}{suffix}" for suffix in (".yaml", ".mpm", ".mpm.sha256")]
-            if not any(f.exists() for f in files):
-                raise NotFound(f"no package {name} in {folder}")
-            for f in files:  # the manifest first: a package "exists" while both do
-                f.unlink(missing_ok=True)
+            remove_package(app_config(self), name)
             self.app.stdout.write(f"Deleted package: {name}\n")
         return 0
 
