@@ -1,0 +1,1 @@
+"""Infrastructure shared by every layer: names, QEMU option escaping, files, YAML."""
