@@ -52,9 +52,23 @@ def _first(found: list[tuple[str, Found | None]], what: str, labels: list[str]) 
     raise NotFound(f"{what} is not available in {', '.join(labels) or 'any repository'}")
 
 
+def _verified(hit: Found, what: str, insecure: bool) -> bool:
+    """Whether the remote publishes a digest for every file of *hit*; without one the
+    download is refused (InputError) unless *insecure*."""
+    missing = [a.name for a in hit.files if not a.sha256]
+    if missing and not insecure:
+        raise InputError(f"{what}: {hit.source} publishes no SHA-256 digest for "
+                         f"{', '.join(missing)}; refusing an unverified download "
+                         "(--insecure accepts it)")
+    return not missing
+
+
 def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = False,
-               force: bool = False, quiet: bool = False) -> Pulled:
-    """Download image or loader *name* into the repository (a no-op when present)."""
+               force: bool = False, quiet: bool = False, insecure: bool = False) -> Pulled:
+    """Download image or loader *name* into the repository (a no-op when present).
+
+    Every file must come with a published digest unless *insecure* (then the
+    image is recorded ``verified: false``)."""
     repo = LocalRepository(config.root)
     target = repo.image_file(name, platform)
     if target.is_file() and not force:
@@ -69,14 +83,15 @@ def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = 
     if hit is None:
         raise NotFound(f"image {name} is not available in "
                        f"{', '.join(r.label for r in sources)}")
+    verified = _verified(hit, f"image {name}", insecure)
     image, *index = hit.files
     target.parent.mkdir(parents=True, exist_ok=True)
     with repo.lock(name):
         if force:
             target.unlink(missing_ok=True)
         digest = fetch(image, target, quiet=quiet, unpack=True)
-        meta = {"format_version": "1", "version": "", "description": "", "build": "",
-                "created": time.strftime("%Y-%m-%d %H:%M")}
+        meta: dict[str, object] = {"format_version": "1", "version": "", "description": "",
+                                   "build": "", "created": time.strftime("%Y-%m-%d %H:%M")}
         if index:
             index_file = target.with_name(".index.remote.yaml")
             index_file.unlink(missing_ok=True)
@@ -90,10 +105,14 @@ def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = 
             if isinstance(remote_meta, dict):
                 meta.update({k: v for k, v in remote_meta.items() if k in meta or
                              k == "platform"})
-        meta.update({"sha256": digest, "source": hit.source})
+        meta.update({"sha256": digest, "source": hit.source, "verified": verified})
         atomic_write(repo.image_dir(name) / "index.yaml",
                      yaml.safe_dump(meta, sort_keys=False).encode())
-    return Pulled(name, "image", target, digest, hit.source, "downloaded")
+    return Pulled(name, "image", target, digest, hit.source, _status(verified))
+
+
+def _status(verified: bool) -> str:
+    return "downloaded" if verified else "downloaded (unverified)"
 
 
 def _recorded(repo: LocalRepository, name: str) -> str:
@@ -105,12 +124,15 @@ def _recorded(repo: LocalRepository, name: str) -> str:
 
 
 def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = False,
-                 quiet: bool = False) -> Pulled:
-    """Download package *name* (``.yaml`` and ``.mpm``) into ``<root>/packages``."""
+                 quiet: bool = False, insecure: bool = False) -> Pulled:
+    """Download package *name* (``.yaml`` and ``.mpm``) into ``<root>/packages``.
+
+    Both files must come with a published digest unless *insecure* (then the
+    recorded digest is marked ``unverified``)."""
     packages = config.root / "packages"
     manifest, archive, stamp = _package_files(packages, name)
     if manifest.is_file() and archive.is_file() and not force:
-        digest = stamp.read_text().strip() if stamp.is_file() else sha256_of(archive)
+        digest = stamp.read_text().split()[0] if stamp.is_file() else sha256_of(archive)
         return Pulled(name, "package", archive, digest, "local", "present")
     sources = remotes(config, s3)
     hit = None
@@ -121,6 +143,7 @@ def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = F
     if hit is None:
         raise NotFound(f"package {name} is not available in "
                        f"{', '.join(r.label for r in sources)}")
+    verified = _verified(hit, f"package {name}", insecure)
     yaml_art, mpm_art = hit.files
     packages.mkdir(parents=True, exist_ok=True)
     with _package_lock(packages, name):
@@ -130,8 +153,8 @@ def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = F
         # the archive first: a package "exists" once its manifest does
         digest = fetch(mpm_art, archive, quiet=quiet)
         fetch(yaml_art, manifest, quiet=True)
-        atomic_write(stamp, f"{digest}\n".encode())
-    return Pulled(name, "package", archive, digest, hit.source, "downloaded")
+        atomic_write(stamp, f"{digest}{'' if verified else ' unverified'}\n".encode())
+    return Pulled(name, "package", archive, digest, hit.source, _status(verified))
 
 
 def remove_package(config: Config, name: str) -> None:
@@ -237,7 +260,7 @@ def push_image(config: Config, name: str, url: str, platform: str = "qemu") -> P
     digest = _publish(bucket, image, f"{name}/{base}.{platform}")
     index = repo.image_dir(name) / "index.yaml"
     if index.is_file():
-        bucket.put(index, f"{name}/index.yaml")
+        _publish(bucket, index, f"{name}/index.yaml")
     return Pulled(name, "image", image, digest, url, "pushed")
 
 
@@ -255,7 +278,7 @@ def push_package(config: Config, name_or_file: str, url: str) -> Pulled:
         raise NotFound(f"no package {name_or_file}: need {archive} and {manifest}")
     bucket = BucketRemote(url)
     digest = _publish(bucket, archive, f"packages/{name}.mpm")
-    bucket.put(manifest, f"packages/{name}.yaml")  # last: the package is then complete
+    _publish(bucket, manifest, f"packages/{name}.yaml")  # last: the package is then complete
     return Pulled(name, "package", archive, digest, url, "pushed")
 
 

@@ -170,12 +170,16 @@ def test_http_bucket_with_paged_listing(cli, server: RepoServer,
         "packages/osv.cli.mpm": mpm("osv.cli"),
     }
     monkeypatch.setenv("CAPSTAN_REPO_URL", f"{server.url}/bucket/")
-    pulled = show(cli, "--s3", "pull", "mike/probe")
+    pulled = show(cli, "--s3", "pull", "--insecure", "mike/probe")  # the bucket has no digests
     assert (capstan_root / "repository" / "mike" / "probe" / "probe.qemu").read_bytes() == PROBE
     assert pulled["SHA256"] == hashlib.sha256(packed).hexdigest()
+    assert pulled["Status"] == "downloaded (unverified)"
+    index = capstan_root / "repository" / "mike" / "probe" / "index.yaml"
+    assert "verified: false" in index.read_text()
     images = {r["Name"]: r for r in json.loads(cli("images", "-f", "json").out)}
     assert "mike/probe" in images
-    assert show(cli, "--s3", "package", "pull", "osv.cli")["Status"] == "downloaded"
+    assert show(cli, "--s3", "package", "pull", "--insecure", "osv.cli")["Status"] == \
+        "downloaded (unverified)"
     monkeypatch.setenv("CAPSTAN_REPOSITORIES", f"github,{server.url}/bucket/")
     kinds = {(r["Kind"], r["Name"]) for r in json.loads(cli("search", "-f", "json").out)}
     assert ("image", "mike/probe") in kinds and ("package", "osv.nginx") in kinds

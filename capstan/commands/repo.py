@@ -25,6 +25,12 @@ def _quiet(args: argparse.Namespace) -> bool:
     return getattr(args, "formatter", "table") != "table"
 
 
+def _insecure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--insecure", action="store_true",
+                        help="accept files whose remote publishes no SHA-256 digest "
+                             "(recorded as unverified)")
+
+
 class Pull(ShowOne):
     """Download an image or loader into the local repository"""
 
@@ -34,6 +40,7 @@ class Pull(ShowOne):
                             help="loader (osv-loader) or bucket image (ns/name)")
         parser.add_argument("-p", "--platform", default="qemu", help="image flavour (qemu)")
         parser.add_argument("--force", action="store_true", help="download again")
+        _insecure(parser)
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
@@ -41,7 +48,7 @@ class Pull(ShowOne):
 
         return _row(pull_image(app_config(self), parsed_args.name, parsed_args.platform,
                                s3=self.app.options.s3, force=parsed_args.force,
-                               quiet=_quiet(parsed_args)))
+                               quiet=_quiet(parsed_args), insecure=parsed_args.insecure))
 
 
 class PackagePull(ShowOne):
@@ -51,13 +58,15 @@ class PackagePull(ShowOne):
         parser = super().get_parser(prog_name)
         parser.add_argument("name", metavar="PACKAGE")
         parser.add_argument("--force", action="store_true", help="download again")
+        _insecure(parser)
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         from capstan.pulling import pull_package
 
         return _row(pull_package(app_config(self), parsed_args.name, s3=self.app.options.s3,
-                                 force=parsed_args.force, quiet=_quiet(parsed_args)))
+                                 force=parsed_args.force, quiet=_quiet(parsed_args),
+                                 insecure=parsed_args.insecure))
 
 
 def _cloud(command: Command, name: str | None) -> Any:
