@@ -124,14 +124,17 @@ def bridge() -> Iterator[str]:
     subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
     conf = Path("/etc/qemu/bridge.conf")
     original = conf.read_bytes() if conf.exists() else None
+    made_dir = not conf.parent.exists()
     conf.parent.mkdir(exist_ok=True)
     with conf.open("a") as f:
         f.write(f"allow {name}\n")
     yield name
-    if original is None:
-        conf.unlink()
-    else:
+    if original is not None:
         conf.write_bytes(original)
+    else:
+        conf.unlink()
+        if made_dir:
+            conf.parent.rmdir()
     subprocess.run(["ip", "link", "del", name], check=False)
 
 

@@ -66,7 +66,7 @@ def test_network_and_volume_sources() -> None:
 # -- against libvirtd -----------------------------------------------------------
 
 
-TOOLS = Path(__file__).resolve().parents[2] / "shared" / "tools"
+BACKENDS = Path(__file__).resolve().parent / "backends"
 
 
 def _answers() -> bool:
@@ -85,14 +85,14 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with lock:
         users.mkdir(exist_ok=True)
         if not _answers():
-            subprocess.run([TOOLS / "start-libvirtd.sh"], check=True, capture_output=True)
+            subprocess.run([BACKENDS / "start-libvirtd.sh"], check=True, capture_output=True)
             (users / "started-here").touch()
         (users / f"worker-{os.getpid()}").touch()
     yield SYSTEM
     with lock:
         (users / f"worker-{os.getpid()}").unlink()
         if not any(users.glob("worker-*")) and (users / "started-here").exists():
-            subprocess.run([TOOLS / "stop-libvirtd.sh"], check=False, capture_output=True)
+            subprocess.run([BACKENDS / "stop-libvirtd.sh"], check=False, capture_output=True)
             (users / "started-here").unlink()
 
 

@@ -15,20 +15,19 @@ import pytest
 
 from capstan.repository import sha256_of
 
-TOOLS = Path(__file__).resolve().parents[2] / "shared" / "tools"
-BIN = Path(__file__).resolve().parents[1] / ".ci" / "vcsim-bin"
+VCSIM = Path(__file__).resolve().parent / "backends" / "vcsim"
 
 
 @pytest.fixture(scope="module")
 def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """vcsim on a free port with a 2048-bit certificate (its own is too weak for OpenSSL)."""
-    subprocess.run([TOOLS / "vcsim" / "build.sh", BIN], check=True, capture_output=True)
+    subprocess.run([VCSIM / "build.sh"], check=True, capture_output=True)
     work = tmp_path_factory.mktemp("vcsim")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", work / "key.pem", "-out", work / "cert.pem"],
                    check=True, capture_output=True)
-    sim = subprocess.Popen([BIN / "vcsim", "-l", "127.0.0.1:0", "-tlscert", work / "cert.pem",
+    sim = subprocess.Popen([VCSIM / "bin" / "vcsim", "-l", "127.0.0.1:0", "-tlscert", work / "cert.pem",
                             "-tlskey", work / "key.pem", "-username", "capstan", "-password",
                             "s3cret"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                            text=True)
