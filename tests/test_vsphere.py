@@ -27,7 +27,8 @@ def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", work / "key.pem", "-out", work / "cert.pem"],
                    check=True, capture_output=True)
-    sim = subprocess.Popen([VCSIM / "bin" / "vcsim", "-l", "127.0.0.1:0", "-tlscert", work / "cert.pem",
+    sim = subprocess.Popen([VCSIM / "bin" / "vcsim", "-l", "127.0.0.1:0",
+                            "-tlscert", work / "cert.pem",
                             "-tlskey", work / "key.pem", "-username", "capstan", "-password",
                             "s3cret"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                            text=True)
