@@ -22,8 +22,8 @@ from typing import Any
 from filelock import FileLock
 
 from capstan.config import Config
-from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState, get_driver
-from capstan.errors import CapstanError, Conflict, InputError, NotFound
+from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState, Volume, get_driver
+from capstan.errors import CapstanError, Conflict, InputError, NotFound, UsageError
 from capstan.repository import atomic_write
 from capstan.yamlfile import load_strict
 
@@ -180,6 +180,11 @@ def _service(name: str, value: Any, bad: Callable[[str, str], InputError]) -> Se
     for key in ("command", "driver", "networking"):
         if key in value and not isinstance(value[key], str):
             raise bad(f"{where}.{key}", "expected a string")
+    for text in strings("volumes"):
+        try:
+            Volume.parse(text)
+        except UsageError as err:
+            raise bad(f"{where}.volumes", str(err)) from err
     memory = value.get("memory", "256M")
     if isinstance(memory, bool) or not isinstance(memory, str | int):
         raise bad(f"{where}.memory", "expected a size such as 512M")

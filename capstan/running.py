@@ -91,13 +91,15 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
 
 
 def _volume(text: str) -> Volume:
-    """``--volume NAME`` also finds ``./volumes/NAME`` and its settings file."""
+    """``--volume NAME`` also finds ``./volumes/NAME`` and its settings file; the
+    format is probed (:func:`capstan.volumes.attachable`)."""
+    from capstan.volumes import attachable, settings
+
     vol = Volume.parse(text)
     name = text.split(":", 1)[0]
     local = Path("volumes") / name
     if not vol.path.exists() and "/" not in name and local.is_file():
-        from capstan.volumes import settings
-
         rest = text[len(name):]
-        return Volume.parse(f"{local.absolute()}{rest}", settings(local))
-    return vol
+        escaped = str(local.absolute()).replace(":", "\\:")
+        vol = Volume.parse(f"{escaped}{rest}", settings(local))
+    return attachable(vol)

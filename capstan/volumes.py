@@ -6,27 +6,33 @@ Capstan's layout (a package root with ``meta/package.yaml``); unlike Capstan,
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from filelock import FileLock
 
 from capstan import proc
-from capstan.errors import Conflict, InputError, NotFound, UsageError
+from capstan.drivers.base import VOLUME_SETTINGS, Volume
+from capstan.errors import CommandFailed, Conflict, ImageError, InputError, NotFound, UsageError
 from capstan.repository import atomic_write
 from capstan.sizes import parse_size
 
-__all__ = ["FORMATS", "VolumeInfo", "create", "delete", "list_volumes", "settings"]
+__all__ = ["FORMATS", "VolumeInfo", "attachable", "create", "delete", "list_volumes",
+           "settings"]
 
 #: accepted ``-f`` values and the qemu-img format each means
 FORMATS = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vdi": "vdi", "vhd": "vpc",
            "vpc": "vpc", "vhdx": "vhdx"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _SETTINGS = ("format", "aio", "cache")
+_PROBE_TIMEOUT = 60  # qemu-img info of a hostile image must not hang a run
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,56 @@ def settings(path: Path) -> dict[str, str]:
         raise InputError(f"{meta}: cannot read volume settings: {err}") from err
     if not isinstance(data, dict) or set(data) - set(_SETTINGS):
         raise InputError(f"{meta}: expected only the keys {', '.join(_SETTINGS)}")
-    return {key: str(value) for key, value in data.items() if value}
+    found = {key: str(value).lower() for key, value in data.items() if value}
+    for key, value in found.items():
+        if value not in VOLUME_SETTINGS[key]:
+            raise InputError(f"{meta}: {key} must be one of "
+                             f"{', '.join(VOLUME_SETTINGS[key])}, not {value!r}")
+    return found
+
+
+def attachable(vol: Volume) -> Volume:
+    """*vol* with its format probed by ``qemu-img info``, never guessed.
+
+    Refused (:class:`ImageError`): a file that is not an image in one of
+    :data:`VOLUME_SETTINGS` formats, a ``format=`` the probe contradicts, and an
+    image that reads another file (backing file, qcow2 data file, vmdk extent).
+    """
+    if not vol.path.is_file():
+        raise NotFound(f"no such volume: {vol.path}")
+    try:
+        out = proc.run(["qemu-img", "info", "--output=json", str(vol.path)],
+                       timeout=_PROBE_TIMEOUT).stdout
+        data = json.loads(out)
+        fmt = str(data["format"])
+    except CommandFailed as err:
+        raise ImageError(f"volume {vol.path} is not a readable disk image: {err}") from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise ImageError(f"volume {vol.path}: cannot read qemu-img's report") from err
+    if fmt not in VOLUME_SETTINGS["format"].values():
+        raise ImageError(f"volume {vol.path} is a {fmt} image: use one of "
+                         f"{', '.join(sorted(set(VOLUME_SETTINGS['format'].values())))}")
+    if vol.format is not None and vol.format != fmt:
+        raise ImageError(f"volume {vol.path} is a {fmt} image, not {vol.format}")
+    other = _other_file(vol.path, data)
+    if other:
+        raise ImageError(f"volume {vol.path} reads another file ({other}): a volume must "
+                         "stand alone (qemu-img convert it to one file first)")
+    return dataclasses.replace(vol, format=fmt)
+
+
+def _other_file(path: Path, data: dict[str, Any]) -> str | None:
+    """A file other than *path* that the image described by *data* reads, if any."""
+    if data.get("backing-filename") or data.get("full-backing-filename"):
+        return f"backing file {data.get('backing-filename')!r}"
+    specific = data.get("format-specific", {}).get("data", {})
+    if specific.get("data-file"):
+        return f"data file {specific['data-file']!r}"
+    for extent in specific.get("extents", []):
+        name = Path(path.parent, str(extent.get("filename", "")))
+        if not (name.is_file() and os.path.samefile(name, path)):
+            return f"extent {extent.get('filename')!r}"
+    return None
 
 
 def create(package: Path, name: str, size: str = "1G", fmt: str = "raw") -> VolumeInfo:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from capstan.config import Config
+from capstan.core import qemuopt
 from capstan.drivers.base import free_port
 from capstan.errors import BackendError, GuestTimeout
 from capstan.image.cpio import newc_stream
@@ -56,7 +57,7 @@ def builder_argv(qemu: str, builder: str | None, disk: str, port: int,
             ["-device", "virtio-blk-pci,drive=hd0,bootindex=0"])
     return [qemu, "-machine", "pc", "-accel", accel, "-m", "512", "-smp", "1", "-nodefaults",
             "-display", "none", "-no-user-config", "-serial", "stdio", *boot,
-            "-drive", f"file={disk},if=none,id=hd0,format=qcow2",
+            "-drive", f"file={qemuopt.path(disk)},if=none,id=hd0,format=qcow2",
             "-netdev", f"user,id=un0,hostfwd=tcp:127.0.0.1:{port}-:10000",
             "-device", "virtio-net-pci,netdev=un0,romfile="]
 

@@ -47,10 +47,10 @@ def mac_address(text: str | None) -> str:
         octets[0] = (octets[0] | 0x02) & 0xFE
         return ":".join(f"{b:02x}" for b in octets)
     if not _MAC.fullmatch(text):
-        raise UsageError(f"invalid MAC address '{text}': use six hex pairs, e.g. "
+        raise UsageError(f"invalid MAC address {text!r}: use six hex pairs, e.g. "
                          "52:54:00:12:34:56")
     if int(text[:2], 16) & 1:
-        raise UsageError(f"invalid MAC address '{text}': it is a multicast address")
+        raise UsageError(f"invalid MAC address {text!r}: it is a multicast address")
     return text.lower().replace("-", ":")
 
 
@@ -98,10 +98,10 @@ class PortForward:
         """Parse Capstan's ``-f`` rule; host port 0 means "pick a free port"."""
         match = _FORWARD.fullmatch(text.strip())
         if match is None:
-            raise UsageError(f"invalid port forward '{text}': use [ADDR:]HOST:GUEST[/udp]")
+            raise UsageError(f"invalid port forward {text!r}: use [ADDR:]HOST:GUEST[/udp]")
         host, guest = int(match["host"]), int(match["guest"])
         if host > 65535 or not 0 < guest <= 65535:
-            raise UsageError(f"invalid port forward '{text}': ports are 1-65535")
+            raise UsageError(f"invalid port forward {text!r}: ports are 1-65535")
         return cls(host, guest, match["proto"] or "tcp", (match["addr"] or "127.0.0.1").strip("[]"))
 
     def __str__(self) -> str:
@@ -113,12 +113,21 @@ class PortForward:
         return PortForward(port, self.guest_port, self.protocol, self.host_addr)
 
 
+#: each volume setting and the values it takes (``vhd`` is QEMU's ``vpc``)
+VOLUME_SETTINGS: Mapping[str, Mapping[str, str]] = {
+    "format": {f: f for f in ("raw", "qcow2", "vmdk", "vdi", "vpc", "vhdx")} | {"vhd": "vpc"},
+    "cache": {c: c for c in ("none", "writeback", "writethrough", "directsync", "unsafe")},
+    "aio": {a: a for a in ("threads", "native", "io_uring")},
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 @dataclass(frozen=True)
 class Volume:
-    """An extra disk attached to the instance."""
+    """An extra disk attached to the instance; ``format`` None until probed."""
 
     path: Path
-    format: str = "raw"
+    format: str | None = None
     cache: str = "writeback"
     aio: str = "threads"
 
@@ -128,7 +137,8 @@ class Volume:
 
         A ``:`` inside the path is written ``\\:``, or the path given first as
         ``path=P`` (then only ``:format=``, ``:cache=`` and ``:aio=`` split).
-        *defaults* supply settings the text leaves out.
+        *defaults* supply settings the text leaves out. Keys and values come from
+        :data:`VOLUME_SETTINGS`; anything else is a :class:`UsageError`.
         """
         splitter = _SETTING_COLON if text.startswith("path=") else _UNESCAPED_COLON
         parts = [p.replace("\\:", ":") for p in splitter.split(text)]
@@ -137,15 +147,29 @@ class Volume:
         for item in parts:
             key, sep, value = item.partition("=")
             if not sep or not value:
-                raise UsageError(f"invalid volume '{text}': use '=' for settings, "
+                raise UsageError(f"invalid volume {text!r}: use '=' for settings, "
                                  "e.g. --volume /vol.img:format=raw")
-            if key.lower() not in ("path", "format", "cache", "aio"):
-                raise UsageError(f"invalid volume '{text}': unknown setting '{key}'")
+            if key.lower() not in ("path", *VOLUME_SETTINGS):
+                raise UsageError(f"invalid volume {text!r}: unknown setting {key!r} "
+                                 f"(use {', '.join(VOLUME_SETTINGS)})")
             values[key.lower()] = value
         path = values.pop("path", path)
-        if not path:
-            raise UsageError(f"invalid volume '{text}': the path is empty")
-        return cls(Path(path).expanduser().absolute(), **values)
+        if not path or _CONTROL.search(path):
+            raise UsageError(f"invalid volume {text!r}: the path is empty or holds a "
+                             "control character")
+        for key, value in values.items():
+            choice = VOLUME_SETTINGS[key].get(value.lower())
+            if choice is None:
+                raise UsageError(f"invalid volume {text!r}: {key} must be one of "
+                                 f"{', '.join(VOLUME_SETTINGS[key])}, not {value!r}")
+            values[key] = choice
+        if values.get("aio") == "native" and values.get("cache") not in ("none", "directsync"):
+            raise UsageError(f"invalid volume {text!r}: aio=native needs cache=none or "
+                             "cache=directsync")
+        try:
+            return cls(Path(path).expanduser().absolute(), **values)
+        except RuntimeError as err:  # ~user of no such user
+            raise UsageError(f"invalid volume {text!r}: {err}") from err
 
 
 @dataclass(frozen=True)

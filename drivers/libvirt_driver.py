@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from capstan import proc
 from capstan.config import Config
+from capstan.core import qemuopt
 from capstan.drivers.base import (
     Driver,
     Instance,
@@ -35,6 +36,7 @@ from capstan.drivers.base import (
 )
 from capstan.errors import (
     BackendError,
+    CapstanError,
     ConfigError,
     Conflict,
     NotFound,
@@ -83,6 +85,8 @@ def domain_xml(spec: InstanceSpec, *, domain_type: str, disk: dict[str, str],
     devices = ET.SubElement(dom, "devices")
     _disk(devices, disk, "qcow2", "vda")
     for i, vol in enumerate(spec.volumes, start=1):
+        if vol.format is None:
+            raise CapstanError(f"volume {vol.path} reached the libvirt driver unprobed")
         _disk(devices, {"file": str(vol.path)}, vol.format, f"vd{chr(ord('a') + i)}",
               cache=vol.cache)
     if network:
@@ -104,8 +108,9 @@ def domain_xml(spec: InstanceSpec, *, domain_type: str, disk: dict[str, str],
     ET.SubElement(devices, "memballoon", model="none")
     if forwards and not network:
         # libvirt 9 has port forwards only with passt; QEMU's slirp does them itself.
-        rules = "".join(f",hostfwd={f.protocol}:{f.host_addr}:{f.host_port}-:{f.guest_port}"
-                        for f in forwards)
+        rules = "".join("," + qemuopt.join("", {
+            "hostfwd": f"{f.protocol}:{f.host_addr}:{f.host_port}-:{f.guest_port}"})
+            for f in forwards)
         cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
         for arg in ("-netdev", f"user,id=capstan-un0{rules}",
                     "-device", "virtio-net-pci,netdev=capstan-un0,romfile=,bus=pci.0,addr=0x1e"):

@@ -26,18 +26,21 @@ from typing import Any, BinaryIO
 
 from filelock import FileLock
 
+from capstan.core import qemuopt
 from capstan.drivers.base import (
     Driver,
     Instance,
     InstanceSpec,
     InstanceState,
     PortForward,
+    Volume,
     console_verdict,
     free_port,
     mac_address,
 )
 from capstan.errors import (
     BackendError,
+    CapstanError,
     Conflict,
     GuestFailure,
     GuestTimeout,
@@ -52,6 +55,7 @@ LOG = logging.getLogger(__name__)
 __all__ = ["QemuDriver", "bridge_helper", "private_segment", "qmp_execute"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 _QEMU_PATHS = ("qemu-system-x86_64", "/usr/libexec/qemu-kvm", "/usr/local/bin/qemu-system-x86_64")
 _SOCKET_MAX = 100
 _BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper",
@@ -111,7 +115,9 @@ def _pid_alive(pid: int | None, marker: str) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and marker.encode() in cmd
+    # the marker is a path, found in argv as QEMU reads it (commas doubled)
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and \
+        marker.replace(",", ",,").encode() in cmd
 
 
 def bridge_helper() -> str:
@@ -122,6 +128,14 @@ def bridge_helper() -> str:
             return candidate
     raise ToolMissing("no qemu-bridge-helper found: install qemu-system-x86 or set "
                       "CAPSTAN_QEMU_BRIDGE_HELPER")
+
+
+def _interface(name: str) -> str:
+    """*name* if it can name a host network interface (bridge or tap)."""
+    if not _IFNAME.fullmatch(name):
+        raise UsageError(f"invalid network device {name!r}: use letters, digits, '.', '_' "
+                         "and '-' (at most 15)")
+    return name
 
 
 def private_segment(name: str) -> tuple[str, int]:
@@ -269,31 +283,26 @@ class QemuDriver(Driver):
         return base / hashlib.sha1(str(d).encode()).hexdigest()[:16]
 
     def _argv(self, spec: InstanceSpec, state: _State) -> list[str]:
+        """QEMU's argv: every value inside an option string escaped (:mod:`qemuopt`)."""
         accel = state.accel
         cpu = spec.cpu_model or ("host" if accel == "kvm" else "max")
         argv = [
-            self.qemu_binary(), "-name", f"guest={spec.name}", "-machine", "pc",
-            "-accel", accel, "-cpu", cpu, "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
-            "-nodefaults", "-no-user-config", "-display", "none",
-            "-drive", f"file={state.disk},if=none,id=hd0,format=qcow2,"
-                      f"aio={self.config.qemu_aio_type},cache=writeback",
+            self.qemu_binary(), "-name", qemuopt.join("", {"guest": spec.name}),
+            "-machine", "pc", "-accel", accel, "-cpu", cpu, "-m", str(spec.memory_mib),
+            "-smp", str(spec.cpus), "-nodefaults", "-no-user-config", "-display", "none",
+            "-drive", qemuopt.join("", {"file": Path(state.disk), "if": "none", "id": "hd0",
+                                        "format": "qcow2", "aio": self.config.qemu_aio_type,
+                                        "cache": "writeback"}),
             "-device", "virtio-blk-pci,id=blk0,bootindex=0,drive=hd0",
             "-device", "virtio-rng-pci",
-            "-chardev", f"socket,id=con0,path={state.console},server=on,wait=off,"
-                        f"logfile={state.console_log},logappend=on",
+            "-chardev", qemuopt.join("socket", {
+                "id": "con0", "path": Path(state.console), "server": "on", "wait": "off",
+                "logfile": Path(state.console_log), "logappend": "on"}),
             "-serial", "chardev:con0",
-            "-qmp", f"unix:{state.qmp},server=on,wait=off",
+            "-qmp", f"unix:{qemuopt.path(state.qmp)},server=on,wait=off",
         ]
         for i, vol in enumerate(spec.volumes, start=1):
-            if not vol.path.is_file():
-                raise NotFound(f"no such volume: {vol.path}")
-            cache, aio = vol.cache, vol.aio
-            if (cache == "none" or aio == "native") and not _direct_io(vol.path):
-                LOG.warning("volume %s cannot use O_DIRECT here: using cache=writeback, "
-                            "aio=threads", vol.path)
-                cache, aio = "writeback", "threads"
-            argv += ["-drive", f"file={vol.path},if=none,id=hd{i},format={vol.format},"
-                               f"cache={cache},aio={aio}",
+            argv += ["-drive", self._volume_drive(vol, i),
                      "-device", f"virtio-blk-pci,id=blk{i},drive=hd{i}"]
         argv += self._network(spec, state)
         if spec.private_network:
@@ -302,6 +311,21 @@ class QemuDriver(Driver):
                      "-device", f"virtio-net-pci,netdev=pn0,id=nic2,romfile=,"
                                 f"mac={mac_address(spec.private_mac)}"]
         return argv
+
+    @staticmethod
+    def _volume_drive(vol: Volume, index: int) -> str:
+        """``-drive`` of volume *vol*: its probed format, settings from closed sets."""
+        if vol.format is None:
+            raise CapstanError(f"volume {vol.path} reached the qemu driver unprobed")
+        if not vol.path.is_file():
+            raise NotFound(f"no such volume: {vol.path}")
+        cache, aio = vol.cache, vol.aio
+        if (cache == "none" or aio == "native") and not _direct_io(vol.path):
+            LOG.warning("volume %s cannot use O_DIRECT here: using cache=writeback, "
+                        "aio=threads", vol.path)
+            cache, aio = "writeback", "threads"
+        return qemuopt.join("", {"file": vol.path, "if": "none", "id": f"hd{index}",
+                                 "format": vol.format, "cache": cache, "aio": aio})
 
     def _network(self, spec: InstanceSpec, state: _State) -> list[str]:
         if spec.networking == "none":
@@ -313,24 +337,28 @@ class QemuDriver(Driver):
                 rule = PortForward(port, fwd.guest_port, fwd.protocol, fwd.host_addr)
                 state.forwards.append(rule)
                 state.ports.append(str(rule))
-                netdev += f",hostfwd={fwd.protocol}:{fwd.host_addr}:{port}-:{fwd.guest_port}"
+                netdev += "," + qemuopt.join("", {
+                    "hostfwd": f"{fwd.protocol}:{fwd.host_addr}:{port}-:{fwd.guest_port}"})
             return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=un0,romfile="]
         if spec.forwards:
             raise UsageError(f"port forwards need nat networking, not '{spec.networking}' "
                              "(the guest is reachable on its own address)")
         if spec.networking == "bridge":
-            bridge = spec.bridge or "virbr0"
+            bridge = _interface(spec.bridge or "virbr0")
             if not Path(f"/sys/class/net/{bridge}/bridge").is_dir():
                 raise NotFound(f"no bridge '{bridge}': create it (ip link add {bridge} type "
                                "bridge) or name one with -b")
-            netdev = f"bridge,id=hn0,br={bridge},helper={bridge_helper()}"
+            netdev = qemuopt.join("bridge", {"id": "hn0", "br": bridge,
+                                             "helper": Path(bridge_helper()).absolute()})
         elif spec.networking == "tap":
             if not spec.bridge:
                 raise UsageError("tap networking needs the tap device: -b TAP")
-            if not Path(f"/sys/class/net/{spec.bridge}/tun_flags").is_file():
-                raise NotFound(f"no tap device '{spec.bridge}': create it with "
-                               f"ip tuntap add dev {spec.bridge} mode tap user $USER")
-            netdev = f"tap,id=hn0,ifname={spec.bridge},script=no,downscript=no"
+            tap = _interface(spec.bridge)
+            if not Path(f"/sys/class/net/{tap}/tun_flags").is_file():
+                raise NotFound(f"no tap device '{tap}': create it with "
+                               f"ip tuntap add dev {tap} mode tap user $USER")
+            netdev = qemuopt.join("tap", {"id": "hn0", "ifname": tap, "script": "no",
+                                          "downscript": "no"})
         else:
             raise UsageError(f"networking '{spec.networking}' is not supported by the qemu "
                              "driver (use nat, bridge, tap or none)")

@@ -21,19 +21,19 @@ def test_forward_rules(text: str, expected: PortForward) -> None:
 
 
 @pytest.mark.parametrize(("text", "path", "fmt", "cache"), [
-    ("/v.img", "/v.img", "raw", "writeback"),
+    ("/v.img", "/v.img", None, "writeback"),  # the format is probed when attached
     ("/v.img:format=qcow2:cache=none", "/v.img", "qcow2", "none"),
     (r"/a\:b.img:format=vdi", "/a:b.img", "vdi", "writeback"),
     ("path=/c:d.img:format=raw", "/c:d.img", "raw", "writeback"),
 ])
-def test_volume_specs(text: str, path: str, fmt: str, cache: str) -> None:
+def test_volume_specs(text: str, path: str, fmt: str | None, cache: str) -> None:
     vol = Volume.parse(text)
     assert (vol.path, vol.format, vol.cache) == (Path(path), fmt, cache)
 
 
 def test_volume_defaults_yield_to_the_text() -> None:
-    vol = Volume.parse("/v.img:aio=native", {"format": "qcow2", "aio": "threads"})
-    assert (vol.format, vol.aio) == ("qcow2", "native")
+    vol = Volume.parse("/v.img:aio=native:cache=none", {"format": "qcow2", "aio": "threads"})
+    assert (vol.format, vol.aio, vol.cache) == ("qcow2", "native", "none")
 
 
 def test_mac_addresses() -> None:

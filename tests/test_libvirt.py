@@ -28,7 +28,7 @@ SYSTEM = "qemu:///system"
 
 def test_domain_xml_defines_on_the_test_driver(tmp_path: Path) -> None:
     spec = InstanceSpec(name=f"x{uuid.uuid4().hex[:8]}", image=tmp_path / "i.qcow2",
-                        memory_mib=256, cpus=3, volumes=(Volume(tmp_path / "v.img"),))
+                        memory_mib=256, cpus=3, volumes=(Volume(tmp_path / "v.img", "raw"),))
     xml = domain_xml(spec, domain_type="test", disk={"file": "/d.qcow2"},
                      console_log="/c.log", network="", meta={"image": "/i.qcow2"},
                      forwards=(PortForward(8080, 80),))
