@@ -2,8 +2,8 @@
 
 A download goes to ``<target>.part`` (resumed with HTTP ``Range`` after an
 interruption), is checked against its SHA-256 when one is known, decompressed
-when its bytes are gzip, then renamed into place. A lock per target makes
-concurrent downloads of the same file wait for one another instead of racing.
+when its bytes are gzip, then renamed into place. Callers hold the lock of the
+target (capstan.core.fs.lock), so concurrent downloads wait for one another.
 """
 
 from __future__ import annotations
@@ -13,19 +13,16 @@ import hashlib
 import os
 import queue
 import re
-import shutil
 import sys
-import tempfile
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
+from capstan.core.fs import atomic_output, sha256_of, write_error
 from capstan.errors import InputError, LocalIOError, NotFound, RemoteError
-from capstan.repository import sha256_of
 
 __all__ = ["Artifact", "fetch", "progress_bar", "reason", "session"]
 
@@ -71,34 +68,30 @@ def fetch(artifact: Artifact, target: Path, *, http: Any = None, quiet: bool = F
     With *unpack*, gzip data (found by its magic bytes, whatever the name) is
     stored decompressed: images are published gzipped, packages are not.
 
-    An existing *target* is kept (another process may just have downloaded
-    it). A digest mismatch raises InputError naming both digests, and leaves
-    nothing behind.
+    The caller holds the lock of *target*. An existing *target* is replaced only
+    by verified bytes: a digest mismatch raises InputError naming both digests
+    and leaves nothing behind; an interruption keeps the partial download for
+    the next call to resume.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(_lock_path(target))):
-        if target.exists():
-            return sha256_of(target)
-        part = target.with_name(f".{target.name}.part")
-        if artifact.opener is not None:
-            part.unlink(missing_ok=True)
+    # a stable name, so the next call resumes it; a temporary target's stays one
+    part = target.with_name(f"{'' if target.name.startswith('.') else '.'}{target.name}.part")
+    if artifact.opener is not None:
+        part.unlink(missing_ok=True)
+        try:
             artifact.opener(part)
-            digest = sha256_of(part)
-        else:
-            digest = _http_get(artifact, part, http or session(), quiet)
-        if artifact.sha256 and digest != artifact.sha256:
-            part.unlink()
-            raise InputError(f"{artifact.name}: checksum mismatch: expected sha256 "
-                             f"{artifact.sha256}, got {digest}; the download was discarded")
-        _place(part, target, unpack)
-        return digest
-
-
-def _lock_path(target: Path) -> Path:
-    """The lock of *target*, kept out of the repository's directories."""
-    locks = Path(tempfile.gettempdir()) / f"capstan-locks-{os.getuid()}"
-    locks.mkdir(mode=0o700, exist_ok=True)
-    return locks / (hashlib.sha1(str(target.absolute()).encode()).hexdigest() + ".lock")
+        except OSError as err:
+            part.unlink(missing_ok=True)
+            raise write_error(part, err) from err
+        digest = sha256_of(part)
+    else:
+        digest = _http_get(artifact, part, http or session(), quiet)
+    if artifact.sha256 and digest != artifact.sha256:
+        part.unlink()
+        raise InputError(f"{artifact.name}: checksum mismatch: expected sha256 "
+                         f"{artifact.sha256}, got {digest}; the download was discarded")
+    _place(part, target, unpack)
+    return digest
 
 
 def _http_get(artifact: Artifact, part: Path, http: Any, quiet: bool) -> str:
@@ -188,21 +181,26 @@ def reason(err: Exception) -> str:
 
 
 def _place(part: Path, target: Path, unpack: bool) -> None:
-    """Rename *part* to *target*, gunzipping it first if asked and its bytes are gzip."""
+    """Rename *part* to *target*, gunzipping it first if asked and its bytes are gzip.
+
+    Corrupt gzip data discards *part*; a write error (ENOSPC) keeps the verified
+    *part* and names the file that could not be written."""
     with open(part, "rb") as f:
         gz = unpack and f.read(2) == _GZIP
-    if gz:
-        plain = part.with_name(part.name + ".plain")
-        try:
-            with gzip.open(part, "rb") as src, open(plain, "wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
-        except (OSError, EOFError) as err:
-            plain.unlink(missing_ok=True)
-            part.unlink()
-            raise InputError(f"{target.name}: corrupt gzip data ({err})") from err
-        part.unlink()
-        part = plain
-    os.replace(part, target)
+    if not gz:
+        os.replace(part, target)
+        return
+    with gzip.open(part, "rb") as src, atomic_output(target) as dst:
+        while True:
+            try:
+                block = src.read(_CHUNK)
+            except (OSError, EOFError, zlib.error) as err:
+                part.unlink()
+                raise InputError(f"{target.name}: corrupt gzip data ({err})") from err
+            if not block:
+                break
+            dst.write(block)
+    part.unlink()
 
 
 def progress_bar(total: int | None, label: str, *, done: int = 0,

@@ -241,11 +241,11 @@ def build_mpm(package: Path, output: Path | None = None) -> Path:
             else:
                 raise InputError(f"{path}: unsupported file type (only files, directories "
                                  "and symlinks go into a package)")
-    tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0,
-                                               filename="") as gz:
+    from capstan.core.fs import atomic_output
+
+    with atomic_output(target) as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0,
+                                                     filename="") as gz:
         gz.write(raw.getvalue())
-    tmp.replace(target)
     return target
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -12,10 +14,21 @@ import yaml
 from filelock import FileLock
 
 from capstan.config import Config
+from capstan.core.fs import (
+    atomic_output,
+    atomic_write,
+    lock,
+    publish_dir,
+    sha256_of,
+    sweep,
+    temp_dir,
+    temp_path,
+    write_error,
+)
 from capstan.download import fetch
-from capstan.errors import ImageError, InputError, NotFound
+from capstan.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
 from capstan.remotes import BucketRemote, Found, remotes
-from capstan.repository import LocalRepository, atomic_write, sha256_of
+from capstan.repository import LocalRepository
 
 __all__ = ["ImageRow", "Pulled", "import_base", "list_images", "pull_image", "pull_package",
            "push_image", "push_package", "remove_image", "remove_package", "search"]
@@ -68,51 +81,84 @@ def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = 
     """Download image or loader *name* into the repository (a no-op when present).
 
     Every file must come with a published digest unless *insecure* (then the
-    image is recorded ``verified: false``)."""
+    image is recorded ``verified: false``). Under the image's lock, so concurrent
+    pulls download once and all report the recorded digest. The image and its
+    ``index.yaml`` are staged in a new directory that replaces the old one in one
+    step, once the download is verified."""
     repo = LocalRepository(config.root)
     target = repo.image_file(name, platform)
-    if target.is_file() and not force:
-        return Pulled(name, "image", target, _recorded(repo, name) or sha256_of(target),
-                      "local", "present")
-    sources = remotes(config, s3)
-    hit = None
-    for remote in sources:
-        hit = remote.image(name, platform)
-        if hit:
-            break
-    if hit is None:
-        raise NotFound(f"image {name} is not available in "
-                       f"{', '.join(r.label for r in sources)}")
-    verified = _verified(hit, f"image {name}", insecure)
-    image, *index = hit.files
-    target.parent.mkdir(parents=True, exist_ok=True)
     with repo.lock(name):
-        if force:
-            target.unlink(missing_ok=True)
-        digest = fetch(image, target, quiet=quiet, unpack=True)
+        if target.is_file() and not force:
+            return Pulled(name, "image", target, _recorded(repo, name) or sha256_of(target),
+                          "local", "present")
+        sources = remotes(config, s3)
+        hit = None
+        for remote in sources:
+            hit = remote.image(name, platform)
+            if hit:
+                break
+        if hit is None:
+            raise NotFound(f"image {name} is not available in "
+                           f"{', '.join(r.label for r in sources)}")
+        verified = _verified(hit, f"image {name}", insecure)
+        image, *index = hit.files
+        repo.images.mkdir(parents=True, exist_ok=True)
+        sweep(repo.images)
+        work = repo.images / ".downloads" / name.replace("/", "%")  # ours under the lock
+        downloaded = work / target.name
+        digest = fetch(image, downloaded, quiet=quiet, unpack=True)
         meta: dict[str, object] = {"format_version": "1", "version": "", "description": "",
                                    "build": "", "created": time.strftime("%Y-%m-%d %H:%M")}
         if index:
-            index_file = target.with_name(".index.remote.yaml")
-            index_file.unlink(missing_ok=True)
+            index_file = work / "index.remote.yaml"
             fetch(index[0], index_file, quiet=True)
             try:
                 remote_meta = yaml.safe_load(index_file.read_text()) or {}
             except yaml.YAMLError as err:
-                raise InputError(f"{index[0].url}: malformed index.yaml: {err}") from err
+                raise InputError(f"{index[0].url}: malformed index.yaml: "
+                                 f"{' '.join(str(err).split())}") from err
             finally:
                 index_file.unlink(missing_ok=True)
             if isinstance(remote_meta, dict):
                 meta.update({k: v for k, v in remote_meta.items() if k in meta or
                              k == "platform"})
         meta.update({"sha256": digest, "source": hit.source, "verified": verified})
-        atomic_write(repo.image_dir(name) / "index.yaml",
-                     yaml.safe_dump(meta, sort_keys=False).encode())
+        _publish_image(repo, name, {target.name: downloaded},
+                       yaml.safe_dump(meta, sort_keys=False).encode())
+        shutil.rmtree(work, ignore_errors=True)
     return Pulled(name, "image", target, digest, hit.source, _status(verified))
 
 
 def _status(verified: bool) -> str:
     return "downloaded" if verified else "downloaded (unverified)"
+
+
+def _publish_image(repo: LocalRepository, name: str, files: dict[str, Path],
+                   index: bytes) -> None:
+    """Replace image *name*'s directory by one holding *files* (moved in, by file
+    name), *index* as ``index.yaml``, and what the old one holds for other
+    platforms and nested images. The caller holds the image's lock."""
+    folder = repo.image_dir(name)
+    staged = temp_dir(repo.images / folder.name)
+    try:
+        for file_name, source in files.items():
+            os.replace(source, staged / file_name)
+        atomic_write(staged / "index.yaml", index)
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(folder):
+                if entry.name in files or entry.name == "index.yaml":
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    os.rename(entry.path, staged / entry.name)  # ns/ holds ns/a
+                else:
+                    os.link(entry.path, staged / entry.name, follow_symlinks=False)
+    except OSError as err:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise write_error(folder, err) from err
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    publish_dir(staged, folder)
 
 
 def _recorded(repo: LocalRepository, name: str) -> str:
@@ -128,32 +174,38 @@ def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = F
     """Download package *name* (``.yaml`` and ``.mpm``) into ``<root>/packages``.
 
     Both files must come with a published digest unless *insecure* (then the
-    recorded digest is marked ``unverified``)."""
+    recorded digest is marked ``unverified``). Under the package's lock:
+    concurrent pulls download once. Each file is replaced only by its verified
+    download, the manifest last."""
     packages = config.root / "packages"
     manifest, archive, stamp = _package_files(packages, name)
-    if manifest.is_file() and archive.is_file() and not force:
-        digest = stamp.read_text().split()[0] if stamp.is_file() else sha256_of(archive)
-        return Pulled(name, "package", archive, digest, "local", "present")
-    sources = remotes(config, s3)
-    hit = None
-    for remote in sources:
-        hit = remote.package(name)
-        if hit:
-            break
-    if hit is None:
-        raise NotFound(f"package {name} is not available in "
-                       f"{', '.join(r.label for r in sources)}")
-    verified = _verified(hit, f"package {name}", insecure)
-    yaml_art, mpm_art = hit.files
     packages.mkdir(parents=True, exist_ok=True)
-    with _package_lock(packages, name):
-        if force:
-            for f in (manifest, archive):
-                f.unlink(missing_ok=True)
-        # the archive first: a package "exists" once its manifest does
-        digest = fetch(mpm_art, archive, quiet=quiet)
-        fetch(yaml_art, manifest, quiet=True)
-        atomic_write(stamp, f"{digest}{'' if verified else ' unverified'}\n".encode())
+    with _package_lock(config, name):
+        if manifest.is_file() and archive.is_file() and not force:
+            digest = stamp.read_text().split()[0] if stamp.is_file() else sha256_of(archive)
+            return Pulled(name, "package", archive, digest, "local", "present")
+        sources = remotes(config, s3)
+        hit = None
+        for remote in sources:
+            hit = remote.package(name)
+            if hit:
+                break
+        if hit is None:
+            raise NotFound(f"package {name} is not available in "
+                           f"{', '.join(r.label for r in sources)}")
+        verified = _verified(hit, f"package {name}", insecure)
+        yaml_art, mpm_art = hit.files
+        sweep(packages)
+        new_manifest = temp_path(manifest)
+        try:
+            fetch(yaml_art, new_manifest, quiet=True)
+            digest = fetch(mpm_art, archive, quiet=quiet)
+            atomic_write(stamp, f"{digest}{'' if verified else ' unverified'}\n".encode())
+            os.replace(new_manifest, manifest)  # last: a package "exists" once this does
+        except OSError as err:
+            raise write_error(manifest, err) from err
+        finally:
+            new_manifest.unlink(missing_ok=True)
     return Pulled(name, "package", archive, digest, hit.source, _status(verified))
 
 
@@ -163,7 +215,7 @@ def remove_package(config: Config, name: str) -> None:
     files = _package_files(packages, name)
     if not any(f.exists() for f in files):
         raise NotFound(f"no package {name} in {packages}")
-    with _package_lock(packages, name):
+    with _package_lock(config, name):
         for f in files:  # the manifest first: a package "exists" while both do
             f.unlink(missing_ok=True)
 
@@ -174,9 +226,9 @@ def _package_files(packages: Path, name: str) -> tuple[Path, Path, Path]:
             packages / f"{name}.mpm.sha256")
 
 
-def _package_lock(packages: Path, name: str) -> FileLock:
+def _package_lock(config: Config, name: str) -> FileLock:
     """The lock serialising writers of package *name*."""
-    return FileLock(str(packages / f".{name}.lock"))
+    return lock(config.root, "package", name)
 
 
 def list_images(config: Config) -> list[ImageRow]:
@@ -186,7 +238,8 @@ def list_images(config: Config) -> list[ImageRow]:
     if not repo.images.is_dir():
         return rows
     for index in sorted(repo.images.rglob("*")):
-        if not index.is_file() or index.name.startswith(".") or index.suffix not in (
+        hidden = any(p.startswith(".") for p in index.relative_to(repo.images).parts)
+        if hidden or not index.is_file() or index.suffix not in (
                 ".qemu", ".vbox", ".vmw", ".vhd", ".vhdx", ".gce"):
             continue
         name = index.parent.relative_to(repo.images).as_posix()
@@ -203,14 +256,29 @@ def list_images(config: Config) -> list[ImageRow]:
     return rows
 
 
-def remove_image(config: Config, name: str) -> None:
-    """Delete image *name* (every platform) from the repository."""
+def remove_image(config: Config, name: str, *, force: bool = False) -> list[str]:
+    """Delete image *name* (every platform) from the repository.
+
+    An image that instances are created on is refused unless *force*; the
+    names of those instances (now unable to start) are returned."""
+    from capstan.running import instances_using
+
     repo = LocalRepository(config.root)
     folder = repo.image_dir(name)
     with repo.lock(name):
         if not folder.is_dir():
             raise NotFound(f"no such image: {name} (see 'capstan images')")
-        shutil.rmtree(folder)
+        users = instances_using(config, folder)
+        if users and not force:
+            raise Conflict(f"image {name} is used by instance{'s' * (len(users) > 1)} "
+                           f"{', '.join(users)}: delete them first, or use --force")
+        trash = temp_path(folder)
+        try:
+            os.rename(folder, trash)  # gone in one step, then removed
+        except OSError as err:
+            raise write_error(folder, err) from err
+        shutil.rmtree(trash, ignore_errors=True)
+    return users
 
 
 def search(config: Config, pattern: str = "*", kind: str | None = None,
@@ -233,17 +301,23 @@ def import_base(config: Config, source: Path, name: str, description: str = "",
     read_loader(source)  # refuses anything that is not an OSv loader or image
     repo = LocalRepository(config.root)
     target = repo.image_file(name, "qemu")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    repo.images.mkdir(parents=True, exist_ok=True)
     with repo.lock(name):
-        tmp = target.with_name(f".{target.name}.importing")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
-        digest = sha256_of(target)
-        meta = {"format_version": "1", "version": version, "description": description,
-                "build": "", "created": time.strftime("%Y-%m-%d %H:%M"), "sha256": digest,
-                "source": str(source.absolute())}
-        atomic_write(repo.image_dir(name) / "index.yaml",
-                     yaml.safe_dump(meta, sort_keys=False).encode())
+        sweep(repo.images)
+        copy = temp_path(repo.images / target.name)
+        try:
+            with open(source, "rb") as src, atomic_output(copy) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            digest = sha256_of(copy)
+            meta = {"format_version": "1", "version": version, "description": description,
+                    "build": "", "created": time.strftime("%Y-%m-%d %H:%M"),
+                    "sha256": digest, "source": str(source.absolute())}
+            _publish_image(repo, name, {target.name: copy},
+                           yaml.safe_dump(meta, sort_keys=False).encode())
+        except OSError as err:
+            raise LocalIOError(f"cannot read {source}: {err.strerror}") from err
+        finally:
+            copy.unlink(missing_ok=True)
     return Pulled(name, "image", target, digest, str(source), "imported")
 
 
@@ -285,8 +359,8 @@ def push_package(config: Config, name_or_file: str, url: str) -> Pulled:
 def _publish(bucket: BucketRemote, source: Path, key: str) -> str:
     """Upload *source* and its ``.sha256`` (digest first, so readers can verify)."""
     digest = sha256_of(source)
-    stamp = source.with_name(f".{source.name}.sha256")
-    stamp.write_text(f"{digest}  {source.name}\n")
+    stamp = temp_path(source.with_name(f"{source.name}.sha256"))
+    atomic_write(stamp, f"{digest}  {source.name}\n".encode())
     try:
         bucket.put(stamp, f"{key}.sha256")
     finally:

@@ -2,43 +2,21 @@
 
 ``repository/<name>/<last segment of name>.<platform>`` holds an image and
 ``repository/<name>/index.yaml`` its metadata. Writers hold a per-image file
-lock (``repository/.locks``) and publish files by rename.
+lock (``<root>/locks``) and publish an image directory whole (capstan.core.fs).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from filelock import FileLock
 
-from capstan.errors import LocalIOError, NotFound, UsageError
+from capstan.core.fs import atomic_write, lock, sha256_of
+from capstan.errors import NotFound, UsageError
 
-__all__ = ["LocalRepository", "atomic_write", "sha256_of"]
-
-
-def sha256_of(path: Path) -> str:
-    """The hex SHA-256 of the file at *path*, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write *data* to *path* through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise LocalIOError(f"cannot write {path}: {err.strerror}") from err
+__all__ = ["LocalRepository", "atomic_write", "sha256_of"]  # the last two: older importers
 
 
 class LocalRepository:
@@ -66,9 +44,7 @@ class LocalRepository:
 
     def lock(self, name: str) -> FileLock:
         """The lock serialising writers of image *name*."""
-        locks = self.images / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(locks / (self.check_name(name).replace("/", "%") + ".lock")))
+        return lock(self.root, "image", self.check_name(name))
 
     def resolve(self, ref: str, platform: str = "qemu", kind: str = "image") -> Path:
         """A file path, a repository name or ``probe-loader``, as a file path."""

@@ -14,7 +14,7 @@ from capstan.imagecache import image_facts
 from capstan.repository import LocalRepository
 from capstan.sizes import parse_size
 
-__all__ = ["boot_cmdline", "env_token", "make_spec", "memory_mib"]
+__all__ = ["boot_cmdline", "env_token", "instances_using", "make_spec", "memory_mib"]
 
 _ENV = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\??)=(.*)", re.DOTALL)
 
@@ -103,3 +103,12 @@ def _volume(text: str) -> Volume:
         escaped = str(local.absolute()).replace(":", "\\:")
         vol = Volume.parse(f"{escaped}{rest}", settings(local))
     return attachable(vol)
+
+
+def instances_using(config: Config, folder: Path) -> list[str]:
+    """Names of the QEMU instances whose image lies in *folder* (an image's directory)."""
+    from capstan.drivers.qemu import QemuDriver
+
+    top = folder.resolve()
+    return [inst.name for inst in QemuDriver(config).list()
+            if inst.image and Path(inst.image).resolve().parent == top]

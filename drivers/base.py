@@ -72,6 +72,7 @@ class InstanceState(enum.Enum):
     RUNNING = "running"
     STOPPED = "stopped"
     UNKNOWN = "unknown"
+    DAMAGED = "damaged"  # its state file is unreadable; it can still be stopped and deleted
 
 
 _FORWARD = re.compile(

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 from filelock import FileLock
 
-from capstan.core import qemuopt
+from capstan.core import fs, qemuopt
 from capstan.drivers.base import (
     Driver,
     Instance,
@@ -44,6 +44,8 @@ from capstan.errors import (
     Conflict,
     GuestFailure,
     GuestTimeout,
+    ImageError,
+    InputError,
     NotFound,
     ToolMissing,
     UsageError,
@@ -79,7 +81,9 @@ class _State:
     pid: int | None = None
     created: str = ""
     accel: str = ""
+    creator: str = ""  # fs.process_token() of the run that created it
     forwards: list[PortForward] = field(default_factory=list, repr=False)
+    damaged: bool = field(default=False, repr=False)  # rebuilt from what survives
 
 
 def qmp_execute(sock: str, command: str, timeout: float = 5,
@@ -118,6 +122,14 @@ def _pid_alive(pid: int | None, marker: str) -> bool:
     # the marker is a path, found in argv as QEMU reads it (commas doubled)
     return stat.rsplit(")", 1)[1].split()[0] != "Z" and \
         marker.replace(",", ",,").encode() in cmd
+
+
+def _find_pid(marker: str) -> int | None:
+    """The live process whose argv contains *marker* (a QMP socket path), if any."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _pid_alive(int(entry.name), marker):
+            return int(entry.name)
+    return None
 
 
 def bridge_helper() -> str:
@@ -181,14 +193,12 @@ class QemuDriver(Driver):
 
         Held for milliseconds, so waiters poll every 5 ms (filelock's 50 ms would
         make a fleet's launches queue up behind the ``.ports`` lock)."""
-        locks = self.home / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(locks / f"{name}.lock"), poll_interval=0.005)
+        return fs.lock(self.config.root, "qemu", name, poll_interval=0.005)
 
     def _reserved_ports(self) -> set[tuple[str, int, str]]:
         """(addr, port, proto) of every forward recorded by an instance."""
         taken = set()
-        for state_file in self.home.glob("*/instance.json"):
+        for state_file in self.home.glob("*/instance.json"):  # staged ones included
             with contextlib.suppress(OSError, ValueError, KeyError):
                 for port in json.loads(state_file.read_text())["ports"]:
                     addr_port, rest = port.split("->")
@@ -196,22 +206,43 @@ class QemuDriver(Driver):
                     taken.add((addr, int(host), rest.rsplit("/", 1)[1]))
         return taken
 
-    def _load(self, name: str) -> _State:
-        path = self._dir(name) / "instance.json"
+    def _load(self, name: str, damaged_ok: bool = False) -> _State:
+        """The state of *name*; with *damaged_ok*, a damaged ``instance.json`` gives
+        what can be rebuilt (the QEMU process found by pidfile or QMP socket)."""
+        d = self._dir(name)
+        path = d / "instance.json"
         try:
-            return _State(**json.loads(path.read_text()))
+            state = _State(**json.loads(path.read_text()))
+            if not isinstance(state.name, str) or not isinstance(state.qmp, str) or not (
+                    state.pid is None or isinstance(state.pid, int)):
+                raise TypeError("wrong types")
+            return state
         except FileNotFoundError as err:
             raise NotFound(f"no such instance: {name}") from err
-        except (ValueError, TypeError) as err:
-            raise NotFound(f"instance {name} has a damaged state file: {path}") from err
+        except (ValueError, TypeError, UnicodeDecodeError) as err:
+            if not damaged_ok:
+                raise InputError(f"instance {name} is damaged ({path} is unreadable): "
+                                 f"delete it with 'capstan delete {name}'") from err
+        run = self._run_dir(d)
+        qmp = str(run / "qmp.sock")
+        try:
+            pid: int | None = int((d / "qemu.pid").read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        if not _pid_alive(pid, qmp):
+            pid = _find_pid(qmp)
+        return _State(name=name, image="", image_digest="", disk=str(d / "disk.qcow2"),
+                      argv=[], qmp=qmp, console=str(run / "console.sock"),
+                      console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
+                      pid=pid, damaged=True)
 
-    def _save(self, state: _State) -> None:
-        d = self._dir(state.name)
-        tmp = d / ".instance.json.tmp"
+    def _save(self, state: _State, folder: Path | None = None) -> None:
+        """Write ``instance.json`` into the instance's directory (or *folder*)."""
         data = asdict(state)
         del data["forwards"]  # only needed while creating; ports hold the same facts
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, d / "instance.json")
+        del data["damaged"]
+        fs.atomic_write((folder or self._dir(state.name)) / "instance.json",
+                        json.dumps(data, indent=2).encode(), 0o600)
 
     # -- creation -----------------------------------------------------------
 
@@ -235,42 +266,60 @@ class QemuDriver(Driver):
         return str(wanted)
 
     def create(self, spec: InstanceSpec) -> Instance:
+        """Build the instance in a temporary directory and rename it into place: it
+        appears complete or not at all. An existing instance of that name is
+        replaced unless it runs or another live run has just created it."""
         d = self._dir(spec.name)
         if not spec.image.is_file():
             raise NotFound(f"no such image: {spec.image}")
+        self.home.mkdir(parents=True, exist_ok=True)
         with self._lock(spec.name):
+            fs.sweep(self.home)
             if (d / "instance.json").exists():
-                if self.get(spec.name).state is InstanceState.RUNNING:
-                    raise Conflict(f"instance {spec.name} is already running")
+                self._claimed(self._load(spec.name, damaged_ok=True))
                 self._remove(spec.name)
             elif d.exists():
-                raise Conflict(f"{d} exists but is not a pycapstan instance (made by "
-                               "Capstan?); remove it or choose another name")
-            d.mkdir(parents=True)
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # empty: what a crash of an older version left
+                if d.exists():
+                    raise Conflict(f"{d} exists but is not a pycapstan instance (made by "
+                                   "Capstan?); remove it or choose another name")
+            staged = fs.temp_dir(d)
             try:
-                state = self._prepare(spec, d)
+                state = self._prepare(spec, d, staged)
+                os.rename(staged, d)
             except BaseException:
-                shutil.rmtree(self._run_dir(d), ignore_errors=True)
-                shutil.rmtree(d, ignore_errors=True)
+                shutil.rmtree(staged, ignore_errors=True)
                 raise
         return self._instance(state)
 
-    def _prepare(self, spec: InstanceSpec, d: Path) -> _State:
+    def _claimed(self, state: _State) -> None:
+        """Conflict when instance *state* runs, or another live run created it and
+        has not started it yet: a same-name race has one winner."""
+        if state.pid is None and not state.damaged and state.creator and \
+                state.creator != fs.process_token() and fs.owner_alive(state.creator):
+            raise Conflict(f"instance {state.name} is being started by another run "
+                           f"(process {state.creator.split('-')[0]})")
+        if _pid_alive(state.pid, state.qmp) or _find_pid(state.qmp):
+            raise Conflict(f"instance {state.name} is already running")
+
+    def _prepare(self, spec: InstanceSpec, d: Path, staged: Path) -> _State:
+        """Write the instance *d* into *staged*: paths in its state name *d*."""
         image = spec.image.absolute()
         disk = d / "disk.qcow2"
-        facts = make_overlay(self.config.root, image, spec.cmdline, disk)
+        facts = make_overlay(self.config.root, image, spec.cmdline, staged / disk.name)
         run = self._run_dir(d)
-        run.mkdir(parents=True, exist_ok=True, mode=0o700)
         state = _State(
             name=spec.name, image=str(image), image_digest=facts.sha256, disk=str(disk),
             argv=[], qmp=str(run / "qmp.sock"), console=str(run / "console.sock"),
             console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), accel=self.accelerator(),
+            creator=fs.process_token(),
         )
         with self._lock(".ports"):  # allocation and record, atomic among instances
             state.argv = self._argv(spec, state)
-            self._save(state)
-        self._write_osv_config(spec, state)
+            self._save(state, staged)  # hidden by name from listings, seen by _allocate
+        self._write_osv_config(spec, state, staged)
         return state
 
     @staticmethod
@@ -280,7 +329,7 @@ class QemuDriver(Driver):
         if len(str(d / "console.sock")) < _SOCKET_MAX:
             return d
         base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/capstan-{os.getuid()}")
-        return base / hashlib.sha1(str(d).encode()).hexdigest()[:16]
+        return base / hashlib.sha1(str(d).encode()).hexdigest()[:16]  # made by _launch
 
     def _argv(self, spec: InstanceSpec, state: _State) -> list[str]:
         """QEMU's argv: every value inside an option string escaped (:mod:`qemuopt`)."""
@@ -379,7 +428,7 @@ class QemuDriver(Driver):
                 return port
         raise Conflict(f"no free {fwd.protocol} port on {fwd.host_addr}")
 
-    def _write_osv_config(self, spec: InstanceSpec, state: _State) -> None:
+    def _write_osv_config(self, spec: InstanceSpec, state: _State, folder: Path) -> None:
         d = self._dir(spec.name)
         rules = [{"hostport": str(f.host_port), "guestport": str(f.guest_port)}
                  for f in state.forwards]
@@ -394,7 +443,8 @@ class QemuDriver(Driver):
             "kernelpath": "",
         }
         # JSON is YAML (a subset that Capstan's parser reads): no YAML emitter to load
-        (d / "osv.config").write_text(json.dumps(capstan_view, indent=2) + "\n")
+        fs.atomic_write(folder / "osv.config",
+                        (json.dumps(capstan_view, indent=2) + "\n").encode(), 0o600)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -404,8 +454,11 @@ class QemuDriver(Driver):
     def _launch(self, name: str) -> tuple[_State, subprocess.Popen[bytes]]:
         with self._lock(name):
             state = self._load(name)
-            if _pid_alive(state.pid, state.qmp):
-                raise Conflict(f"instance {name} is already running")
+            self._claimed(state)
+            self._check_image(state)
+            run = Path(state.qmp).parent
+            if run != self._dir(name):
+                fs.private_dir(run)
             for stale in (state.qmp, state.console):
                 Path(stale).unlink(missing_ok=True)
             LOG.debug("qemu argv: %s", state.argv)
@@ -413,9 +466,24 @@ class QemuDriver(Driver):
                 child = subprocess.Popen(state.argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log, start_new_session=True)
             state.pid = child.pid
+            fs.atomic_write(self._dir(name) / "qemu.pid", f"{child.pid}\n".encode(), 0o600)
             self._save(state)
         self._wait_ready(state, child)
         return state, child
+
+    def _check_image(self, state: _State) -> None:
+        """Refuse to boot *state*'s overlay on any image but the one it was made on."""
+        from capstan.imagecache import image_facts
+
+        image = Path(state.image)
+        if not image.is_file():
+            raise NotFound(f"instance {state.name}: its image {image} is gone: delete the "
+                           "instance and run the image again")
+        digest = image_facts(self.config.root, image).sha256
+        if state.image_digest and digest != state.image_digest:
+            raise ImageError(f"instance {state.name} was created on {image} with sha256 "
+                             f"{state.image_digest}, which now has sha256 {digest}: delete "
+                             "the instance and run the image again")
 
     def _wait_ready(self, state: _State, child: subprocess.Popen[bytes],
                     timeout: float = 30) -> None:
@@ -493,7 +561,7 @@ class QemuDriver(Driver):
         return console_verdict(name, console)
 
     def stop(self, name: str, timeout: float = 30) -> Instance:
-        state = self._load(name)
+        state = self._load(name, damaged_ok=True)
         if not _pid_alive(state.pid, state.qmp):
             return self._instance(state)
         with contextlib.suppress(BackendError):
@@ -536,7 +604,7 @@ class QemuDriver(Driver):
             Path(lock.lock_file).unlink(missing_ok=True)
 
     def _remove(self, name: str) -> None:
-        state = self._load(name)
+        state = self._load(name, damaged_ok=True)
         if _pid_alive(state.pid, state.qmp):
             raise Conflict(f"instance {name} is still running")
         for sock in (state.qmp, state.console):
@@ -550,21 +618,24 @@ class QemuDriver(Driver):
 
     def _instance(self, state: _State) -> Instance:
         running = _pid_alive(state.pid, state.qmp)
+        status = InstanceState.RUNNING if running else InstanceState.STOPPED
         return Instance(
             name=state.name, driver=self.name,
-            state=InstanceState.RUNNING if running else InstanceState.STOPPED,
+            state=InstanceState.DAMAGED if state.damaged else status,
             image=state.image, pid=state.pid if running else None,
             ports=tuple(state.ports), image_digest=state.image_digest, created=state.created,
             extra={"accel": state.accel, "console": state.console, "qmp": state.qmp},
         )
 
     def get(self, name: str) -> Instance:
-        return self._instance(self._load(name))
+        return self._instance(self._load(name, damaged_ok=True))
 
     def list(self) -> Iterator[Instance]:
         if not self.home.is_dir():
             return
         for d in sorted(self.home.iterdir()):
+            if d.name.startswith("."):
+                continue  # being created
             if (d / "instance.json").is_file():
                 with contextlib.suppress(NotFound):
                     yield self.get(d.name)

@@ -1,7 +1,9 @@
 """A local HTTP server shaped like GitHub's release API and an S3 bucket listing.
 
 Files are served with Range support; faults can be injected: cut a body after
-some bytes, answer the API with a rate-limit error, corrupt a listing.
+some bytes, hold a body after some bytes until released (a client is then
+mid-download at a known point), answer the API with a rate-limit error,
+corrupt a listing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class State:
     cut_after: dict[str, int] = field(default_factory=dict)  # file -> bytes, once
     corrupt_listing: bool = False
     rate_limited: bool = False
+    hold_after: dict[str, int] = field(default_factory=dict)  # file -> bytes, then wait
+    held: threading.Event = field(default_factory=threading.Event)  # set while holding
+    release: threading.Event = field(default_factory=threading.Event)  # ends the hold
     hits: Counter[str] = field(default_factory=Counter)
     ranges: list[str] = field(default_factory=list)
 
@@ -151,6 +156,13 @@ class RepoServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                hold = state.hold_after.pop(name, None)
+                if hold is not None:  # a client is now mid-download: kill it, or release
+                    self.wfile.write(body[:hold])
+                    self.wfile.flush()
+                    state.held.set()
+                    state.release.wait(60)
+                    body = body[hold:]
                 cut = state.cut_after.pop(name, None)
                 if cut is not None:
                     self.wfile.write(body[:cut])
@@ -169,5 +181,6 @@ class RepoServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.state.release.set()  # a held reply would keep server_close() waiting
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -137,14 +137,17 @@ class PackageImport(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        from capstan.core.fs import atomic_write, lock, sha256_of, sweep
         from capstan.packages import build_mpm, load_manifest
-        from capstan.repository import atomic_write, sha256_of
 
         manifest = load_manifest(parsed_args.package_dir)
-        packages = app_config(self).root / "packages"
+        config = app_config(self)
+        packages = config.root / "packages"
         packages.mkdir(parents=True, exist_ok=True)
-        path = build_mpm(parsed_args.package_dir, packages / f"{manifest.name}.mpm")
-        atomic_write(packages / f"{manifest.name}.yaml", manifest.to_yaml().encode())
+        with lock(config.root, "package", manifest.name):
+            sweep(packages)
+            path = build_mpm(parsed_args.package_dir, packages / f"{manifest.name}.mpm")
+            atomic_write(packages / f"{manifest.name}.yaml", manifest.to_yaml().encode())
         return ("Name", "Path", "SHA256"), (manifest.name, str(path), sha256_of(path))
 
 

@@ -136,6 +136,8 @@ class Rmi(Command):
         parser.add_argument("names", nargs="+", metavar="NAME")
         parser.add_argument("-p", "--hypervisor", metavar="DRIVER",
                             help="delete a cloud driver's image instead (aws)")
+        parser.add_argument("--force", action="store_true",
+                            help="delete an image even if instances are created on it")
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -146,7 +148,11 @@ class Rmi(Command):
             if cloud is not None:
                 cloud.remove_image(name)
             else:
-                remove_image(app_config(self), name)
+                broken = remove_image(app_config(self), name, force=parsed_args.force)
+                if broken:
+                    self.app.stderr.write(f"capstan: warning: instances {', '.join(broken)} "
+                                          f"can no longer start (their image {name} is "
+                                          "gone): delete them\n")
             self.app.stdout.write(f"Deleted image: {name}\n")
         return 0
 

@@ -1,0 +1,183 @@
+"""Files that are whole or absent, whatever kills the process writing them.
+
+Temporary files and directories get unique names that carry their owner's
+process identity (``.capstan-tmp.<pid>-<start time>.<random>.<name>``), so
+:func:`sweep` can remove those whose owner is gone. Writes go to such a name and
+are renamed into place; directories are published by one rename (or an atomic
+exchange with the one they replace). Locks live in ``$CAPSTAN_ROOT/locks``
+(0700), never in a shared directory that another user could create first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from filelock import FileLock
+
+from capstan.errors import LocalIOError
+
+__all__ = ["TEMP_PREFIX", "atomic_output", "atomic_write", "exchange", "lock", "owner_alive",
+           "private_dir", "process_token", "publish_dir", "sha256_of", "sweep", "temp_dir",
+           "temp_path", "write_error"]
+
+TEMP_PREFIX = ".capstan-tmp."
+_RENAME_EXCHANGE = 2
+
+
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of the file at *path*, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_error(path: Path, err: OSError) -> LocalIOError:
+    """The one-line error for a failed write of *path* (ENOSPC included)."""
+    return LocalIOError(f"cannot write {path}: {err.strerror or err}")
+
+
+def process_token(pid: int | None = None) -> str:
+    """``<pid>-<start time>`` of process *pid* (this one by default): unique across
+    PID reuse, since a reused PID has a later start time; ``""`` if it is gone."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return ""
+    return f"{pid}-{fields[19]}" if fields[0] != "Z" else ""
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process that *token* (from :func:`process_token`) names still runs."""
+    pid, _, _ = token.partition("-")
+    return pid.isdigit() and process_token(int(pid)) == token
+
+
+def temp_path(target: Path) -> Path:
+    """A fresh name next to *target* for a file or directory that becomes *target*."""
+    return target.with_name(f"{TEMP_PREFIX}{process_token()}.{secrets.token_hex(6)}."
+                            f"{target.name}")
+
+
+def temp_dir(target: Path) -> Path:
+    """Create a fresh private directory next to *target*, to be published as *target*."""
+    path = temp_path(target)
+    try:
+        path.mkdir(mode=0o700)
+    except OSError as err:
+        raise write_error(path, err) from err
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A binary file that becomes *path* (with *mode*) only if the block succeeds;
+    a write error raises LocalIOError naming *path*."""
+    tmp = temp_path(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # whatever the umask
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, err) from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write *data* to *path* through a unique temporary file and a rename."""
+    with atomic_output(path, mode) as f:
+        f.write(data)
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap *a* and *b* atomically (both must exist; Linux ``renameat2``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
+                      _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(b))
+
+
+def publish_dir(staged: Path, target: Path) -> None:
+    """Make the complete directory *staged* be *target* in one step.
+
+    An existing *target* is swapped out atomically and then removed, so readers
+    see the old directory or the new one, never a mix or nothing."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staged, target)  # also replaces an empty directory
+            return
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        exchange(staged, target)
+    except OSError as err:
+        raise write_error(target, err) from err
+    shutil.rmtree(staged, ignore_errors=True)  # now the old directory
+
+
+def sweep(folder: Path) -> None:
+    """Remove the temporaries in *folder* whose owning process is gone."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(TEMP_PREFIX):
+            continue
+        token = entry.name[len(TEMP_PREFIX):].split(".", 1)[0]
+        if owner_alive(token):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
+def private_dir(path: Path) -> Path:
+    """*path* as a directory that only this user can enter (made 0700 if missing);
+    one that someone else owns or can write is refused."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.lstat()
+    except OSError as err:
+        raise write_error(path, err) from err
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise LocalIOError(f"{path} is not a directory of this user: remove it")
+    if st.st_mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except OSError as err:
+            raise write_error(path, err) from err
+    return path
+
+
+def lock(root: Path, kind: str, name: str, poll_interval: float = 0.05) -> FileLock:
+    """The lock of *name* among *kind* (``image``, ``package``, ...), kept in
+    ``<root>/locks`` (0700). Names may hold ``/``, which the file name encodes."""
+    folder = private_dir(root / "locks")
+    key = name.replace("%", "%25").replace("/", "%2F")
+    return FileLock(str(folder / f"{kind}.{key}.lock"), mode=0o600,
+                    poll_interval=poll_interval)
