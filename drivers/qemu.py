@@ -216,6 +216,9 @@ class QemuDriver(Driver):
             if not isinstance(state.name, str) or not isinstance(state.qmp, str) or not (
                     state.pid is None or isinstance(state.pid, int)):
                 raise TypeError("wrong types")
+            if not _pid_alive(state.pid, state.qmp):  # killed before it recorded the PID?
+                pid = self._pidfile(d)
+                state.pid = pid if _pid_alive(pid, state.qmp) else state.pid
             return state
         except FileNotFoundError as err:
             raise NotFound(f"no such instance: {name}") from err
@@ -225,16 +228,21 @@ class QemuDriver(Driver):
                                  f"delete it with 'capstan delete {name}'") from err
         run = self._run_dir(d)
         qmp = str(run / "qmp.sock")
-        try:
-            pid: int | None = int((d / "qemu.pid").read_text().strip())
-        except (OSError, ValueError):
-            pid = None
+        pid = self._pidfile(d)
         if not _pid_alive(pid, qmp):
             pid = _find_pid(qmp)
         return _State(name=name, image="", image_digest="", disk=str(d / "disk.qcow2"),
                       argv=[], qmp=qmp, console=str(run / "console.sock"),
                       console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
                       pid=pid, damaged=True)
+
+    @staticmethod
+    def _pidfile(d: Path) -> int | None:
+        """The PID in ``qemu.pid`` of instance directory *d*, if any."""
+        try:
+            return int((d / "qemu.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def _save(self, state: _State, folder: Path | None = None) -> None:
         """Write ``instance.json`` into the instance's directory (or *folder*)."""
@@ -563,7 +571,9 @@ class QemuDriver(Driver):
     def stop(self, name: str, timeout: float = 30) -> Instance:
         state = self._load(name, damaged_ok=True)
         if not _pid_alive(state.pid, state.qmp):
-            return self._instance(state)
+            state.pid = _find_pid(state.qmp)  # started by a run killed before any record
+            if state.pid is None:
+                return self._instance(state)
         with contextlib.suppress(BackendError):
             qmp_execute(state.qmp, "system_powerdown")
             if self._wait_exit(state, timeout):

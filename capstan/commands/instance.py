@@ -205,10 +205,10 @@ class _EachInstance(Command):
                 self.act(driver, name, parsed_args)
                 self.app.stdout.write(f"{self.verb} instance: {name}\n")
             except CapstanError as err:
+                if len(parsed_args.names) == 1:
+                    raise  # its one line is the CLI's
                 self.app.stderr.write(f"capstan: {err}\n")
                 failed.append(err)
-        if len(failed) == 1 and len(parsed_args.names) == 1:
-            raise failed[0]
         if failed:
             summary = BackendError(f"{len(failed)} of {len(parsed_args.names)} instances failed")
             summary.exit_code = max(f.exit_code for f in failed)

@@ -81,9 +81,19 @@ def bucket(server: RepoServer, name: str, image: bytes, index: bytes | None = No
     server.state.bucket[f"{name}/{base}.qemu.gz"] = data
     server.state.bucket[f"{name}/{base}.qemu.gz.sha256"] = \
         f"{hashlib.sha256(data).hexdigest()}  {base}.qemu.gz\n".encode()
-    server.state.bucket[f"{name}/index.yaml"] = index or b"format_version: '1'\n" \
-        b"version: v1\ndescription: test image\n"
+    meta = index or b"format_version: '1'\nversion: v1\ndescription: test image\n"
+    server.state.bucket[f"{name}/index.yaml"] = meta
+    server.state.bucket[f"{name}/index.yaml.sha256"] = \
+        f"{hashlib.sha256(meta).hexdigest()}  index.yaml\n".encode()
     return hashlib.sha256(data).hexdigest()
+
+
+def publish_package(server: RepoServer, name: str, archive: bytes) -> None:
+    """Publish package *name* (manifest and archive, with digests) in the bucket."""
+    manifest = f"name: {name}\n".encode()
+    for key, data in ((f"packages/{name}.yaml", manifest), (f"packages/{name}.mpm", archive)):
+        server.state.bucket[key] = data
+        server.state.bucket[f"{key}.sha256"] = f"{hashlib.sha256(data).hexdigest()}\n".encode()
 
 
 def temporaries(top: Path) -> list[Path]:

@@ -22,15 +22,17 @@ from crashkit import (
     can_mount,
     kill9,
     mpm,
+    publish_package,
     spawn,
     states,
     temporaries,
     when,
 )
-from hostile_kit import Sandbox, check
-from repo_server import RepoServer
 
 from capstan.image.loader import probe_loader_path
+
+from hostile_kit import Sandbox, check
+from repo_server import RepoServer
 
 PROBE = probe_loader_path().read_bytes()
 BIG = os.urandom(3 << 20)  # random: gzip keeps it about 3 MiB on the wire
@@ -128,8 +130,7 @@ def test_a_malformed_remote_index_leaves_no_image(cli, server: RepoServer,
 def test_kill_during_a_package_pull_and_the_next_pull_works(cli, server: RepoServer,
                                                            sandbox: Sandbox) -> None:
     archive = mpm("osv.big", os.urandom(3 << 20))
-    server.state.bucket.update({"packages/osv.big.yaml": b"name: osv.big\n",
-                                "packages/osv.big.mpm": archive})
+    publish_package(server, "osv.big", archive)
     server.state.hold_after["packages/osv.big.mpm"] = 1 << 20
     child = spawn("package", "pull", "osv.big")
     when(server.state.held.is_set, child)
@@ -316,8 +317,7 @@ def test_enospc_while_unpacking_a_pulled_image_is_74_and_keeps_the_download(
 
 def test_enospc_while_downloading_a_package_is_74_naming_the_file(
         cli, server: RepoServer, small_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    server.state.bucket.update({"packages/osv.fat.yaml": b"name: osv.fat\n",
-                                "packages/osv.fat.mpm": mpm("osv.fat", os.urandom(3 << 20))})
+    publish_package(server, "osv.fat", mpm("osv.fat", os.urandom(3 << 20)))
     monkeypatch.setenv("CAPSTAN_ROOT", str(small_fs))
     res = cli("package", "pull", "osv.fat")
     check(res, 74, "No space left on device")
@@ -341,7 +341,8 @@ def test_enospc_writing_a_compose_output_is_74_naming_it(cli, tmp_path: Path,
     tree.mkdir()
     (tree / "blob").write_bytes(os.urandom(3 << 20))
     out = small_fs / "app.raw"
-    res = cli("compose", "-l", "probe-loader", "--format", "raw", "-o", out, tree)
+    res = cli("compose", "-l", "probe-loader", "--disk-format", "raw", "-c", "/blob", "-o", out,
+              tree)
     check(res, 74, "No space left on device")
     assert str(out) in res.err
     assert list(small_fs.iterdir()) == []
