@@ -249,6 +249,16 @@ def test_argv_refuses_a_root_with_a_newline(tmp_path: Path,
         golden_argv(Path("/r\noot"), volume, monkeypatch)
 
 
+def test_run_under_a_root_with_a_newline(cli, sandbox: Sandbox, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "ro\not"
+    root.mkdir()
+    monkeypatch.setenv("CAPSTAN_ROOT", str(root))
+    image = raw(tmp_path / "app.img")
+    check(cli("run", "-d", "-i", image, "n1"), 65, "control character")
+    assert not (root / "instances" / "qemu" / "n1").exists()
+
+
 @given(st.text(max_size=40))
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_every_drive_option_is_one_option(name: str) -> None:
@@ -310,6 +320,8 @@ def test_boot_with_commas_in_the_root_and_the_volume(cli, image: Path, sandbox: 
     root = tmp_path / "ro,ot dir,file=x"
     root.mkdir()
     monkeypatch.setenv("CAPSTAN_ROOT", str(root))
+    (tmp_path / "im,age dir").mkdir()
+    image = image.rename(tmp_path / "im,age dir" / "a,pp.qcow2")  # the overlay's backing file
     (tmp_path / "real.img").write_bytes(b"REALDISK" + bytes(1 << 20))
     vol = raw(tmp_path / HOSTILE, b"COMMAVOL")
     done = cli.program("run", "-i", image, "--volume", vol, "--rm", "c1")
