@@ -18,6 +18,9 @@ import pytest
 from capstan.shell import CapstanApp
 
 os.environ.setdefault("CAPSTAN_QEMU_ACCEL", "tcg")
+# Every Python the tests start imports the installed capstan: `python -m` must not put the
+# working directory (the repository root, whose capstan/ lacks drivers and image) first.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 
 @dataclass
