@@ -82,6 +82,7 @@ class _State:
     created: str = ""
     accel: str = ""
     creator: str = ""  # fs.process_token() of the run that created it
+    volumes: list[list[str]] = field(default_factory=list)  # [path, probed format]
     forwards: list[PortForward] = field(default_factory=list, repr=False)
     damaged: bool = field(default=False, repr=False)  # rebuilt from what survives
 
@@ -361,6 +362,7 @@ class QemuDriver(Driver):
         for i, vol in enumerate(spec.volumes, start=1):
             argv += ["-drive", self._volume_drive(vol, i),
                      "-device", f"virtio-blk-pci,id=blk{i},drive=hd{i}"]
+            state.volumes.append([str(vol.path), str(vol.format)])
         argv += self._network(spec, state)
         if spec.private_network:
             group, port = private_segment(spec.private_network)
@@ -464,6 +466,7 @@ class QemuDriver(Driver):
             state = self._load(name)
             self._claimed(state)
             self._check_image(state)
+            self._check_volumes(state)
             run = Path(state.qmp).parent
             if run != self._dir(name):
                 fs.private_dir(run)
@@ -492,6 +495,15 @@ class QemuDriver(Driver):
             raise ImageError(f"instance {state.name} was created on {image} with sha256 "
                              f"{state.image_digest}, which now has sha256 {digest}: delete "
                              "the instance and run the image again")
+
+    @staticmethod
+    def _check_volumes(state: _State) -> None:
+        """Probe *state*'s volumes again: each must still be a standalone image of the
+        format its ``-drive`` names (a file may have been replaced since)."""
+        from capstan.volumes import attachable
+
+        for path, fmt in state.volumes:
+            attachable(Volume(Path(path), fmt))
 
     def _wait_ready(self, state: _State, child: subprocess.Popen[bytes],
                     timeout: float = 30) -> None:

@@ -351,3 +351,17 @@ def test_qcow2_volume_is_attached_as_qcow2(cli, image: Path, sandbox: Sandbox,
     assert "PROBE disk1=4141414141414141" in done.stdout, done.stdout
     check(cli("run", "-i", image, "--volume", f"{vol}:format=raw", "q2"), 65,
           "is a qcow2 image, not raw")
+
+
+@pytest.mark.functional
+def test_volume_replaced_before_a_restart_is_probed_again(cli, image: Path, sandbox: Sandbox,
+                                                          tmp_path: Path) -> None:
+    vol = tmp_path / "v.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", vol, "1M")
+    assert cli("run", "-d", "-i", image, "-e", "/x @hold", "--volume", vol, "r1").code == 0
+    assert cli("stop", "r1").code == 0
+    vol.unlink()
+    qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", sandbox.victim, vol)
+    check(cli("start", "r1"), 65, "backing file")
+    raw(vol)
+    check(cli("start", "r1"), 65, "is a raw image, not qcow2")
