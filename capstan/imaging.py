@@ -117,17 +117,23 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
         def pull(pkg: str) -> None:
             pull_package(config, pkg, s3=s3, quiet=True)
 
+    pins: list[bytes] = []  # capstan.lock's new text, written once the image is
     with tempfile.TemporaryDirectory(prefix="capstan-collect-") as tmp:
         collected = collect(package, config.root, Path(tmp) / "mpm-pkg", require, pull=pull,
-                            check=lambda resolved: _check_lock(package, resolved))
+                            check=lambda resolved: pins.append(_check_lock(package, resolved)))
         for path, earlier, later in collected.collisions:
             LOG.warning("%s from %s replaces the one from %s", path, later, earlier)
         if fs == "zfs":
-            return _compose_zfs(config, collected, name, output, loader, text, size,
-                                disk_format, update), collected
-        result = compose_tree(config, collected.tree, name=name, output=output,
-                              loader=loader, command_line=text, size=size,
-                              disk_format=disk_format)
+            result = _compose_zfs(config, collected, name, output, loader, text, size,
+                                  disk_format, update)
+        else:
+            result = compose_tree(config, collected.tree, name=name, output=output,
+                                  loader=loader, command_line=text, size=size,
+                                  disk_format=disk_format)
+    if pins:
+        from capstan.core.fs import atomic_write
+
+        atomic_write(package / "capstan.lock", pins[-1])
     return result, collected
 
 
@@ -154,11 +160,10 @@ def _compose_zfs(config: Config, collected: Collected, name: str | None, output:
         directories=0, symlinks=0, file_bytes=0)
 
 
-def _check_lock(package: Path, resolved: Sequence[Resolved]) -> None:
-    """Pin every resolved package in ``capstan.lock``; a changed one is refused."""
+def _check_lock(package: Path, resolved: Sequence[Resolved]) -> bytes:
+    """Refuse a resolved package that ``capstan.lock`` pins at another digest; the
+    lock file's new text, pinning every resolved package."""
     import yaml
-
-    from capstan.repository import atomic_write
 
     lock = package / "capstan.lock"
     now = {p.name: {"version": p.version, "sha256": p.sha256} for p in resolved}
@@ -173,5 +178,4 @@ def _check_lock(package: Path, resolved: Sequence[Resolved]) -> None:
                 raise InputError(f"{lock} pins {pkg} at sha256 {entry.get('sha256')} but the "
                                  f"repository has {have['sha256']}: pull the pinned package, "
                                  "or delete capstan.lock to accept the new one")
-    atomic_write(lock, yaml.safe_dump({"lock_version": 1, "packages": now},
-                                      sort_keys=True).encode())
+    return yaml.safe_dump({"lock_version": 1, "packages": now}, sort_keys=True).encode()

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlparse
 
 from capstan.config import Config
+from capstan.core.fs import atomic_output
 from capstan.download import Artifact, reason, session
 from capstan.errors import CapstanError, InputError, NotFound, RemoteError, UsageError
 from capstan.repository import atomic_write
@@ -350,9 +351,8 @@ class BucketRemote(Remote):
         if self.scheme == "file":
             target = self.dir / key
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.uploading")
-            shutil.copyfile(source, tmp)
-            tmp.replace(target)
+            with open(source, "rb") as src, atomic_output(target) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
         elif self.scheme == "s3":
             from botocore.exceptions import BotoCoreError, ClientError
 

@@ -357,3 +357,25 @@ def test_enospc_importing_a_base_image_is_74_naming_the_image(
     check(res, 74, "No space left on device")
     assert "big.qemu" in res.err and str(big) not in res.err
     assert temporaries(small_fs) == [] and "me/big" not in images(cli)
+
+
+# -- package compose ------------------------------------------------------------------
+
+def test_a_failed_package_compose_writes_no_capstan_lock(cli, tmp_path: Path,
+                                                         sandbox: Sandbox) -> None:
+    boot = _package(tmp_path, "osv.bootstrap")
+    (boot / "etc").mkdir()
+    (boot / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    assert cli("package", "import", "-C", boot).code == 0
+    app = _package(tmp_path, "app.locked")
+    (app / "hello").write_text("hi")
+    (app / "meta" / "run.yaml").write_text("runtime: native\nconfig_set:\n  default:\n"
+                                           "    bootcmd: /hello\n")
+    res = cli("package", "compose", "-C", app, "-l", "no-such-loader", "-o",
+              tmp_path / "out.qcow2")
+    check(res, 65, "no-such-loader")
+    assert not (app / "capstan.lock").exists()
+    res = cli("package", "compose", "-C", app, "-l", "probe-loader", "-o",
+              tmp_path / "out.qcow2")
+    assert res.code == 0, res.err
+    assert "osv.bootstrap" in (app / "capstan.lock").read_text()
