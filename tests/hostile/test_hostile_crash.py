@@ -379,3 +379,19 @@ def test_a_failed_package_compose_writes_no_capstan_lock(cli, tmp_path: Path,
               tmp_path / "out.qcow2")
     assert res.code == 0, res.err
     assert "osv.bootstrap" in (app / "capstan.lock").read_text()
+
+
+def test_replacing_an_image_keeps_the_images_nested_in_its_namespace(
+        cli, tmp_path: Path, sandbox: Sandbox) -> None:
+    loader = tmp_path / "l.raw"
+    loader.write_bytes(PROBE)
+    assert cli("base", "import", loader, "--name", "me/inner").code == 0
+    assert cli("base", "import", loader, "--name", "me").code == 0
+    loader.write_bytes(PROBE + bytes(512))
+    assert cli("base", "import", loader, "--name", "me").code == 0  # replaces 'me' whole
+    found = images(cli)
+    assert {"me", "me/inner"} <= set(found)
+    assert found["me"]["SHA256"] == hashlib.sha256(PROBE + bytes(512)).hexdigest()
+    assert found["me/inner"]["SHA256"] == hashlib.sha256(PROBE).hexdigest()
+    check(cli("rmi", "me/nothing"), 65, "no such image")
+    assert temporaries(sandbox.root) == []
