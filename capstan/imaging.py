@@ -25,7 +25,7 @@ LOG = logging.getLogger(__name__)
 PLATFORM_OF = {
     DiskFormat.QCOW2: "qemu", DiskFormat.RAW: "qemu", DiskFormat.VDI: "vbox",
     DiskFormat.VMDK: "vmw", DiskFormat.VMDK_STREAM: "vmw", DiskFormat.VMDK_FLAT: "vmw",
-    DiskFormat.VHD: "vhd", DiskFormat.VHDX: "vhdx",
+    DiskFormat.VHD: "vhd", DiskFormat.VHDX: "vhdx", DiskFormat.GCE: "gce",
 }
 DEFAULT_BOOT = "runscript /run/default;"
 

@@ -15,9 +15,10 @@ from capstan.errors import CommandFailed, ImageError, UsageError
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["DiskFormat", "ImageInfo", "convert", "info", "read_range"]
+__all__ = ["DiskFormat", "ImageInfo", "convert", "gce_tarball", "info", "read_range"]
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 
 class DiskFormat(enum.Enum):
@@ -31,6 +32,7 @@ class DiskFormat(enum.Enum):
     VDI = ("vdi", "vdi", (), "vdi")
     VHD = ("vhd", "vpc", ("subformat=fixed", "force_size=on"), "vhd")
     VHDX = ("vhdx", "vhdx", (), "vhdx")
+    GCE = ("gce", "raw", (), "tar.gz")  # disk.raw in a sparse GNU tar, gzipped
 
     def __init__(self, label: str, driver: str, options: tuple[str, ...],
                  suffix: str) -> None:
@@ -52,8 +54,8 @@ class DiskFormat(enum.Enum):
 
     @property
     def alignment(self) -> int:
-        """The virtual-size granularity this format needs (VHD: 1 MiB)."""
-        return MIB if self is DiskFormat.VHD else 512
+        """The virtual-size granularity this format needs (VHD: 1 MiB, GCE: 1 GiB)."""
+        return {DiskFormat.VHD: MIB, DiskFormat.GCE: GIB}.get(self, 512)
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,37 @@ def info(path: Path, fmt: str | None = None) -> ImageInfo:
 
 def convert(source: Path, target: Path, fmt: DiskFormat, source_fmt: str = "raw") -> None:
     """Convert *source* to *target* in *fmt*."""
+    if fmt is DiskFormat.GCE:
+        _convert_gce(source, target, source_fmt)
+        return
     argv = ["qemu-img", "convert", "-f", source_fmt, "-O", fmt.driver]
     if fmt.options:
         argv += ["-o", ",".join(fmt.options)]
     proc.run([*argv, str(source), str(target)])
+
+
+def _convert_gce(source: Path, target: Path, source_fmt: str) -> None:
+    """*source* as a GCE tarball: raw, its size rounded up to whole GiB, then tarred."""
+    if source_fmt == "raw" and source.name == "disk.raw" and source.stat().st_size % GIB == 0:
+        gce_tarball(source, target)
+        return
+    with tempfile.TemporaryDirectory(prefix=".capstan-gce-", dir=target.parent) as tmp:
+        raw = Path(tmp) / "disk.raw"
+        proc.run(["qemu-img", "convert", "-q", "-f", source_fmt, "-O", "raw", str(source),
+                  str(raw)])
+        size = raw.stat().st_size
+        os.truncate(raw, -(-size // GIB) * GIB)
+        gce_tarball(raw, target)
+
+
+def gce_tarball(raw: Path, target: Path) -> None:
+    """Write the ``.tar.gz`` Compute Engine imports: the file *raw* (named ``disk.raw``,
+    a whole number of GiB) as the only member, sparse, in the oldgnu format GCE documents."""
+    if raw.name != "disk.raw":
+        raise ValueError("a GCE tarball holds a file named disk.raw")
+    proc.run(["tar", "--format=oldgnu", "--sparse", "--gzip", "--create",
+              "--owner=0", "--group=0", "--numeric-owner", "--mode=0644", "--mtime=@0",
+              f"--file={target}", f"--directory={raw.parent}", "--", "disk.raw"])
 
 
 def read_range(path: Path, fmt: str, target: Path, start: int, length: int) -> None:

@@ -267,18 +267,23 @@ class ImageConvert(ShowOne):
         target: Path = parsed_args.output
         with publishing(target) as tmp:
             formats.convert(source, tmp / target.name, parsed_args.disk_format, source_fmt)
+        if parsed_args.disk_format is formats.DiskFormat.GCE:  # a tarball: describe its disk
+            size = formats.info(source, source_fmt).virtual_size
+            return _show(formats.ImageInfo(target, "gce", -(-size // formats.GIB) * formats.GIB,
+                                           target.stat().st_size, None))
         return _show(formats.info(target, parsed_args.disk_format.driver))
 
 
 class ImageExport(ShowOne):
-    """Export an image for other hypervisors (--disk-format ova: OVF + VMDK + manifest)"""
+    """Export an image for other hypervisors (ova: OVF + VMDK + manifest; gce: disk.raw tar)"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         _add_image(parser)
         parser.add_argument("-o", "--output", type=Path, required=True, help="file to write")
-        parser.add_argument("--disk-format", default="ova", choices=("ova",),
-                            help="package format (ova)")
+        parser.add_argument("--disk-format", default="ova", choices=("ova", "gce"),
+                            help="package format (ova; gce: the .tar.gz Compute Engine "
+                                 "imports)")
         parser.add_argument("--name", help="VM name in the descriptor (default: the file's)")
         parser.add_argument("-m", "--memory", default="1G", help="memory of the VM (1G)")
         parser.add_argument("--cpus", type=int, default=2, help="vCPUs (2)")
@@ -295,6 +300,14 @@ class ImageExport(ShowOne):
         mib = memory_mib(parsed_args.memory)
         with _open_image(self, parsed_args.image) as img:
             source, source_fmt = img.path, img.format
+            if parsed_args.disk_format == "gce":
+                from capstan.image.formats import GIB, DiskFormat, convert, info
+
+                with publishing(target) as tmp:
+                    convert(source, tmp / target.name, DiskFormat.GCE, source_fmt)
+                size = info(source, source_fmt).virtual_size
+                return (("Path", "Capacity", "Members"),
+                        (str(target), -(-size // GIB) * GIB, "disk.raw"))
             with publishing(target) as tmp, tempfile.TemporaryDirectory(
                     prefix=".capstan-ova-", dir=target.parent) as parts:
                 result = export_ova(source, source_fmt, tmp / target.name, Path(parts),
