@@ -53,6 +53,11 @@ class DiskFormat(enum.Enum):
         raise UsageError(f"unknown disk format '{text}' (choose from {names})")
 
     @property
+    def archive(self) -> bool:
+        """Whether this is an archive around a raw disk (GCE) rather than a disk QEMU opens."""
+        return self is DiskFormat.GCE
+
+    @property
     def alignment(self) -> int:
         """The virtual-size granularity this format needs (VHD: 1 MiB, GCE: 1 GiB)."""
         return {DiskFormat.VHD: MIB, DiskFormat.GCE: GIB}.get(self, 512)

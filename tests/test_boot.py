@@ -13,7 +13,7 @@ from guest import boot, expected_report
 pytestmark = pytest.mark.functional
 
 
-@pytest.mark.parametrize("fmt", [f.label for f in DiskFormat])
+@pytest.mark.parametrize("fmt", [f.label for f in DiskFormat if not f.archive])
 def test_every_format_boots_and_matches(cli, app_tree: Path, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / f"disk.{DiskFormat.parse(fmt).suffix}"
     result = cli("compose", "-l", "probe-loader", "--disk-format", fmt, "-o", out, app_tree)

@@ -82,7 +82,7 @@ def test_compose_is_reproducible(cli, app_tree: Path, tmp_path: Path) -> None:
         assert sha256(a) == sha256(b)
 
 
-@pytest.mark.parametrize("fmt", [f.label for f in DiskFormat])
+@pytest.mark.parametrize("fmt", [f.label for f in DiskFormat if not f.archive])
 def test_ls_and_cat_return_the_input_tree(cli, app_tree: Path, tmp_path: Path,
                                           fmt: str) -> None:
     out = tmp_path / f"img.{fmt}"

@@ -267,7 +267,7 @@ class ImageConvert(ShowOne):
         target: Path = parsed_args.output
         with publishing(target) as tmp:
             formats.convert(source, tmp / target.name, parsed_args.disk_format, source_fmt)
-        if parsed_args.disk_format is formats.DiskFormat.GCE:  # a tarball: describe its disk
+        if parsed_args.disk_format.archive:  # a tarball: describe the disk inside
             size = formats.info(source, source_fmt).virtual_size
             return _show(formats.ImageInfo(target, "gce", -(-size // formats.GIB) * formats.GIB,
                                            target.stat().st_size, None))
