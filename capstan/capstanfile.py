@@ -2,21 +2,21 @@
 
 Capstan boots its base image in a VM and uploads the files over cpio; pycapstan
 builds the same image on the host: the base's own files (when the base is a
-composed image) and the Capstanfile's ``rootfs`` and ``files`` are merged in a
-staging tree and composed onto the base's loader with a ROFS.
+composed image) and the Capstanfile's ``rootfs`` and ``files`` are merged in an
+in-memory tree (nothing is copied) and composed onto the base's loader with a ROFS.
 """
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from capstan.config import Config
 from capstan.errors import CommandFailed, ImageError, InputError, NotFound, UsageError
+from capstan.image.tree import Tree, collect, guest_path
 from capstan.yamlfile import load_strict
 
 __all__ = ["Capstanfile", "build", "init", "load"]
@@ -84,7 +84,7 @@ def build(config: Config, project: Path, name: str | None = None,
           output: Path | None = None) -> Any:
     """Run the build command and compose the image into the repository (or *output*)."""
     from capstan.image.inspect import OsvImage
-    from capstan.imaging import compose_tree
+    from capstan.imaging import compose_entries
     from capstan.repository import LocalRepository
 
     spec = load(project / "Capstanfile")
@@ -96,47 +96,31 @@ def build(config: Config, project: Path, name: str | None = None,
             raise CommandFailed(["sh", "-c", spec.build], done.returncode,
                                 tail[-1] if tail else "")
     base = LocalRepository(config.root).resolve(spec.base, kind="loader")
-    with tempfile.TemporaryDirectory(prefix="capstan-build-") as tmp:
-        stage = Path(tmp)
+    files = Tree()
+    with contextlib.ExitStack() as stack:
         try:
-            with OsvImage(base) as img:
-                if img.partition is not None:
-                    _extract(img, stage)
+            img = stack.enter_context(OsvImage(base))
+            inherited = img.entries() if img.partition is not None else []
         except ImageError:
-            pass  # a bare loader: nothing to inherit
+            inherited = []  # a bare loader: nothing to inherit
+        for entry in inherited:
+            files.add(entry, f"{base}")
         rootfs = project / (spec.rootfs or "ROOTFS")
         if spec.rootfs and not rootfs.is_dir():
             raise NotFound(f"{spec.path}: rootfs: {rootfs} does not exist")
         if rootfs.is_dir():
-            shutil.copytree(rootfs, stage, symlinks=True, dirs_exist_ok=True)
+            for entry in collect(rootfs):
+                files.add(entry, f"{spec.path}: rootfs")
         for guest, host in spec.files.items():
             if not guest.startswith("/"):
                 raise UsageError(f"{spec.path}: files: '{guest}' must be an absolute guest path")
+            where = f"{spec.path}: files: {guest}"
+            guest = guest_path(guest.rstrip("/") or "/", where)
             source = project / host.replace("&", guest.rsplit("/", 1)[-1])
             if not source.exists():
                 raise NotFound(f"{spec.path}: files: {source}: no such file or directory")
-            target = stage / guest.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if source.is_dir():
-                shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
-            else:
-                shutil.copy2(source, target)
+            for entry in collect(source if source.is_dir() else source.resolve(), guest):
+                files.add(entry, where)
         image_name = None if output else (name or project.absolute().name)
-        return compose_tree(config, stage, name=image_name, output=output, loader=str(base),
-                            command_line=spec.cmdline)
-
-
-def _extract(img: Any, stage: Path) -> None:
-    """Copy every file, directory and symlink of *img*'s ROFS into *stage*."""
-    for item in img.items("/"):
-        target = stage / item.path.lstrip("/")
-        if item.kind == "dir":
-            target.mkdir(parents=True, exist_ok=True)
-        elif item.kind == "symlink":
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(item.target)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb") as f:
-                for chunk in img.read(item.path):
-                    f.write(chunk)
+        return compose_entries(config, files.entries(), name=image_name, output=output,
+                               loader=str(base), command_line=spec.cmdline)

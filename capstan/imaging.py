@@ -12,13 +12,15 @@ from capstan.errors import InputError, LocalIOError, UsageError
 from capstan.image import cmdline, compose, tree
 from capstan.image.formats import DiskFormat
 from capstan.image.loader import read_loader
+from capstan.image.rofs import Entry
 from capstan.repository import LocalRepository
 
 if TYPE_CHECKING:
-    from capstan.packages import Collected, Resolved
+    from capstan.packages import Merged, Resolved
     from capstan.runtimes import RunConfig
 
-__all__ = ["PLATFORM_OF", "compose_package", "compose_tree", "package_cmdline"]
+__all__ = ["PLATFORM_OF", "compose_entries", "compose_package", "compose_tree",
+           "package_cmdline"]
 
 LOG = logging.getLogger(__name__)
 
@@ -43,12 +45,29 @@ def compose_tree(
     base_files: bool = True,
 ) -> compose.ComposeResult:
     """Compose the tree (or file) *source* into image *name* or file *output*."""
+    return compose_entries(config, tree.collect(source), name=name, output=output,
+                           loader=loader, command_line=command_line, size=size,
+                           disk_format=disk_format, base_files=base_files)
+
+
+def compose_entries(
+    config: Config,
+    entries: Sequence[Entry],
+    *,
+    name: str | None = None,
+    output: Path | None = None,
+    loader: str | None = None,
+    command_line: str | None = None,
+    size: int = 0,
+    disk_format: DiskFormat | None = None,
+    base_files: bool = True,
+) -> compose.ComposeResult:
+    """Compose *entries* (an in-memory tree) into image *name* or file *output*."""
     if (name is None) == (output is None):
         raise UsageError("give either an image name or --output FILE")
     fmt = disk_format or DiskFormat.parse(config.disk_format)
     repo = LocalRepository(config.root)
     ld = read_loader(repo.resolve(loader or config.loader, kind="loader"))
-    entries = tree.collect(source)
     if base_files:
         entries = tree.with_base(entries)
     if command_line is None:
@@ -98,14 +117,12 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
                     disk_format: DiskFormat | None = None, fs: str = "rofs",
                     require: Sequence[str] = (), pull_missing: bool = False,
                     s3: bool = False, update: bool = False
-                    ) -> tuple[compose.ComposeResult, Collected]:
-    """Collect *package* with its dependencies and compose the merged tree.
+                    ) -> tuple[compose.ComposeResult, Merged]:
+    """Merge *package* with its dependencies in memory and compose the merged tree.
 
     *update* applies to ZFS images only (uploading just what changed); ROFS
     images are always rebuilt, which takes less time than booting a VM."""
-    import tempfile
-
-    from capstan.packages import collect, load_manifest, load_run
+    from capstan.packages import load_manifest, load_run, merge
 
     manifest = load_manifest(package)
     run = load_run(package, manifest.name)
@@ -118,27 +135,26 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
             pull_package(config, pkg, s3=s3, quiet=True)
 
     pins: list[bytes] = []  # capstan.lock's new text, written once the image is
-    with tempfile.TemporaryDirectory(prefix="capstan-collect-") as tmp:
-        collected = collect(package, config.root, Path(tmp) / "mpm-pkg", require, pull=pull,
-                            check=lambda resolved: pins.append(_check_lock(package, resolved)))
-        for path, earlier, later in collected.collisions:
-            LOG.warning("%s from %s replaces the one from %s", path, later, earlier)
-        if fs == "zfs":
-            result = _compose_zfs(config, collected, name, output, loader, text, size,
-                                  disk_format, update)
-        else:
-            result = compose_tree(config, collected.tree, name=name, output=output,
-                                  loader=loader, command_line=text, size=size,
-                                  disk_format=disk_format)
+    merged = merge(package, config.root, require, pull=pull,
+                   check=lambda resolved: pins.append(_check_lock(package, resolved)))
+    for path, earlier, later in merged.collisions:
+        LOG.warning("%s from %s replaces the one from %s", path, later, earlier)
+    entries = merged.tree.entries()
+    if fs == "zfs":
+        result = _compose_zfs(config, entries, name, output, loader, text, size,
+                              disk_format, update)
+    else:
+        result = compose_entries(config, entries, name=name, output=output, loader=loader,
+                                 command_line=text, size=size, disk_format=disk_format)
     if pins:
         from capstan.core.fs import atomic_write
 
         atomic_write(package / "capstan.lock", pins[-1])
-    return result, collected
+    return result, merged
 
 
-def _compose_zfs(config: Config, collected: Collected, name: str | None, output: Path | None,
-                 loader: str | None, text: str, size: int,
+def _compose_zfs(config: Config, entries: Sequence[Entry], name: str | None,
+                 output: Path | None, loader: str | None, text: str, size: int,
                  disk_format: DiskFormat | None, update: bool) -> compose.ComposeResult:
     from capstan.image.inspect import OsvImage
     from capstan.zfsbuild import compose_zfs
@@ -146,7 +162,6 @@ def _compose_zfs(config: Config, collected: Collected, name: str | None, output:
     repo = LocalRepository(config.root)
     target = output or repo.image_file(str(name), "qemu")
     target.parent.mkdir(parents=True, exist_ok=True)
-    entries = tree.collect(collected.tree)
     uploaded = compose_zfs(config, entries, loader or "osv-loader-with-zfs", target, text,
                            size, disk_format, update=update)
     LOG.info("uploaded %d of %d entries into %s", uploaded, len(entries), target)

@@ -2,7 +2,9 @@
 
 Formats per Capstan (reference 6.2, 6.8, 8, 9). Archives are written
 reproducibly (sorted members, uid/gid 0, mtime ``SOURCE_DATE_EPOCH`` or 0,
-gzip without a timestamp) and read safely (no member may escape the target).
+gzip without a timestamp) and read as a stream with caps on expansion, member count and
+member size; no member may escape the package. A compose merges the packages into an
+in-memory :class:`~capstan.image.tree.Tree` whose files point into the archives.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import re
 import shutil
 import stat
 import tarfile
+import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +26,24 @@ from typing import Any
 
 import yaml
 
-from capstan.errors import Conflict, InputError, NotFound, UsageError
+from capstan.core.fs import atomic_output
+from capstan.core.limits import CappedReader, expansion_limit
+from capstan.errors import Conflict, InputError, LocalIOError, NotFound, UsageError
+from capstan.image.rofs import DirEntry, FileEntry, SymlinkEntry
+from capstan.image.sources import Extent, open_host
+from capstan.image.tree import Tree, guest_path, host_entry, materialise
 from capstan.repository import sha256_of
 from capstan.runtimes import RunConfig, boot_command, parse_run
 from capstan.yamlfile import load_strict
 
-__all__ = ["Collected", "Manifest", "build_mpm", "collect", "ignore_rules", "load_manifest",
-           "read_mpm", "resolve"]
+__all__ = ["Collected", "Manifest", "Merged", "build_mpm", "collect", "ignore_rules",
+           "load_manifest", "merge", "read_mpm", "resolve"]
 
 BOOTSTRAP = "osv.bootstrap"
 MAX_MEMBER = 4 << 30
+MAX_MEMBERS = 100_000
+MAX_META = 1 << 20  # meta/package.yaml, meta/run.yaml, and any tar extended header
+_META = ("meta/package.yaml", "meta/run.yaml")
 _KEYS = ("name", "title", "author", "version", "require", "binary", "created", "platform",
          "constraints")
 _VERSION = re.compile(r"\d{1,3}(\.\d{1,3}){0,2}")
@@ -222,31 +234,31 @@ def build_mpm(package: Path, output: Path | None = None) -> Path:
              _ignore_regex("/" + target.name), _ignore_regex("/.git"),
              _ignore_regex("/volumes")]
     mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        tar.addfile(_info("/", tarfile.DIRTYPE, 0o755, mtime))
-        for rel, path in _walk(package, rules):
-            st = path.lstat()
-            if stat.S_ISDIR(st.st_mode):
-                tar.addfile(_info(rel + "/", tarfile.DIRTYPE, st.st_mode, mtime))
-            elif stat.S_ISLNK(st.st_mode):
-                info = _info(rel, tarfile.SYMTYPE, st.st_mode, mtime)
-                info.linkname = os.readlink(path)
-                tar.addfile(info)
-            elif stat.S_ISREG(st.st_mode):
-                info = _info(rel, tarfile.REGTYPE, st.st_mode, mtime)
-                info.size = st.st_size
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                raise InputError(f"{path}: unsupported file type (only files, directories "
-                                 "and symlinks go into a package)")
-    from capstan.core.fs import atomic_output
-
+    found = _walk(package, rules)  # before the temporary file exists
     with atomic_output(target) as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0,
                                                      filename="") as gz:
-        gz.write(raw.getvalue())
+        _write_tar(gz, found, mtime)  # type: ignore[arg-type]
     return target
+
+
+def _write_tar(out: io.RawIOBase, found: Sequence[tuple[str, Path]], mtime: int) -> None:
+    """The tar stream of *found* (relative name, path) into *out*, files streamed."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(_info("/", tarfile.DIRTYPE, 0o755, mtime))
+        for rel, path in found:
+            st = path.lstat()
+            entry = host_entry(path, rel, st) if not stat.S_ISDIR(st.st_mode) else None
+            if entry is None:
+                tar.addfile(_info(rel + "/", tarfile.DIRTYPE, st.st_mode, mtime))
+            elif isinstance(entry, SymlinkEntry):
+                info = _info(rel, tarfile.SYMTYPE, st.st_mode, mtime)
+                info.linkname = entry.target
+                tar.addfile(info)
+            else:
+                info = _info(rel, tarfile.REGTYPE, st.st_mode, mtime)
+                info.size = st.st_size
+                with open_host(path) as f:
+                    tar.addfile(info, f)
 
 
 def _info(name: str, kind: bytes, mode: int, mtime: int) -> tarfile.TarInfo:
@@ -259,55 +271,119 @@ def _info(name: str, kind: bytes, mode: int, mtime: int) -> tarfile.TarInfo:
     return info
 
 
+@dataclass(frozen=True)
+class Member:
+    """One member of an ``.mpm``: *name* relative to the package root, *offset* of its
+    data in the (decompressed) tar stream."""
+
+    name: str
+    kind: str  # "dir", "file" or "symlink"
+    mode: int
+    size: int
+    linkname: str
+    offset: int
+
+
 @dataclass
 class Archive:
-    """A package archive read into memory (members by normalised name)."""
+    """What an ``.mpm`` holds: its metadata and its members (contents stay in the file)."""
 
     path: Path
     manifest: Manifest | None
     run_yaml: Any
-    members: list[tarfile.TarInfo]
-    data: dict[str, bytes]
+    members: list[Member]
+    gzip: bool
+    data: dict[str, bytes]  # meta/package.yaml and meta/run.yaml
+
+    def entries(self) -> list[FileEntry | SymlinkEntry | DirEntry]:
+        """The members outside ``meta/`` as image entries, files pointing into the archive."""
+        out: list[FileEntry | SymlinkEntry | DirEntry] = []
+        for m in self.members:
+            if m.name == "meta" or m.name.startswith("meta/"):
+                continue
+            path = "/" + m.name
+            if m.kind == "dir":
+                out.append(DirEntry(path))
+            elif m.kind == "symlink":
+                out.append(SymlinkEntry(path, m.linkname))
+            else:
+                out.append(FileEntry(path, m.size, extent=Extent(
+                    self.path, m.offset, m.size, self.gzip), mode=m.mode))
+        return out
+
+
+class _Header(tarfile.TarInfo):
+    """A tar header whose extended headers (long names, pax) are bounded in size."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK,
+                         tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE) \
+                and self.size > MAX_META:
+            raise tarfile.TarError(f"an extended header of {self.size} bytes")
+        return super()._proc_member(tar)  # type: ignore[misc,no-any-return]
 
 
 def read_mpm(path: Path) -> Archive:
-    """Read and check an ``.mpm`` (gzip or plain tar, names with or without ``/``)."""
-    try:
-        blob = path.read_bytes()
-    except FileNotFoundError as err:
-        raise NotFound(f"no such package archive: {path}") from err
-    if blob[:2] == b"\x1f\x8b":
-        try:
-            blob = gzip.decompress(blob)
-        except (OSError, EOFError) as err:
-            raise InputError(f"{path}: truncated or corrupt package archive ({err})") from err
-    members: list[tarfile.TarInfo] = []
-    data: dict[str, bytes] = {}
+    """Read and check an ``.mpm`` (gzip or plain tar, names with or without ``/``) as a
+    stream: members are listed, only ``meta/`` files are read into memory."""
+    if not path.exists():
+        raise NotFound(f"no such package archive: {path}")
+    with open_host(path) as raw:
+        compressed = os.fstat(raw.fileno()).st_size
+        is_gzip = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        inner: Any = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
+        limit = expansion_limit(compressed) if is_gzip else compressed
+        stream = io.BufferedReader(CappedReader(inner, limit, str(path)), 1 << 16)
+        members, data = _scan(path, stream)
     manifest = run_yaml = None
-    try:
-        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
-            for info in tar:
-                name = _safe_name(path, info)
-                if name is None:
-                    continue
-                if info.size > MAX_MEMBER:
-                    raise InputError(f"{path}: member {info.name} is too large")
-                if not (info.isdir() or info.isreg() or info.issym()):
-                    raise InputError(f"{path}: member {info.name} is not a file, directory "
-                                     "or symlink")
-                info.name = name
-                members.append(info)
-                if info.isreg():
-                    f = tar.extractfile(info)
-                    data[name] = f.read() if f else b""
-    except tarfile.TarError as err:
-        raise InputError(f"{path}: truncated or corrupt package archive ({err})") from err
     if "meta/package.yaml" in data:
         manifest = parse_manifest(_yaml(data["meta/package.yaml"], path, "package.yaml"),
                                   f"{path}:meta/package.yaml")
     if "meta/run.yaml" in data:
         run_yaml = _yaml(data["meta/run.yaml"], path, "run.yaml")
-    return Archive(path, manifest, run_yaml, members, data)
+    return Archive(path, manifest, run_yaml, members, is_gzip, data)
+
+
+def _scan(path: Path, stream: Any) -> tuple[list[Member], dict[str, bytes]]:
+    members: list[Member] = []
+    data: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_Header) as tar:
+            while (info := tar.next()) is not None:
+                tar.members.clear()  # type: ignore[attr-defined]  # constant memory whatever the member count
+                if len(members) >= MAX_MEMBERS:
+                    raise InputError(f"{path}: more than {MAX_MEMBERS} members")
+                member = _member(path, info)
+                if member is None:
+                    continue
+                members.append(member)
+                if member.name in _META and member.kind == "file":
+                    if member.size > MAX_META:
+                        raise InputError(f"{path}: member {info.name} is too large")
+                    f = tar.extractfile(info)
+                    data[member.name] = f.read() if f else b""
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise InputError(f"{path}: truncated or corrupt package archive ({err})") from err
+    except OSError as err:
+        if err.errno:
+            raise LocalIOError(f"cannot read {path}: {err.strerror}") from err
+        raise InputError(f"{path}: truncated or corrupt package archive ({err})") from err
+    return members, data
+
+
+def _member(path: Path, info: tarfile.TarInfo) -> Member | None:
+    """The checked member; None for the package root itself."""
+    if info.size > MAX_MEMBER:
+        raise InputError(f"{path}: member {info.name} is too large")
+    name = _safe_name(path, info)
+    if name is None:
+        return None
+    if info.issparse() or not (info.isdir() or info.isreg() or info.issym()):
+        raise InputError(f"{path}: member {info.name} is not a file, directory or symlink")
+    kind = "dir" if info.isdir() else "symlink" if info.issym() else "file"
+    return Member(name, kind, stat.S_IMODE(info.mode), info.size if kind == "file" else 0,
+                  info.linkname, info.offset_data)
 
 
 def _yaml(text: bytes, path: Path, what: str) -> Any:
@@ -319,12 +395,17 @@ def _yaml(text: bytes, path: Path, what: str) -> Any:
 
 def _safe_name(path: Path, info: tarfile.TarInfo) -> str | None:
     """The member's path relative to the package root; None for the root itself."""
-    name = info.name.lstrip("/").rstrip("/")
+    if info.islnk():
+        raise InputError(f"{path}: hard link '{info.name}' in a package")
+    name = info.name.lstrip("/")
+    name = name[2:] if name.startswith("./") else name
+    name = name[:-1] if name.endswith("/") else name
     if name in ("", "."):
         return None
     parts = name.split("/")
     if ".." in parts:
         raise InputError(f"{path}: member '{info.name}' escapes the package")
+    guest_path("/" + name, f"{path}: member '{info.name}'")
     if info.issym():
         target = info.linkname
         depth = len(parts) - 1
@@ -333,8 +414,8 @@ def _safe_name(path: Path, info: tarfile.TarInfo) -> str | None:
             if depth < 0:
                 raise InputError(f"{path}: symlink '{info.name}' -> '{target}' escapes "
                                  "the package")
-    if info.islnk():
-        raise InputError(f"{path}: hard link '{info.name}' in a package")
+        if not target or "\0" in target:
+            raise InputError(f"{path}: symlink '{info.name}' has an invalid target")
     return name
 
 
@@ -393,8 +474,19 @@ def resolve(root: Path, names: Sequence[str], *, pull: Any = None,
 
 
 @dataclass
+class Merged:
+    """The merged tree of a package compose, in memory (files point into the archives)."""
+
+    tree: Tree
+    packages: list[Resolved]
+    run_configs: dict[str, RunConfig]
+    collisions: list[tuple[str, str, str]]  # path, earlier package, later package
+    scripts: dict[str, str]
+
+
+@dataclass
 class Collected:
-    """The merged tree of a package compose."""
+    """The merged tree of a package collect, written on the host (Capstan's mpm-pkg)."""
 
     tree: Path
     packages: list[Resolved]
@@ -403,11 +495,11 @@ class Collected:
     scripts: dict[str, str]
 
 
-def collect(package: Path, root: Path, target: Path, extra: Iterable[str] = (), *,
-            pull: Any = None, bootstrap: bool = True, check: Any = None) -> Collected:
-    """Merge the dependencies and the application into *target* (Capstan's mpm-pkg).
+def merge(package: Path, root: Path, extra: Iterable[str] = (), *, pull: Any = None,
+          bootstrap: bool = True, check: Any = None) -> Merged:
+    """Merge the dependencies and the application into an in-memory tree.
 
-    *check*, when given, sees the resolved packages before anything is extracted.
+    *check*, when given, sees the resolved packages before any archive is read.
     """
     manifest = load_manifest(package)
     app_run = load_run(package, manifest.name)
@@ -416,11 +508,7 @@ def collect(package: Path, root: Path, target: Path, extra: Iterable[str] = (), 
     resolved = resolve(root, wanted, pull=pull, constraints=manifest.constraints)
     if check is not None:
         check(resolved)
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    owner: dict[str, str] = {}
-    collisions: list[tuple[str, str, str]] = []
+    files = Tree()
     runs: dict[str, RunConfig] = {}
     order: list[str] = []
     for dep in resolved:
@@ -428,31 +516,19 @@ def collect(package: Path, root: Path, target: Path, extra: Iterable[str] = (), 
         if archive.run_yaml is not None:
             runs[dep.name] = parse_run(archive.run_yaml, dep.name, f"{dep.path}:meta/run.yaml")
             order.append(dep.name)
-        for info in archive.members:
-            if info.name.startswith("meta/") or info.name == "meta":
-                continue
-            _place(target, info, archive.data.get(info.name), dep.name, owner, collisions)
+        for entry in archive.entries():
+            files.add(entry, dep.name)
     rules = [*ignore_rules(package), _ignore_regex(f"/{manifest.name}.mpm")]
     for rel, path in _walk(package, rules):
-        if rel.startswith("/meta"):
-            continue
-        st = path.lstat()
-        info = tarfile.TarInfo(rel.lstrip("/"))
-        info.mode = stat.S_IMODE(st.st_mode)
-        if stat.S_ISDIR(st.st_mode):
-            info.type = tarfile.DIRTYPE
-            _place(target, info, None, manifest.name, owner, collisions)
-        elif stat.S_ISLNK(st.st_mode):
-            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
-            _place(target, info, None, manifest.name, owner, collisions)
-        else:
-            _place(target, info, path.read_bytes(), manifest.name, owner, collisions)
+        if not rel.startswith("/meta"):
+            st = path.lstat()
+            files.add(DirEntry(rel) if stat.S_ISDIR(st.st_mode) else host_entry(path, rel, st),
+                      manifest.name)
     if app_run is not None:
         runs[manifest.name] = app_run
         order.append(manifest.name)
+    files.add(DirEntry("/run"), manifest.name)
     scripts: dict[str, str] = {}
-    script_owner: dict[str, str] = {}
-    (target / "run").mkdir(exist_ok=True)
     for pkg in order:
         for name in runs[pkg].config_sets:
             try:
@@ -460,36 +536,37 @@ def collect(package: Path, root: Path, target: Path, extra: Iterable[str] = (), 
             except InputError as err:
                 raise InputError(f"Validation failed for configuration set '{name}' of "
                                  f"{pkg}: {err}") from err
-            if name in script_owner and script_owner[name] != pkg:
-                collisions.append((f"/run/{name}", script_owner[name], pkg))
-            scripts[name], script_owner[name] = text, pkg
-            script = target / "run" / name
-            script.write_text(text)
-            script.chmod(0o700)
-    return Collected(target, resolved, runs, collisions, scripts)
+            scripts[name] = text
+            body = text.encode()
+            files.add(FileEntry(f"/run/{name}", len(body), data=body, mode=0o700), pkg)
+    return Merged(files, resolved, runs, files.collisions, scripts)
 
 
-def _place(target: Path, info: tarfile.TarInfo, data: bytes | None, pkg: str,
-           owner: dict[str, str], collisions: list[tuple[str, str, str]]) -> None:
-    dest = target / info.name
-    if info.isdir():
-        dest.mkdir(parents=True, exist_ok=True)
-        dest.chmod(info.mode | 0o700)
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if info.name in owner and owner[info.name] != pkg:
-        collisions.append(("/" + info.name, owner[info.name], pkg))
-    owner[info.name] = pkg
-    if dest.is_symlink() or dest.is_file():
-        dest.unlink()
-    elif dest.is_dir():
-        raise Conflict(f"{pkg} puts a file at /{info.name}, where another package has a "
-                       "directory")
-    if info.issym():
-        dest.symlink_to(info.linkname)
-    else:
-        dest.write_bytes(data or b"")
-        dest.chmod(info.mode or 0o644)
+def collect(package: Path, root: Path, target: Path, extra: Iterable[str] = (), *,
+            pull: Any = None, bootstrap: bool = True, check: Any = None) -> Collected:
+    """Merge as :func:`merge` does and write the tree to *target* (Capstan's mpm-pkg).
+
+    The tree is written into a new scratch directory beside *target* through directory
+    descriptors, then renamed over it: a half-written mpm-pkg is never seen.
+    """
+    merged = merge(package, root, extra, pull=pull, bootstrap=bootstrap, check=check)
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as err:
+        raise LocalIOError(f"cannot write in {target.parent}: {err.strerror}") from err
+    try:
+        materialise(merged.tree.entries(), scratch / target.name)
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            target.unlink()
+        elif target.exists():
+            shutil.rmtree(target)
+        os.rename(scratch / target.name, target)
+    except OSError as err:
+        raise LocalIOError(f"cannot replace {target}: {err.strerror}") from err
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return Collected(target, merged.packages, merged.run_configs, merged.collisions,
+                     merged.scripts)
 
 
 def init_manifest(package: Path, name: str, title: str, author: str, version: str = "",

@@ -30,9 +30,10 @@ from capstan.config import Config
 from capstan.core import qemuopt
 from capstan.drivers.base import free_port
 from capstan.errors import BackendError, GuestTimeout
-from capstan.image.cpio import newc_stream
+from capstan.image.cpio import mode_of, newc_stream
 from capstan.image.formats import DiskFormat
 from capstan.image.rofs import DirEntry, Entry, SymlinkEntry
+from capstan.image.sources import Contents
 
 __all__ = ["BUILDER", "HANDSHAKE", "builder_argv", "compose_zfs", "digests", "pick_port",
            "upload"]
@@ -126,19 +127,18 @@ def pick_port() -> int:
 
 def digests(entries: Sequence[Entry]) -> dict[str, str]:
     """Guest path -> a digest of what the upload would write there (content and mode)."""
-    from capstan.image.cpio import mode_of
-    from capstan.repository import sha256_of
-
     out = {}
-    for entry in entries:
-        if isinstance(entry, DirEntry):
-            out[entry.path] = "dir"
-        elif isinstance(entry, SymlinkEntry):
-            out[entry.path] = f"link:{entry.target}"
-        else:
-            digest = (sha256_of(entry.source) if entry.source is not None
-                      else hashlib.sha256(entry.data or b"").hexdigest())
-            out[entry.path] = f"file:{mode_of(entry):o}:{digest}"
+    with Contents() as reader:
+        for entry in entries:
+            if isinstance(entry, DirEntry):
+                out[entry.path] = "dir"
+            elif isinstance(entry, SymlinkEntry):
+                out[entry.path] = f"link:{entry.target}"
+            else:
+                h = hashlib.sha256()
+                for chunk in reader.chunks(entry):
+                    h.update(chunk)
+                out[entry.path] = f"file:{mode_of(entry):o}:{h.hexdigest()}"
     return out
 
 

@@ -7,11 +7,11 @@ import stat
 from collections.abc import Iterator, Sequence
 
 from capstan.image.rofs import DirEntry, Entry, FileEntry, SymlinkEntry
+from capstan.image.sources import Contents
 
 __all__ = ["TRAILER", "mode_of", "newc_stream"]
 
 TRAILER = "TRAILER!!!"
-_CHUNK = 1 << 20
 
 
 def _header(name: str, mode: int, size: int) -> bytes:
@@ -22,7 +22,9 @@ def _header(name: str, mode: int, size: int) -> bytes:
 
 
 def mode_of(entry: FileEntry) -> int:
-    """The permission bits *entry* is uploaded with: its source file's, else 0644."""
+    """The permission bits *entry* is uploaded with: its own, its source file's, else 0644."""
+    if entry.mode is not None:
+        return entry.mode & 0o777
     if entry.source is not None:
         return stat.S_IMODE(os.stat(entry.source).st_mode)
     return 0o644
@@ -30,6 +32,12 @@ def mode_of(entry: FileEntry) -> int:
 
 def newc_stream(entries: Sequence[Entry]) -> Iterator[bytes]:
     """The cpio bytes of *entries* (sorted by path), file contents streamed."""
+    with Contents() as reader:
+        yield from _stream(entries, reader)
+    yield _header(TRAILER, 0, 0)
+
+
+def _stream(entries: Sequence[Entry], reader: Contents) -> Iterator[bytes]:
     for entry in sorted(entries, key=lambda e: e.path):
         if isinstance(entry, DirEntry):
             yield _header(entry.path, stat.S_IFDIR | 0o755, 0)
@@ -39,11 +47,5 @@ def newc_stream(entries: Sequence[Entry]) -> Iterator[bytes]:
             yield target + bytes(-len(target) % 4)
         else:
             yield _header(entry.path, stat.S_IFREG | mode_of(entry), entry.size)
-            if entry.data is not None:
-                yield entry.data
-            elif entry.source is not None:
-                with open(entry.source, "rb") as f:
-                    while chunk := f.read(_CHUNK):
-                        yield chunk
+            yield from reader.chunks(entry)
             yield bytes(-entry.size % 4)
-    yield _header(TRAILER, 0, 0)

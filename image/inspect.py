@@ -15,7 +15,16 @@ from typing import BinaryIO
 from capstan.errors import ImageError
 from capstan.image import cmdline, formats, mbr
 from capstan.image.loader import KERNEL_OFFSET, read_head, sniff_format
-from capstan.image.rofs import RofsInode, RofsReader
+from capstan.image.rofs import (
+    BLOCK,
+    DirEntry,
+    Entry,
+    FileEntry,
+    RofsInode,
+    RofsReader,
+    SymlinkEntry,
+)
+from capstan.image.sources import Extent
 
 __all__ = ["Change", "ImageSummary", "OsvImage", "TreeItem", "diff"]
 
@@ -80,7 +89,7 @@ class OsvImage:
         (self.count32,) = struct.unpack_from("<H", head, 0x10)
         self.partition = mbr.read_partition(self.sector0, 2)
         self._rofs: RofsReader | None = None
-        self._part: tuple[BinaryIO, int] | None = None
+        self._part: tuple[BinaryIO, int, Path] | None = None
 
     def _fetch(self, start: int, length: int) -> BinaryIO:
         """A raw file holding *length* bytes of the image from *start*."""
@@ -93,18 +102,23 @@ class OsvImage:
         return f
 
     def _partition_file(self) -> tuple[BinaryIO, int, int]:
+        f, base, _ = self._partition()
+        return f, base, self.partition.size if self.partition else 0
+
+    def _partition(self) -> tuple[BinaryIO, int, Path]:
         """An open raw file holding partition 2, its offset there, and its size."""
         part = self.partition
         if part is None or part.size == 0:
             raise ImageError(f"{self.path}: no filesystem in partition 2")
         if self._part is None:
             if self.format == "raw":
-                f = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-                self._files.append(f)
-                self._part = (f, part.start)
+                raw = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+                self._files.append(raw)
+                self._part = (raw, part.start, self.path)
             else:
-                self._part = (self._fetch(part.start, part.size), 0)
-        return self._part[0], self._part[1], part.size
+                f = self._fetch(part.start, part.size)
+                self._part = (f, 0, Path(f.name))
+        return self._part
 
     @property
     def rofs(self) -> RofsReader:
@@ -112,6 +126,27 @@ class OsvImage:
         if self._rofs is None:
             self._rofs = RofsReader(*self._partition_file())
         return self._rofs
+
+    def entries(self) -> list[Entry]:
+        """The ROFS as image entries; files are extents of the partition (nothing copied)
+        and stay readable while the image is open."""
+        reader = self.rofs
+        _, base, path = self._partition()
+        size = self.partition.size if self.partition else 0
+        out: list[Entry] = []
+        for inode in reader.walk():
+            if inode.path == "/":
+                continue
+            if inode.kind == "dir":
+                out.append(DirEntry(inode.path))
+            elif inode.kind == "symlink":
+                out.append(SymlinkEntry(inode.path, reader.readlink(inode)))
+            elif inode.kind == "file" and (inode.offset * BLOCK + inode.count) <= size:
+                out.append(FileEntry(inode.path, inode.count, extent=Extent(
+                    path, base + inode.offset * BLOCK, inode.count)))
+            else:
+                raise ImageError(f"{self.path}: {inode.path}: damaged ROFS inode")
+        return out
 
     def partition_chunks(self, chunk: int = 1 << 20) -> Iterator[bytes]:
         """Every byte of partition 2, in chunks."""

@@ -8,7 +8,6 @@ symlink targets are always measured in bytes, so non-ASCII names work.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from capstan.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
+from capstan.image.sources import Contents, Extent, open_host
 
 __all__ = [
     "BLOCK",
@@ -43,12 +43,15 @@ _MAX_NAME = 0xFFFF
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A regular file at guest *path*, with its bytes in *source* or *data*."""
+    """A regular file at guest *path*, with its bytes in host file *source*, in *data* or
+    in *extent*; *mode* (permission bits) when not the source's."""
 
     path: str
     size: int
     source: Path | None = None
     data: bytes | None = None
+    extent: Extent | None = None
+    mode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class _Writer:
         self.link_count = 0
         self.inodes: list[tuple[int, int, int]] = []
         self.files = self.dirs = self.file_bytes = 0
+        self.pending: list[tuple[int, FileEntry]] = []
 
     def visit(self, directory: _Dir) -> tuple[int, int]:
         self.dirs += 1
@@ -166,13 +170,21 @@ class _Writer:
         return first, len(numbered)
 
     def _write_file(self, entry: FileEntry) -> None:
-        offset = self.base + self.block * BLOCK
-        written = _copy_content(entry, self.out, offset)
-        if written != entry.size:
-            raise LocalIOError(f"{entry.source}: file changed while composing")
+        """Place *entry* at the next block; its bytes are written by :meth:`contents`."""
+        self.pending.append((self.base + self.block * BLOCK, entry))
         self.files += 1
-        self.file_bytes += written
+        self.file_bytes += entry.size
         self.block += -(-entry.size // BLOCK)
+
+    def contents(self) -> None:
+        """Write every file's bytes, archive members in archive order (one pass each)."""
+        def order(item: tuple[int, FileEntry]) -> tuple[str, int]:
+            extent = item[1].extent
+            return (str(extent.path), extent.offset) if extent else ("", item[0])
+
+        with Contents() as reader:
+            for offset, entry in sorted(self.pending, key=order):
+                _copy_content(entry, self.out, offset, reader)
 
     def finish(self) -> RofsLayout:
         inode_table = bytearray()
@@ -197,38 +209,46 @@ class _Writer:
         )
 
 
-def _copy_content(entry: FileEntry, out: BinaryIO, offset: int) -> int:
-    if entry.data is not None:
+def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents) -> None:
+    extent = entry.extent
+    if entry.source is None and (extent is None or extent.gzip):
         out.seek(offset)
-        out.write(entry.data)
-        return len(entry.data)
-    assert entry.source is not None
-    try:
-        with open(entry.source, "rb") as src:
-            return _copy_fd(src, out, offset, entry.size)
-    except OSError as err:
-        raise LocalIOError(f"cannot read {entry.source}: {err.strerror}") from err
+        for chunk in reader.chunks(entry):
+            out.write(chunk)
+        return
+    path, start = (entry.source, 0) if entry.source is not None else (extent.path, extent.offset)  # type: ignore[union-attr]
+    with open_host(path) as src:
+        try:
+            written = _copy_fd(src, out, offset, start, entry.size)
+            grew = entry.source is not None and src.read(1)
+        except OSError as err:
+            raise LocalIOError(f"cannot read {path}: {err.strerror}") from err
+    if written != entry.size or grew:
+        raise LocalIOError(f"{path}: file changed while composing")
 
 
-def _copy_fd(src: BinaryIO, out: BinaryIO, offset: int, size: int) -> int:
-    """Copy *src* to *out* at *offset*; return the bytes *src* really held."""
+def _copy_fd(src: BinaryIO, out: BinaryIO, offset: int, start: int, size: int) -> int:
+    """Copy *size* bytes from *start* of *src* to *out* at *offset*; return how many
+    *src* really held."""
     out.flush()
     done = 0
     try:
         while done < size:
             n = os.copy_file_range(src.fileno(), out.fileno(), size - done,
-                                   offset_dst=offset + done)
+                                   offset_src=start + done, offset_dst=offset + done)
             if n == 0:
-                return done
+                break
             done += n
     except OSError:  # e.g. a filesystem without copy_file_range
-        src.seek(0)
+        src.seek(start)
         out.seek(offset)
-        shutil.copyfileobj(src, out, 1 << 20)
+        done = 0
+        while done < size and (chunk := src.read(min(1 << 20, size - done))):
+            out.write(chunk)
+            done += len(chunk)
         out.flush()
-        return out.tell() - offset
-    src.seek(done)
-    return done + len(src.read(1))  # one more byte means the file grew
+    src.seek(start + done)
+    return done
 
 
 def write_rofs(entries: Sequence[Entry], out: BinaryIO, base: int = 0) -> RofsLayout:
@@ -239,6 +259,7 @@ def write_rofs(entries: Sequence[Entry], out: BinaryIO, base: int = 0) -> RofsLa
     first, count = writer.visit(root)
     writer.inodes[0] = (MODE_DIR, first, count)
     layout = writer.finish()
+    writer.contents()
     out.flush()
     return layout
 
@@ -277,8 +298,11 @@ class RofsReader:
             raise ImageError("partition 2 does not hold a ROFS filesystem (bad magic)")
         if version != VERSION or block != BLOCK:
             raise ImageError(f"unsupported ROFS version {version} / block size {block}")
-        if size is not None and (first + count) * BLOCK > size:
+        held = f.seek(0, os.SEEK_END) - base  # never trust a size the image claims
+        size = held if size is None else min(size, held)
+        if (first + count) * BLOCK > size:
             raise ImageError("ROFS tables lie outside partition 2")
+        self.size = size
         f.seek(base + first * BLOCK)
         tables = f.read(count * BLOCK)
         self._parse(tables, n_entries, n_links, n_inodes)
@@ -303,13 +327,15 @@ class RofsReader:
             raise ImageError("ROFS tables are truncated") from err
 
     def walk(self) -> Iterator[RofsInode]:
-        """Yield every inode depth-first, the root (``/``) first."""
+        """Yield every inode depth-first, the root (``/``) first; each directory once."""
         stack = [("/", 1)]
+        seen: set[int] = set()
         while stack:
             path, number = stack.pop()
             inode = self.inode(path, number)
             yield inode
-            if inode.kind == "dir":
+            if inode.kind == "dir" and number not in seen:
+                seen.add(number)
                 children = self.dirents[inode.offset:inode.offset + inode.count]
                 for ino, name in reversed(children):
                     child = name.decode("utf-8", "surrogateescape")
@@ -339,10 +365,14 @@ class RofsReader:
 
     def readlink(self, inode: RofsInode) -> str:
         """Return the target of symlink *inode*."""
+        if not 0 <= inode.offset < len(self.links):
+            raise ImageError(f"{inode.path}: symlink {inode.offset} out of range")
         return self.links[inode.offset].decode("utf-8", "surrogateescape")
 
     def read(self, inode: RofsInode) -> bytes:
         """Return the content of file *inode*."""
+        if inode.offset * BLOCK + inode.count > self.size:
+            raise ImageError(f"{inode.path}: file data lies outside the image")
         self.f.seek(self.base + inode.offset * BLOCK)
         data = self.f.read(inode.count)
         if len(data) != inode.count:
@@ -351,6 +381,8 @@ class RofsReader:
 
     def iter_read(self, inode: RofsInode, chunk: int = 1 << 20) -> Iterator[bytes]:
         """Yield the content of file *inode* in chunks."""
+        if inode.offset * BLOCK + inode.count > self.size:
+            raise ImageError(f"{inode.path}: file data lies outside the image")
         self.f.seek(self.base + inode.offset * BLOCK)
         left = inode.count
         while left:

@@ -175,7 +175,8 @@ def test_mpm_is_reproducible_and_capstan_compatible(tmp_path: Path,
             tar.addfile(info, io.BytesIO(data))
     theirs = read_mpm(capstan)
     assert theirs.manifest is not None and theirs.manifest.name == "theirs"
-    assert theirs.data["x"] == b"binary" and theirs.run_yaml["runtime"] == "native"
+    assert [m.name for m in theirs.members] == ["meta/package.yaml", "meta/run.yaml", "x"]
+    assert theirs.run_yaml["runtime"] == "native"
 
 
 @pytest.mark.parametrize(("member", "link", "message"), [

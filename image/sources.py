@@ -1,0 +1,138 @@
+"""Where a guest file's bytes come from, and reading them without a scratch copy.
+
+A guest file is a host file (opened with ``O_NOFOLLOW``, never a FIFO or device), bytes in
+memory, or an :class:`Extent`: a byte range of a host file or of its gunzipped stream (an
+``.mpm`` member, a file of a base image). Gzip extents are read through one forward-only
+stream per archive, so reading them in offset order decompresses each archive once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, BinaryIO
+
+from capstan.core.limits import CappedReader, expansion_limit
+from capstan.errors import InputError, LocalIOError
+
+if TYPE_CHECKING:
+    from capstan.image.rofs import FileEntry
+
+__all__ = ["Contents", "Extent", "open_host", "special_kind"]
+
+_CHUNK = 1 << 20
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device"}
+
+
+@dataclass(frozen=True)
+class Extent:
+    """*size* bytes at *offset* of *path* (of its gunzipped stream when *gzip*)."""
+
+    path: Path
+    offset: int
+    size: int
+    gzip: bool = False
+
+
+def special_kind(mode: int) -> str:
+    """``a FIFO``, ``a socket``, ... for a file that is neither file, directory nor link."""
+    return _KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
+def open_host(path: Path) -> BinaryIO:
+    """*path* opened for reading if it is a regular file; a symlink or FIFO is never followed
+    or opened for real (``O_NOFOLLOW | O_NONBLOCK``, then ``fstat``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise LocalIOError(f"cannot read {path}: {err.strerror}") from err
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise InputError(f"{path} is {special_kind(mode)}; only files, directories and "
+                         "symlinks are allowed")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+class Contents:
+    """Reads the bytes of file entries; use as a context manager."""
+
+    def __init__(self) -> None:
+        self._gzips: dict[Path, tuple[BinaryIO, CappedReader]] = {}
+
+    def chunks(self, entry: FileEntry) -> Iterator[bytes]:
+        """The bytes of *entry*, in chunks; InputError when there are not ``entry.size``."""
+        left = entry.size
+        for chunk in self._raw_chunks(entry):
+            left -= len(chunk)
+            if left < 0:
+                break
+            yield chunk
+        if left != 0:
+            where = entry.source or (entry.extent.path if entry.extent else entry.path)
+            raise InputError(f"{where}: changed while composing ({entry.path})")
+
+    def _raw_chunks(self, entry: FileEntry) -> Iterator[bytes]:
+        if entry.data is not None:
+            yield entry.data
+        elif entry.source is not None:
+            with open_host(entry.source) as f:
+                yield from _read(f, entry.size + 1, str(entry.source))
+        elif entry.extent is not None and entry.extent.gzip:
+            yield from _read(self._gzip_at(entry.extent), entry.extent.size,
+                             str(entry.extent.path))
+        elif entry.extent is not None:
+            with open_host(entry.extent.path) as f:
+                f.seek(entry.extent.offset)
+                yield from _read(f, entry.extent.size, str(entry.extent.path))
+
+    def _gzip_at(self, extent: Extent) -> CappedReader:
+        """The decompressed stream of *extent*'s archive, positioned at its offset."""
+        held = self._gzips.get(extent.path)
+        if held is None or held[1].done > extent.offset:
+            if held is not None:
+                held[0].close()
+            raw = open_host(extent.path)
+            size = os.fstat(raw.fileno()).st_size
+            gz = gzip.GzipFile(fileobj=raw, mode="rb")
+            held = self._gzips[extent.path] = (raw, CappedReader(
+                gz, expansion_limit(size), str(extent.path)))
+        reader = held[1]
+        for _ in _read(reader, extent.offset - reader.done, str(extent.path)):
+            pass
+        return reader
+
+    def close(self) -> None:
+        """Close the archives kept open."""
+        for raw, _ in self._gzips.values():
+            raw.close()
+        self._gzips.clear()
+
+    def __enter__(self) -> Contents:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _read(f: BinaryIO | CappedReader, size: int, where: str) -> Iterator[bytes]:
+    """Up to *size* bytes of *f* in chunks (fewer when it ends first)."""
+    try:
+        while size > 0:
+            chunk = f.read(min(_CHUNK, size))
+            if not chunk:
+                return
+            size -= len(chunk)
+            yield chunk
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile) and err.errno:
+            raise LocalIOError(f"cannot read {where}: {err.strerror}") from err
+        raise InputError(f"{where}: truncated or corrupt archive ({err})") from err
