@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import os
 import shutil
+import signal
 import subprocess
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 from capstan.errors import CommandFailed, ToolMissing
 
@@ -31,6 +36,29 @@ def which(program: str) -> str:
     return path
 
 
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child die (SIGKILL) when this process dies, even
+    by ``kill -9``: no ``qemu-img convert`` outlives the command that started it."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return arm
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -47,6 +75,7 @@ def run(
             capture_output=True,
             timeout=timeout,
             check=False,
+            preexec_fn=die_with_parent(),
         )
     except subprocess.TimeoutExpired as err:
         raise CommandFailed(argv, -1, f"timed out after {timeout} s") from err

@@ -92,6 +92,7 @@ class Tree:
         for depth in range(2, len(parts)):
             parent = "/".join(parts[:depth])
             above = self._entries.setdefault(parent, DirEntry(parent))
+            self._owner.setdefault(parent, owner)
             if not isinstance(above, DirEntry):
                 raise Conflict(f"{owner or 'the tree'} puts {path} below {parent}, "
                                f"which is a {_kind(above)}")
