@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hostile.hostile_kit import Sandbox, snapshot
 
 from capstan.shell import CapstanApp
 
@@ -181,22 +180,3 @@ def expect_errors(cli: Cli, monkeypatch: pytest.MonkeyPatch,
             result = cli(*argv)
         assert (result.code, result.err.count("\n")) == (code, 1), (argv, result)
         assert text in result.err, (argv, result.err)
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path, capstan_root: Path) -> Iterator[Sandbox]:
-    """The hostile suite's canary: ``outside/`` holds a 0600 ``victim`` file and a ``dir/``,
-    the targets of escapes; checked untouched at teardown (see tests/hostile/hostile_kit.py).
-
-    Defined here, not in tests/hostile/conftest.py: a second module named ``conftest``
-    would shadow this one for the ``from conftest import ...`` of the tests beside it.
-    """
-    outside = tmp_path / "outside"
-    (outside / "dir").mkdir(parents=True)
-    victim = outside / "victim"
-    victim.write_bytes(b"precious\n")
-    victim.chmod(0o600)
-    box = Sandbox(capstan_root, outside, victim)
-    box.before = snapshot(outside)
-    yield box
-    box.assert_untouched()
