@@ -16,7 +16,6 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -26,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from capstan.core.fs import atomic_output
+from capstan.core.fs import atomic_output, publish_dir, sweep, temp_dir
 from capstan.core.limits import CappedReader, expansion_limit
 from capstan.errors import Conflict, InputError, LocalIOError, NotFound, UsageError
 from capstan.image.rofs import DirEntry, FileEntry, SymlinkEntry
@@ -547,20 +546,17 @@ def collect(package: Path, root: Path, target: Path, extra: Iterable[str] = (), 
     """Merge as :func:`merge` does and write the tree to *target* (Capstan's mpm-pkg).
 
     The tree is written into a new scratch directory beside *target* through directory
-    descriptors, then renamed over it: a half-written mpm-pkg is never seen.
+    descriptors, then published in one step: a half-written mpm-pkg is never seen, and
+    the scratch of a killed collect is swept by the next one.
     """
     merged = merge(package, root, extra, pull=pull, bootstrap=bootstrap, check=check)
+    sweep(target.parent)
+    scratch = temp_dir(target)
     try:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    except OSError as err:
-        raise LocalIOError(f"cannot write in {target.parent}: {err.strerror}") from err
-    try:
-        materialise(merged.tree.entries(), scratch / target.name)
+        materialise(merged.tree.entries(), scratch)
         if target.is_symlink() or (target.exists() and not target.is_dir()):
-            target.unlink()
-        elif target.exists():
-            shutil.rmtree(target)
-        os.rename(scratch / target.name, target)
+            target.unlink()  # replaced, never followed
+        publish_dir(scratch, target)
     except OSError as err:
         raise LocalIOError(f"cannot replace {target}: {err.strerror}") from err
     finally:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from capstan.core.fs import sweep, temp_dir
 from capstan.errors import InputError, LocalIOError, NotFound
 from capstan.image import cmdline, formats, mbr
 from capstan.image.formats import DiskFormat
@@ -94,17 +93,13 @@ def publishing(output: Path) -> Iterator[Path]:
 
     Files are renamed data extents first (``-flat.vmdk``), descriptors last, so
     a reader never sees a descriptor without its data. On error nothing is kept;
-    the scratch of a process that was killed (its PID is in the name) is removed
-    by the next compose of the same output.
+    the scratch of a killed process is swept by the next compose in that directory.
     """
     parent = output.parent
     if not parent.is_dir():
         raise NotFound(f"output directory does not exist: {parent}")
-    _sweep(parent, output.name)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.{os.getpid()}.", dir=parent))
-    except OSError as err:
-        raise LocalIOError(f"cannot write in {parent}: {err.strerror}") from err
+    sweep(parent)
+    tmp = temp_dir(output)
     try:
         yield tmp
         for item in sorted(tmp.iterdir(), key=lambda p: not p.name.endswith("-flat.vmdk")):
@@ -113,21 +108,3 @@ def publishing(output: Path) -> Iterator[Path]:
         raise LocalIOError(f"cannot write {output}: {err.strerror}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _sweep(parent: Path, name: str) -> None:
-    """Remove the scratch directories of *name* left by processes that are gone."""
-    for stale in parent.glob(f".{glob.escape(name)}.*.*"):
-        pid = stale.name[len(name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and stale.is_dir() and not stale.is_symlink() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -178,14 +178,15 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def materialise(entries: Sequence[Entry], target: Path) -> None:
-    """Create *target* and write *entries* below it, each relative to its parent's
-    directory descriptor: no path component is ever followed through a symlink and no
-    existing file is ever opened, so a link made by one entry cannot redirect another."""
+    """Write *entries* below the new, empty directory *target* (made 0755), each relative
+    to its parent's directory descriptor: no path component is ever followed through a
+    symlink and no existing file is ever opened, so a link made by one entry cannot
+    redirect another."""
     try:
-        os.mkdir(target, 0o755)
         root = os.open(target, _DIR_FLAGS)
+        os.fchmod(root, 0o755)
     except OSError as err:
-        raise LocalIOError(f"cannot create {target}: {err.strerror}") from err
+        raise LocalIOError(f"cannot write {target}: {err.strerror}") from err
     try:
         ordered = sorted(entries, key=lambda e: (
             not isinstance(e, DirEntry), isinstance(e, FileEntry), _key(e)))

@@ -124,7 +124,7 @@ def test_a_link_from_one_side_never_carries_the_other_sides_files(
 
 
 def _scratch(tmp: Path, out: Path) -> list[Path]:
-    return [*tmp.iterdir(), *out.parent.glob(f".{out.name}.*")]
+    return [*tmp.iterdir(), *out.parent.glob(".capstan-tmp.*")]
 
 
 def _gone(pid: int) -> bool:
@@ -174,7 +174,7 @@ def test_kill_9_during_package_compose_leaves_no_scratch_or_children(
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not list(out.parent.glob(f".{out.name}.*")) and proc.poll() is None:
+        while not _scratch(tmp, out) and proc.poll() is None:
             assert time.monotonic() < deadline, "compose never started writing"
             time.sleep(0.02)
         if disk_format == "qcow2":  # wait for "qemu-img convert", then kill its parent
