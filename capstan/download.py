@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from capstan.core.fs import atomic_output, sha256_of, write_error
+from capstan.core.limits import CappedReader, expansion_limit
 from capstan.errors import InputError, LocalIOError, NotFound, RemoteError
 
 __all__ = ["Artifact", "fetch", "progress_bar", "reason", "session"]
@@ -190,10 +191,15 @@ def _place(part: Path, target: Path, unpack: bool) -> None:
     if not gz:
         os.replace(part, target)
         return
+    limit = expansion_limit(part.stat().st_size)  # a gzip bomb is refused, not unpacked
     with gzip.open(part, "rb") as src, atomic_output(target) as dst:
+        capped = CappedReader(src, limit, target.name)
         while True:
             try:
-                block = src.read(_CHUNK)
+                block = capped.read(_CHUNK)
+            except InputError:
+                part.unlink()
+                raise
             except (OSError, EOFError, zlib.error) as err:
                 part.unlink()
                 raise InputError(f"{target.name}: corrupt gzip data ({err})") from err

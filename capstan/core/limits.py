@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import gzip
 import io
-import shutil
-from pathlib import Path
 from typing import BinaryIO
 
 from capstan.errors import InputError
 
-__all__ = ["ABSOLUTE_LIMIT", "RATIO", "CappedReader", "expansion_limit", "gunzip_capped"]
+__all__ = ["ABSOLUTE_LIMIT", "RATIO", "CappedReader", "expansion_limit"]
 
 RATIO = 200  # expanded bytes per compressed byte
 FLOOR = 64 << 20  # small inputs may always expand this far
 ABSOLUTE_LIMIT = 64 << 30
-_CHUNK = 1 << 20
 
 
 def expansion_limit(compressed: int) -> int:
@@ -52,11 +49,3 @@ class CappedReader(io.RawIOBase):
                              "(a decompression bomb?)")
         view[:len(data)] = data
         return len(data)
-
-
-def gunzip_capped(source: Path, target: Path, what: str) -> None:
-    """Decompress gzip *source* into *target*, refusing more than its expansion limit."""
-    limit = expansion_limit(source.stat().st_size)
-    with open(source, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz, \
-            open(target, "wb") as out:
-        shutil.copyfileobj(CappedReader(gz, limit, what), out, _CHUNK)

@@ -300,3 +300,19 @@ def test_a_200_mb_package_in_bounded_memory(sandbox: Sandbox, tmp_path: Path) ->
                                 "-o", tmp_path / "big.raw", "--disk-format", "raw")
     assert max(peaks.values()) <= RSS_LIMIT_KB, peaks
     assert (tmp_path / "big.raw").stat().st_size > 200 << 20
+
+
+def test_pulled_gzip_image_bomb_is_refused(cli, sandbox: Sandbox, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from repo_server import RepoServer
+
+    bomb = _bomb(tmp_path / "bomb.gz", 256 << 20).read_bytes()
+    with RepoServer() as server:
+        server.state.bucket = {
+            "mallory/bomb/index.yaml": b"format_version: '1'\ndescription: boom\n",
+            "mallory/bomb/bomb.qemu.gz": bomb,
+        }
+        monkeypatch.setenv("CAPSTAN_REPO_URL", f"{server.url}/bucket/")
+        check(cli("--s3", "pull", "--insecure", "mallory/bomb"), 65, "decompression bomb")
+    image = sandbox.root / "repository" / "mallory" / "bomb"
+    assert not image.exists() or not any(image.glob("*.qemu"))
