@@ -7,6 +7,7 @@ symlink targets are always measured in bytes, so non-ASCII names work.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -210,16 +211,19 @@ class _Writer:
 
 
 def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents) -> None:
+    """Write *entry*'s bytes at *offset*; a read error names the source, a write error
+    (an OSError) is left to the caller, which names the output."""
     extent = entry.extent
     if entry.source is None and (extent is None or extent.gzip):
         out.seek(offset)
         for chunk in reader.chunks(entry):
             out.write(chunk)
         return
-    path, start = (entry.source, 0) if entry.source is not None else (extent.path, extent.offset)  # type: ignore[union-attr]
+    path, start = ((entry.source, 0) if entry.source is not None
+                   else (extent.path, extent.offset))  # type: ignore[union-attr]
     with open_host(path) as src:
+        written = _copy_fd(src, out, offset, start, entry.size, path)
         try:
-            written = _copy_fd(src, out, offset, start, entry.size)
             grew = entry.source is not None and src.read(1)
         except OSError as err:
             raise LocalIOError(f"cannot read {path}: {err.strerror}") from err
@@ -227,9 +231,13 @@ def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents
         raise LocalIOError(f"{path}: file changed while composing")
 
 
-def _copy_fd(src: BinaryIO, out: BinaryIO, offset: int, start: int, size: int) -> int:
-    """Copy *size* bytes from *start* of *src* to *out* at *offset*; return how many
-    *src* really held."""
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _copy_fd(src: BinaryIO, out: BinaryIO, offset: int, start: int, size: int,
+             path: Path) -> int:
+    """Copy *size* bytes from *start* of *src* (file *path*) to *out* at *offset*; return
+    how many *src* really held."""
     out.flush()
     done = 0
     try:
@@ -239,11 +247,19 @@ def _copy_fd(src: BinaryIO, out: BinaryIO, offset: int, start: int, size: int) -
             if n == 0:
                 break
             done += n
-    except OSError:  # e.g. a filesystem without copy_file_range
-        src.seek(start)
+    except OSError as err:  # e.g. a filesystem without copy_file_range
+        if err.errno in _OUT_OF_SPACE:
+            raise
         out.seek(offset)
+        src.seek(start)
         done = 0
-        while done < size and (chunk := src.read(min(1 << 20, size - done))):
+        while done < size:
+            try:
+                chunk = src.read(min(1 << 20, size - done))
+            except OSError as read_err:
+                raise LocalIOError(f"cannot read {path}: {read_err.strerror}") from read_err
+            if not chunk:
+                break
             out.write(chunk)
             done += len(chunk)
         out.flush()
