@@ -3,6 +3,7 @@ instance directory, credentials files that must never be echoed, records that li
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ os.environ.setdefault("NO_GCE_CHECK", "true")  # no metadata-server probe from g
 SECRET = "SECRET-KEY-MATERIAL-42"
 
 
-@pytest.mark.parametrize("driver", ["gce"])
+@pytest.mark.parametrize("driver", ["gce", "openstack"])
 @pytest.mark.parametrize("name", ["../../outside/dir", "..", "a/b", "x" * 300, "-rf",
                                   "name\nwith newline", "\x1b[31mred"])
 def test_instance_names_cannot_escape(cli, sandbox: Sandbox, driver: str, name: str) -> None:
@@ -25,7 +26,7 @@ def test_instance_names_cannot_escape(cli, sandbox: Sandbox, driver: str, name: 
     assert not (sandbox.root / "instances").exists()
 
 
-@pytest.mark.parametrize("driver", ["gce"])
+@pytest.mark.parametrize("driver", ["gce", "openstack"])
 def test_planted_records_are_skipped(cli, sandbox: Sandbox, driver: str) -> None:
     """A record directory whose name the cloud would refuse is not listed or followed."""
     home = sandbox.root / "instances" / driver
@@ -62,3 +63,27 @@ def test_gce_credentials_are_never_echoed(cli, sandbox: Sandbox, tmp_path: Path,
     assert result.code in (75, 78), result
     assert SECRET not in result.out + result.err
     assert len(result.err.strip().splitlines()) >= 1 and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("how", ["clouds.yaml", "environment"])
+def test_openstack_password_is_never_echoed(cli, sandbox: Sandbox, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """An unreachable Keystone, verbose logging: the password appears nowhere."""
+    for key in ("OS_CLOUD", "OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_PROJECT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    auth = {"auth_url": "http://127.0.0.1:1/identity/v3", "username": "u",
+            "password": SECRET, "project_name": "p", "user_domain_name": "Default",
+            "project_domain_name": "Default"}
+    if how == "clouds.yaml":
+        clouds = tmp_path / "clouds.yaml"
+        clouds.write_text(json.dumps({"clouds": {"c": {"auth": auth}}}))
+        monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+        monkeypatch.setenv("CAPSTAN_OPENSTACK_CLOUD", "c")
+    else:
+        monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "none.yaml"))
+        for key, value in auth.items():
+            monkeypatch.setenv(f"OS_{key.upper()}", value)
+    result = cli("-vv", "images", "-p", "openstack")
+    assert result.code == 75, result
+    assert SECRET not in result.out + result.err and "Traceback" not in result.err
+    assert result.err.strip().splitlines()[-1].startswith("capstan: OpenStack")
