@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from capstan.core.fs import sweep, temp_dir
 from capstan.errors import ImageError
 from capstan.image import cmdline, formats, mbr
 from capstan.image.loader import KERNEL_OFFSET, read_head, sniff_format
@@ -93,8 +94,10 @@ class OsvImage:
 
     def _fetch(self, start: int, length: int) -> BinaryIO:
         """A raw file holding *length* bytes of the image from *start*."""
-        if self._tmp is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix="capstan-inspect-"))
+        if self._tmp is None:  # owner-tokened: what a killed command left goes next time
+            scratch = Path(tempfile.gettempdir())
+            sweep(scratch)
+            self._tmp = temp_dir(scratch / "capstan-inspect")
         target = self._tmp / f"range-{start}"
         formats.read_range(self.path, self.format, target, start, length)
         f = open(target, "rb")  # noqa: SIM115 - closed in close()
