@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import re
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +121,16 @@ def _other_file(path: Path, data: dict[str, Any]) -> str | None:
     return None
 
 
-def create(package: Path, name: str, size: str = "1G", fmt: str = "raw") -> VolumeInfo:
+def _lock(root: Path, path: Path) -> FileLock:
+    """The lock of the volumes directory holding *path*, under *root* (not in the
+    package, where it would be packaged and another user could hold it)."""
+    from capstan.core.fs import lock
+
+    return lock(root, "volumes", str(path.parent.absolute()))
+
+
+def create(package: Path, name: str, size: str = "1G", fmt: str = "raw", *,
+           root: Path) -> VolumeInfo:
     """Create volume *name* of *size* in *package*; an existing one is refused."""
     path = _path(package, name)
     qemu_fmt = FORMATS.get(fmt or "raw")
@@ -130,7 +138,7 @@ def create(package: Path, name: str, size: str = "1G", fmt: str = "raw") -> Volu
         raise UsageError(f"invalid volume format '{fmt}': use one of {', '.join(FORMATS)}")
     mib = max(1, parse_size(size) >> 20)
     path.parent.mkdir(mode=0o755, exist_ok=True)
-    with FileLock(str(path.parent / ".lock")):
+    with _lock(root, path):
         if path.exists():
             raise Conflict(f"volume '{name}' already exists: {path}")
         tmp = path.with_name(f".{name}.creating")
@@ -145,10 +153,10 @@ def create(package: Path, name: str, size: str = "1G", fmt: str = "raw") -> Volu
     return _info(path)
 
 
-def delete(package: Path, name: str) -> None:
+def delete(package: Path, name: str, *, root: Path) -> None:
     """Remove volume *name* and its settings file."""
     path = _path(package, name)
-    with FileLock(str(path.parent / ".lock")) if path.parent.is_dir() else nullcontext():
+    with _lock(root, path):
         if not path.is_file():
             raise NotFound(f"no volume named '{name}' in {path.parent}")
         path.unlink()

@@ -10,6 +10,8 @@ from typing import Any
 from cliff.command import Command
 from cliff.lister import Lister
 
+from capstan.commands import app_config
+
 _COLUMNS = ("Name", "Format", "Size", "Disk size", "Path")
 
 
@@ -35,7 +37,7 @@ class VolumeCreate(Command):
         from capstan.sizes import format_size
 
         vol = volumes.create(parsed_args.package_dir, parsed_args.name, parsed_args.size,
-                             parsed_args.disk_format)
+                             parsed_args.disk_format, root=app_config(self).root)
         self.app.stdout.write(f"Created volume: {vol.name} ({vol.format}, "
                               f"{format_size(vol.size)}) at {vol.path}\n")
         return 0
@@ -55,7 +57,7 @@ class VolumeDelete(Command):
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         from capstan import volumes
 
-        volumes.delete(parsed_args.package_dir, parsed_args.name)
+        volumes.delete(parsed_args.package_dir, parsed_args.name, root=app_config(self).root)
         self.app.stdout.write(f"Deleted volume: {parsed_args.name}\n")
         return 0
 

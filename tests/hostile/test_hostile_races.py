@@ -160,3 +160,18 @@ def test_a_lock_directory_owned_by_another_user_is_refused(
     bucket(server, "me/lo", PROBE)
     check(cli("pull", "me/lo"), 74, "is not a directory of this user")
     assert not (sandbox.root / "repository" / "me" / "lo").exists()
+
+
+def test_volume_locks_live_under_the_root_not_in_the_package(cli, tmp_path: Path,
+                                                             sandbox: Sandbox) -> None:
+    pkg = tmp_path / "vpkg"
+    (pkg / "meta").mkdir(parents=True)
+    (pkg / "meta" / "package.yaml").write_text("name: vpkg\ntitle: t\nauthor: a\n")
+    results = eight("volume", "create", "-C", pkg, "-s", "1M", "data")
+    assert [r.code for r in results].count(0) == 1, [r.err for r in results]
+    for r in results:
+        if r.code:
+            check(r, 65, "already exists")
+    assert cli("volume", "delete", "-C", pkg, "data").code == 0
+    assert sorted(p.name for p in (pkg / "volumes").iterdir()) == []
+    assert any(p.name.startswith("volumes.") for p in (sandbox.root / "locks").iterdir())
