@@ -1,22 +1,27 @@
-"""The one way pycapstan runs subprocesses: argv lists, typed errors."""
+"""The one way pycapstan runs subprocesses: argv lists, typed errors, no inherited secrets.
+
+Every child gets a scrubbed environment (:func:`child_env`) and a private umask, and
+dies with the CLI (``PR_SET_PDEATHSIG``) unless it is meant to outlive it (``run -d``).
+"""
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache
+from typing import IO, Any
 
+from capstan.core.secrets import secret_name
 from capstan.errors import CommandFailed, ToolMissing
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["run", "which"]
+__all__ = ["child_env", "die_with_parent", "run", "spawn", "which"]
 
 _INSTALL_HINTS = {
     "qemu-img": "apt-get install qemu-utils",
@@ -24,6 +29,12 @@ _INSTALL_HINTS = {
     "qemu-system-x86_64": "apt-get install qemu-system-x86",
     "nasm": "apt-get install nasm",
 }
+# What every child may see; plus LC_*, what a tool needs (_TOOL_ENV) and the names in
+# $CAPSTAN_CHILD_ENV. A secret-looking name (token, secret, password, key, AWS_*) never.
+_ALLOWED = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TMPDIR", "TZ", "USER", "LOGNAME"})
+_TOOL_ENV = {"VBoxManage": ("VBOX_USER_HOME", "VBOX_INSTALL_PATH")}
+_PR_SET_PDEATHSIG = 1
+CHILD_UMASK = 0o077
 
 
 def which(program: str) -> str:
@@ -36,27 +47,37 @@ def which(program: str) -> str:
     return path
 
 
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
+def child_env(keep: Iterable[str] = ()) -> dict[str, str]:
+    """The environment a child gets: the allow-list, *keep*, and ``$CAPSTAN_CHILD_ENV``'s
+    comma-separated names, minus anything whose name looks like a credential."""
+    extra = {*keep, *os.environ.get("CAPSTAN_CHILD_ENV", "").split(",")}
+    return {k: v for k, v in os.environ.items()
+            if (k in _ALLOWED or k.startswith("LC_") or k in extra) and not secret_name(k)}
+
+
+@cache
+def _prctl() -> Any:
     return ctypes.CDLL(None, use_errno=True).prctl
 
 
-def die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None]:
     """A ``preexec_fn`` that makes the child die (SIGKILL) when this process dies, even
-    by ``kill -9``: no ``qemu-img convert`` outlives the command that started it."""
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
+    by ``kill -9``: no ``qemu-img convert`` outlives the command that started it.
+
+    The kernel ties the signal to the thread that forked: call it from a thread
+    that outlives the child (the main thread, or one that waits for the child)."""
+    prctl, parent = _prctl(), os.getpid()
 
     def arm() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before the request took effect
             os._exit(1)
 
     return arm
+
+
+def _resolve(argv: Sequence[str]) -> list[str]:
+    return [which(argv[0]) if "/" not in argv[0] else argv[0], *argv[1:]]
 
 
 def run(
@@ -66,7 +87,7 @@ def run(
     timeout: float | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run *argv*, returning its output; raise :class:`CommandFailed` on failure."""
-    argv = [which(argv[0]) if "/" not in argv[0] else argv[0], *argv[1:]]
+    argv = _resolve(argv)
     LOG.debug("run: %s", argv)
     try:
         done = subprocess.run(
@@ -75,6 +96,8 @@ def run(
             capture_output=True,
             timeout=timeout,
             check=False,
+            env=child_env(_TOOL_ENV.get(os.path.basename(argv[0]), ())),
+            umask=CHILD_UMASK,
             preexec_fn=die_with_parent(),
         )
     except subprocess.TimeoutExpired as err:
@@ -86,3 +109,27 @@ def run(
             argv, done.returncode, (done.stderr or done.stdout).decode(errors="replace")
         )
     return done
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+    outlive: bool = False,
+    umask: int = CHILD_UMASK,
+    text: bool = False,
+) -> subprocess.Popen[Any]:
+    """Start *argv* in its own session, stdin from ``/dev/null``, and return it.
+
+    Unless *outlive* (instances started with ``run -d``), the child is killed when
+    the CLI dies, however it dies."""
+    argv = _resolve(argv)
+    LOG.debug("spawn: %s", argv)
+    try:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=text,
+            errors="replace" if text else None, env=child_env(), umask=umask,
+            start_new_session=True, preexec_fn=None if outlive else die_with_parent())
+    except OSError as err:
+        raise CommandFailed(argv, -1, str(err)) from err

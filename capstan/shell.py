@@ -24,6 +24,7 @@ from cliff.help import HelpExit
 
 from capstan import __version__
 from capstan.config import Config, load
+from capstan.core.secrets import RedactingFilter
 from capstan.errors import CapstanError, UsageError
 
 __all__ = ["CapstanApp", "main"]
@@ -81,6 +82,10 @@ class CapstanApp(App):
 
     def configure_logging(self) -> None:
         super().configure_logging()
+        # Credentials never reach a log, whatever the level (botocore's -vv included).
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
         # Libraries' chatter is for -vv (DEBUG) only.
         if self.options.verbose_level < 2:
             # qemu.qmp logs a failed connect as an ERROR; we raise (or expect) it ourselves
@@ -174,7 +179,9 @@ def _usage_error(command: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point."""
+    """Console-script entry point. State, sockets and outputs are private to the user
+    whatever the caller's umask (another user must not drive root's QEMU)."""
+    os.umask(os.umask(0o077) | 0o077)
     return CapstanApp().run(sys.argv[1:] if argv is None else argv)
 
 

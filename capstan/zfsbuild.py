@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from capstan import proc
 from capstan.config import Config
 from capstan.core import qemuopt
 from capstan.drivers.base import free_port
@@ -66,8 +67,7 @@ def builder_argv(qemu: str, builder: str | None, disk: str, port: int,
 def upload(argv: Sequence[str], port: int, entries: Sequence[Entry],
            timeout: float = 300) -> None:
     """Run the builder *argv*, stream *entries* to *port* after its handshake."""
-    vm = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, errors="replace")
+    vm = proc.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert vm.stdout is not None
     lines: list[str] = []
     ready = threading.Event()

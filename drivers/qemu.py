@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from filelock import FileLock
 
+from capstan import proc
 from capstan.core import fs, qemuopt
 from capstan.drivers.base import (
     Driver,
@@ -459,23 +460,26 @@ class QemuDriver(Driver):
     # -- lifecycle ----------------------------------------------------------
 
     def start(self, name: str) -> Instance:
-        return self._instance(self._launch(name)[0])
+        return self._instance(self._launch(name, outlive=True)[0])
 
-    def _launch(self, name: str) -> tuple[_State, subprocess.Popen[bytes]]:
+    def _launch(self, name: str, outlive: bool) -> tuple[_State, subprocess.Popen[bytes]]:
+        """Start QEMU for *name*; unless *outlive*, it dies with the CLI."""
         with self._lock(name):
             state = self._load(name)
             self._claimed(state)
             self._check_image(state)
             self._check_volumes(state)
             run = Path(state.qmp).parent
-            if run != self._dir(name):
+            if run != self._dir(name):  # its parent too: /tmp/capstan-UID may be squatted
+                fs.private_dir(run.parent)
                 fs.private_dir(run)
             for stale in (state.qmp, state.console):
                 Path(stale).unlink(missing_ok=True)
             LOG.debug("qemu argv: %s", state.argv)
-            with open(state.qemu_log, "ab") as log:
-                child = subprocess.Popen(state.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, start_new_session=True)
+            fd = os.open(state.qemu_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(fd, "ab") as log:  # sockets and console.log: 0600 (umask 177)
+                child = proc.spawn(state.argv, stdout=log, stderr=log, outlive=outlive,
+                                   umask=0o177)
             state.pid = child.pid
             fs.atomic_write(self._dir(name) / "qemu.pid", f"{child.pid}\n".encode(), 0o600)
             self._save(state)
@@ -538,7 +542,7 @@ class QemuDriver(Driver):
         child = None
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            _, child = self._launch(name)
+            _, child = self._launch(name, outlive=False)
             while child.poll() is None:
                 seen += self._pump(log, offset + len(seen), out)
                 if deadline is not None and time.monotonic() > deadline:

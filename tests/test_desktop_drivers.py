@@ -26,6 +26,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FAKE_LOG", str(log))
     monkeypatch.setenv("FAKE_STATE", str(tmp_path / "fake-state.json"))
     monkeypatch.setenv("PATH", f"{FAKES}:{os.environ['PATH']}")
+    monkeypatch.setenv("CAPSTAN_CHILD_ENV", "FAKE_LOG,FAKE_STATE,FAKE_FAIL,FAKE_ACPI")
     return log
 
 
