@@ -87,7 +87,7 @@ def compose_entries(
         raise LocalIOError(f"cannot create {target.parent}: {err.strerror}") from err
     with repo.lock(name):
         result = compose.compose(entries, ld, target, text, fmt, size)
-        repo.write_index(name)
+        repo.write_index(name, image=target)
     return result
 
 
@@ -150,6 +150,12 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
         from capstan.core.fs import atomic_write
 
         atomic_write(package / "capstan.lock", pins[-1])
+    if name is not None:  # the record `image sbom` reads: which packages, which digests
+        repo = LocalRepository(config.root)
+        with repo.lock(name):
+            repo.write_index(name, image=result.path, packages=[
+                {"name": p.name, "version": p.version, "sha256": p.sha256}
+                for p in merged.packages])
     return result, merged
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -68,14 +70,21 @@ class LocalRepository:
         raise NotFound(f"no such {kind}: '{ref}' is neither a file nor in "
                        f"{self.images}{hint}")
 
-    def write_index(self, name: str, description: str = "", version: str = "") -> None:
-        """Write ``index.yaml`` for image *name* (Capstan's keys)."""
+    def write_index(self, name: str, description: str = "", version: str = "", *,
+                    image: Path | None = None,
+                    packages: Sequence[Mapping[str, str]] = ()) -> None:
+        """Write ``index.yaml`` for image *name* (Capstan's keys), with the SHA-256 of
+        its *image* file and the *packages* (name, version, sha256) composed into it."""
         import yaml
 
         created = time.strftime("%Y-%m-%d %H:%M",
                                 time.localtime(_source_date_epoch() or time.time()))
-        index = {"format_version": "1", "version": version, "created": created,
-                 "description": description, "build": ""}
+        index: dict[str, Any] = {"format_version": "1", "version": version,
+                                 "created": created, "description": description, "build": ""}
+        if image is not None:
+            index["sha256"] = sha256_of(image)
+        if packages:
+            index["packages"] = [dict(p) for p in packages]
         atomic_write(self.image_dir(name) / "index.yaml",
                      yaml.safe_dump(index, sort_keys=False).encode())
 

@@ -314,3 +314,23 @@ class ImageExport(ShowOne):
                                     parsed_args.name or target.stem, mib, parsed_args.cpus)
         return (("Path", "Capacity", "Members"),
                 (str(target), result.capacity, " ".join(result.members)))
+
+
+class ImageSbom(ShowOne):
+    """Write a CycloneDX JSON SBOM of an image: its packages and every file, with SHA-256"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        _add_image(parser)
+        parser.add_argument("-o", "--output", type=Path, metavar="FILE",
+                            help="SBOM file to write (default: IMAGE_FILE.cdx.json here)")
+        parser.add_argument("--lock", type=Path, metavar="CAPSTAN_LOCK",
+                            help="take the packages from this capstan.lock (default: the "
+                                 "image's record)")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> Any:
+        from capstan.sbom import write_sbom
+
+        return _show(write_sbom(app_config(self), parsed_args.image, parsed_args.output,
+                                parsed_args.lock))

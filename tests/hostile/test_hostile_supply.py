@@ -126,3 +126,122 @@ def test_push_publishes_manifest_digests_and_a_tampered_manifest_is_refused(
     check(cli("pull", "me/loader"), 65, "checksum mismatch")
     assert "swapped" not in "".join(p.read_text() for p in
                                     (sandbox.root / "repository").rglob("index.yaml"))
+
+
+# -- SBOM -----------------------------------------------------------------------------
+
+
+def _validate(text: str) -> dict:  # type: ignore[type-arg]
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def _components(doc: dict, kind: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {c["name"]: c for c in doc.get("components", []) if c["type"] == kind}
+
+
+def _sha(component: dict) -> str:  # type: ignore[type-arg]
+    (digest,) = [h["content"] for h in component["hashes"] if h["alg"] == "SHA-256"]
+    return digest  # type: ignore[no-any-return]
+
+
+def test_sbom_lists_every_file_with_its_digest(cli, sandbox: Sandbox, app_tree: Path,
+                                               tmp_path: Path) -> None:
+    assert cli("compose", "-l", "probe-loader", "ns/app", app_tree).code == 0
+    image = sandbox.root / "repository" / "ns" / "app" / "app.qemu"
+    out = tmp_path / "app.cdx.json"
+    result = cli("image", "sbom", "ns/app", "-o", out, "-f", "json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    doc = _validate(out.read_text())
+    assert _sha(doc["metadata"]["component"]) == summary["sha256"] == \
+        hashlib.sha256(image.read_bytes()).hexdigest()
+    files = _components(doc, "file")
+    listed = cli("image", "ls", "-f", "value", "-c", "Path", "-c", "Type", "-R", "ns/app")
+    assert {line.split()[0] for line in listed.out.splitlines() if line.endswith(" file")} \
+        == set(files) and summary["files"] == len(files)
+    for path in ("/hello", "/lib/libfoo.so", "/lib/zero", "/run/default"):
+        host = app_tree / path.lstrip("/")
+        assert _sha(files[path]) == hashlib.sha256(host.read_bytes()).hexdigest()
+    images = json.loads(cli("images", "-f", "json").out)
+    assert [r["SHA256"] for r in images if r["Name"] == "ns/app"] == [summary["sha256"]]
+
+
+def test_sbom_takes_packages_from_a_lock(cli, sandbox: Sandbox, image: Path,
+                                         tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"pkg").hexdigest()
+    lock = tmp_path / "capstan.lock"
+    lock.write_text(f"lock_version: 1\npackages:\n  osv.nginx: {{version: '1.25', "
+                    f"sha256: {digest}}}\n  osv.bootstrap: {{version: '', sha256: {digest}}}\n")
+    out = tmp_path / "s.json"
+    assert cli("image", "sbom", image, "--lock", lock, "-o", out).code == 0
+    doc = _validate(out.read_text())
+    packages = _components(doc, "library")
+    assert set(packages) == {"osv.nginx", "osv.bootstrap"}
+    assert packages["osv.nginx"]["version"] == "1.25" and _sha(packages["osv.nginx"]) == digest
+    assert packages["osv.nginx"]["purl"] == "pkg:generic/osv.nginx@1.25"
+    (dep,) = [d for d in doc["dependencies"] if d["ref"] == doc["metadata"]["component"]
+              ["bom-ref"]]
+    assert {d for d in dep["dependsOn"]} == {"package:osv.nginx", "package:osv.bootstrap"}
+
+
+@pytest.mark.parametrize("lock_text, text", [
+    ("packages: {osv.x: {version: '1', sha256: 'not-a-digest'}}\n", "SHA-256"),
+    ("packages: [osv.x]\n", "not a capstan.lock"),
+    ("packages: {osv.x: {sha256: a}}\npackages: {}\n", "duplicate key"),
+    ("[unclosed\n", "capstan.lock"),
+])
+def test_sbom_refuses_a_bad_lock(cli, sandbox: Sandbox, image: Path, tmp_path: Path,
+                                 lock_text: str, text: str) -> None:
+    lock = tmp_path / "capstan.lock"
+    lock.write_text(lock_text)
+    out = tmp_path / "s.json"
+    check(cli("image", "sbom", image, "--lock", lock, "-o", out), 65, text)
+    assert not out.exists()
+
+
+def test_sbom_of_something_that_is_no_image(cli, sandbox: Sandbox, tmp_path: Path) -> None:
+    fake = tmp_path / "fake.qemu"
+    fake.write_bytes(b"\0" * 4096)
+    check(cli("image", "sbom", fake, "-o", tmp_path / "s.json"), 65, "not an OSv image")
+    check(cli("image", "sbom", sandbox.victim, "-o", sandbox.outside / "s.json"), 65, "")
+    assert not (tmp_path / "s.json").exists()
+
+
+def _stub(cli, top: Path, name: str, require: tuple[str, ...] = ()) -> None:  # type: ignore
+    pkg = top / name
+    (pkg / "meta").mkdir(parents=True)
+    req = "".join(f"  - {r}\n" for r in require)
+    (pkg / "meta" / "package.yaml").write_text(
+        f"name: {name}\ntitle: {name}\nauthor: t\nversion: '2.0'\n"
+        + (f"require:\n{req}" if req else ""))
+    (pkg / f"{name}.txt").write_text(name)
+    assert cli("package", "import", "-C", pkg).code == 0
+
+
+def test_sbom_of_a_package_compose_names_its_packages(cli, sandbox: Sandbox,
+                                                      tmp_path: Path) -> None:
+    _stub(cli, tmp_path / "stubs", "osv.bootstrap")
+    _stub(cli, tmp_path / "stubs", "lib.one")
+    app = tmp_path / "app"
+    (app / "meta").mkdir(parents=True)
+    (app / "meta" / "package.yaml").write_text("name: app\ntitle: app\nauthor: t\n"
+                                               "require:\n  - lib.one\n")
+    (app / "run").mkdir()
+    (app / "run" / "default").write_text("/lib.one.txt")
+    result = cli("package", "compose", "-C", app, "-l", "probe-loader", "ns/pkgapp")
+    assert result.code == 0, result.err
+    out = tmp_path / "s.json"
+    assert cli("image", "sbom", "ns/pkgapp", "-o", out).code == 0
+    packages = _components(_validate(out.read_text()), "library")
+    assert set(packages) >= {"osv.bootstrap", "lib.one"}
+    mpm = sandbox.root / "packages" / "lib.one.mpm"
+    assert packages["lib.one"]["version"] == "2.0"
+    assert _sha(packages["lib.one"]) == hashlib.sha256(mpm.read_bytes()).hexdigest()
+    locked = tmp_path / "l.json"
+    assert cli("image", "sbom", "ns/pkgapp", "--lock", app / "capstan.lock", "-o",
+               locked).code == 0
+    assert _components(_validate(locked.read_text()), "library") == packages
