@@ -42,7 +42,10 @@ class CloudDriver(Driver):
         return name
 
     def _record(self, name: str) -> Path:
-        return self.config.instances / self.name / self.check_name(name) / "instance.json"
+        home = self.config.instances / self.name / self.check_name(name)
+        if home.is_symlink():  # planted: a record is never followed out of the root
+            raise NotFound(f"instance {name}: {home} is a symbolic link, not a record")
+        return home / "instance.json"
 
     def load_record(self, name: str) -> dict[str, Any]:
         """The record of instance *name*, or NotFound."""

@@ -43,6 +43,7 @@ LOG = logging.getLogger(__name__)
 __all__ = ["Flavor", "OpenStackDriver", "pick_flavor"]
 
 TAGS = ["tagOSv", "tagCapstan"]
+SHA256_KEY = "owner_specified.openstack.sha256"  # set by openstacksdk's create_image
 GIB = 1 << 30
 _STATES = {"ACTIVE": InstanceState.RUNNING, "BUILD": InstanceState.RUNNING,
            "REBOOT": InstanceState.RUNNING, "HARD_REBOOT": InstanceState.RUNNING,
@@ -191,10 +192,12 @@ class OpenStackDriver(CloudDriver):
         return str(created.id)
 
     def images(self) -> list[dict[str, str]]:
-        """Our Glance images: id, name, format and status ("snapshot"), checksum, created."""
+        """Our Glance images: id, name, format and status ("snapshot"), the SHA-256 of the
+        qcow2 uploaded (as openstacksdk records it), created."""
         return sorted(({"id": str(i.id), "name": str(i.name),
                         "snapshot": f"{i.disk_format}, {i.status}",
-                        "digest": str(i.checksum or ""), "created": str(i.created_at)}
+                        "digest": str((i.properties or {}).get(SHA256_KEY, "")),
+                        "created": str(i.created_at)}
                        for i in self._our_images()), key=lambda r: r["created"])
 
     def remove_image(self, ref: str) -> None:

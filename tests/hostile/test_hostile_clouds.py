@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hostile_kit import Sandbox, check
+from hostile_kit import Sandbox, check, snapshot
 
 os.environ.setdefault("NO_GCE_CHECK", "true")  # no metadata-server probe from google.auth
 
@@ -34,9 +34,14 @@ def test_planted_records_are_skipped(cli, sandbox: Sandbox, driver: str) -> None
     (home / "Bad Name").mkdir()
     (home / "Bad Name" / "instance.json").write_text("{}")
     (home / "evil").symlink_to(sandbox.outside)
+    (sandbox.outside / "instance.json").write_text('{"zone": "us-central1-a"}')
+    sandbox.before = snapshot(sandbox.outside)  # the bait is part of what must survive
     result = cli("instances", "-p", driver, "-f", "value")
     assert result.code == 0 and result.out == "", result
     check(cli("logs", "-p", driver, "Bad Name"), 64, "instance name")
+    check(cli("logs", "-p", driver, "evil"), 65, "is a symbolic link")
+    result = cli("delete", "-p", driver, "evil")
+    assert result.code == 65 and "is a symbolic link" in result.err, result
 
 
 @pytest.mark.parametrize("content", [
