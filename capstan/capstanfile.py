@@ -28,10 +28,10 @@ base: osv-loader
 # The OSv command line.
 cmdline: /hello
 # A host command run first (through sh -c), e.g. make.
-build: make
-# Guest path: host path ('&' stands for the guest path's file name).
+# build: make
+# Guest path: host path ('&' stands for the guest path's file name; quote it).
 files:
-  /hello: &
+  /hello: "&"
 """
 
 

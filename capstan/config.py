@@ -151,14 +151,9 @@ class _ParsedYaml:
 
 
 def _parse_yaml(text: str, where: str) -> dict[str, Any]:
-    import yaml
+    from capstan.yamlfile import load_text
 
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where}{line}: invalid YAML") from err
+    data = load_text(text, where, error=ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):

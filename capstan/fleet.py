@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 from filelock import FileLock
 
 from capstan.config import Config
+from capstan.core.names import is_valid
 from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState, Volume, get_driver
 from capstan.errors import CapstanError, Conflict, InputError, NotFound, UsageError
 from capstan.repository import atomic_write
@@ -36,7 +37,6 @@ JOBS = 16
 
 DEFAULT_FILE = "capstan-fleet.yaml"
 MAX_COUNT = 64
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 _FLEET_KEYS = {"name", "services", "private_network"}
 _SERVICE_KEYS = {"image", "count", "cpus", "memory", "env", "boot", "command", "ports",
                  "volumes", "driver", "networking", "depends_on"}
@@ -119,7 +119,7 @@ def load_fleet(path: Path) -> Fleet:
         raise InputError(f"{path}: expected a mapping with 'services'")
     _only(data, _FLEET_KEYS, "top level", bad)
     name = data.get("name", _slug(path.absolute().parent.name))
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not is_valid(name, "fleet"):
         raise bad("name", f"'{name}' is not a valid fleet name (letters, digits, '.', '_', "
                   "'-', at most 40)")
     raw_services = data.get("services")
@@ -130,6 +130,7 @@ def load_fleet(path: Path) -> Fleet:
         for dep in svc.depends_on:
             if dep not in services:
                 raise bad(f"services.{svc.name}.depends_on", f"unknown service '{dep}'")
+    _check_ports(services.values(), bad)
     subnet = _subnet(data.get("private_network", True), bad)
     ordered = _start_order(services, bad)
     total = sum(s.count for s in ordered)
@@ -151,7 +152,7 @@ def _only(data: Mapping[str, Any], allowed: set[str], where: str,
 
 def _service(name: str, value: Any, bad: Callable[[str, str], InputError]) -> Service:
     where = f"services.{name}"
-    if not _NAME.fullmatch(name):
+    if not is_valid(name, "service"):
         raise bad(where, "invalid service name (letters, digits, '.', '_', '-')")
     if not isinstance(value, dict):
         raise bad(where, "expected a mapping of settings")
@@ -195,6 +196,28 @@ def _service(name: str, value: Any, bad: Callable[[str, str], InputError]) -> Se
         volumes=strings("volumes"), driver=value.get("driver"),
         networking=value.get("networking", "nat"), depends_on=strings("depends_on"),
     )
+
+
+def _check_ports(services: Iterable[Service], bad: Callable[[str, str], InputError]) -> None:
+    """Every port rule parses, and no fixed host port is used twice (a count above one
+    uses its service's ports once per instance)."""
+    from capstan.drivers.base import PortForward
+
+    owner: dict[tuple[str, int, str], str] = {}
+    for svc in services:
+        for text in svc.ports:
+            try:
+                rule = PortForward.parse(text)
+            except UsageError as err:
+                raise bad(f"services.{svc.name}.ports", str(err)) from err
+            key = (rule.host_addr, rule.host_port, rule.protocol)
+            if rule.host_port == 0 or svc.count == 0:
+                continue
+            if key in owner or svc.count > 1:
+                other = owner.get(key, svc.name)
+                raise bad(f"services.{svc.name}.ports", f"host port {rule.host_port}/"
+                          f"{rule.protocol} is also used by {other} (use 0 for a free port)")
+            owner[key] = svc.name
 
 
 def _subnet(value: Any, bad: Callable[[str, str], InputError]) -> ipaddress.IPv4Network | None:

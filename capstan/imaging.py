@@ -186,14 +186,16 @@ def _check_lock(package: Path, resolved: Sequence[Resolved]) -> bytes:
     lock file's new text, pinning every resolved package."""
     import yaml
 
+    from capstan.yamlfile import load_strict
+
     lock = package / "capstan.lock"
     now = {p.name: {"version": p.version, "sha256": p.sha256} for p in resolved}
     if lock.is_file():
-        try:
-            pinned = yaml.safe_load(lock.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{lock}: malformed lock file: {err}") from err
+        pinned = load_strict(lock) or {}
+        if not isinstance(pinned, dict) or not isinstance(pinned.get("packages") or {}, dict):
+            raise InputError(f"{lock}: malformed lock file: expected lock_version and packages")
         for pkg, entry in (pinned.get("packages") or {}).items():
+            entry = entry if isinstance(entry, dict) else {}
             have = now.get(pkg)
             if have and have["sha256"] != entry.get("sha256"):
                 raise InputError(f"{lock} pins {pkg} at sha256 {entry.get('sha256')} but the "

@@ -27,13 +27,14 @@ import yaml
 
 from capstan.core.fs import atomic_output, publish_dir, sweep, temp_dir
 from capstan.core.limits import CappedReader, expansion_limit
+from capstan.core.names import check_name
 from capstan.errors import Conflict, InputError, LocalIOError, NotFound, UsageError
 from capstan.image.rofs import DirEntry, FileEntry, SymlinkEntry
 from capstan.image.sources import Extent, open_host
 from capstan.image.tree import Tree, guest_path, host_entry, materialise
 from capstan.repository import sha256_of
 from capstan.runtimes import RunConfig, boot_command, parse_run
-from capstan.yamlfile import load_strict
+from capstan.yamlfile import load_strict, load_text
 
 __all__ = ["Collected", "Manifest", "Merged", "build_mpm", "collect", "ignore_rules",
            "load_manifest", "merge", "read_mpm", "resolve"]
@@ -103,6 +104,8 @@ def parse_manifest(data: Any, where: str) -> Manifest:
     for key in ("name", "title", "author", "version", "platform"):
         if key in data and not isinstance(data[key], str | int | float):
             raise InputError(f"{where}: '{key}' must be a string")
+    for key, value in [("name", str(data["name"])), *(("require", r) for r in require)]:
+        check_name(value, "package", f"{where}: {key}")
     return Manifest(str(data["name"]), str(data["title"]), str(data["author"]),
                     str(data.get("version") or ""), tuple(require),
                     str(data.get("created") or ""), str(data.get("platform") or ""),
@@ -386,10 +389,7 @@ def _member(path: Path, info: tarfile.TarInfo) -> Member | None:
 
 
 def _yaml(text: bytes, path: Path, what: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: malformed meta/{what}: {err}") from err
+    return load_text(text, f"{path}:meta/{what}")
 
 
 def _safe_name(path: Path, info: tarfile.TarInfo) -> str | None:
@@ -442,6 +442,7 @@ def resolve(root: Path, names: Sequence[str], *, pull: Any = None,
     manifests: dict[str, Manifest] = {}
 
     def visit(name: str, path: list[str]) -> None:
+        check_name(name, "package", "")
         if name in path:
             raise InputError(f"dependency cycle: {' -> '.join([*path[path.index(name):], name])}")
         archive = packages / f"{name}.mpm"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -25,13 +26,17 @@ from capstan.core.fs import (
     temp_path,
     write_error,
 )
+from capstan.core.names import check_name, is_valid
 from capstan.download import fetch
 from capstan.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
 from capstan.remotes import BucketRemote, Found, remotes
 from capstan.repository import LocalRepository
+from capstan.yamlfile import load_cached, load_file
 
 __all__ = ["ImageRow", "Pulled", "import_base", "list_images", "pull_image", "pull_package",
            "push_image", "push_package", "remove_image", "remove_package", "search"]
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,14 +118,11 @@ def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = 
             index_file = work / "index.remote.yaml"
             fetch(index[0], index_file, quiet=True)
             try:
-                remote_meta = yaml.safe_load(index_file.read_text()) or {}
-            except yaml.YAMLError as err:
-                raise InputError(f"{index[0].url}: malformed index.yaml: "
-                                 f"{' '.join(str(err).split())}") from err
+                remote_meta = load_file(index_file, index[0].url) or {}
             finally:
                 index_file.unlink(missing_ok=True)
             if isinstance(remote_meta, dict):
-                meta.update({k: v for k, v in remote_meta.items() if k in meta or
+                meta.update({k: str(v) for k, v in remote_meta.items() if k in meta or
                              k == "platform"})
         meta.update({"sha256": digest, "source": hit.source, "verified": verified})
         _publish_image(repo, name, {target.name: downloaded},
@@ -162,11 +164,8 @@ def _publish_image(repo: LocalRepository, name: str, files: dict[str, Path],
 
 
 def _recorded(repo: LocalRepository, name: str) -> str:
-    try:
-        meta = yaml.safe_load((repo.image_dir(name) / "index.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return ""
-    return str(meta.get("sha256", "")) if isinstance(meta, dict) else ""
+    meta = load_cached(repo.image_dir(name) / "index.yaml", f"index of image {name}")
+    return str(meta.get("sha256", ""))
 
 
 def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = False,
@@ -222,6 +221,7 @@ def remove_package(config: Config, name: str) -> None:
 
 def _package_files(packages: Path, name: str) -> tuple[Path, Path, Path]:
     """Manifest, archive and recorded digest of package *name*."""
+    check_name(name, "package", "")
     return (packages / f"{name}.yaml", packages / f"{name}.mpm",
             packages / f"{name}.mpm.sha256")
 
@@ -245,11 +245,10 @@ def list_images(config: Config) -> list[ImageRow]:
         name = index.parent.relative_to(repo.images).as_posix()
         if index.stem != name.rsplit("/", 1)[-1]:
             continue
-        try:
-            meta = yaml.safe_load((index.parent / "index.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            meta = {}
-        meta = meta if isinstance(meta, dict) else {}
+        if not is_valid(name, "image"):
+            LOG.warning("skipping %s: not a valid image name", ascii(name))
+            continue
+        meta = load_cached(index.parent / "index.yaml", f"index of image {name}")
         rows.append(ImageRow(name, index.suffix[1:], index.stat().st_size,
                              str(meta.get("created", "")), str(meta.get("sha256", "")),
                              str(meta.get("source", ""))))
@@ -287,6 +286,9 @@ def search(config: Config, pattern: str = "*", kind: str | None = None,
     rows = []
     for remote in remotes(config, s3):
         for k, name in remote.names():
+            if not is_valid(name, "image" if k == "image" else "package"):
+                LOG.warning("%s: skipping %s %s: not a valid name", remote.label, k, ascii(name))
+                continue
             if (kind is None or k == kind) and fnmatch(name, pattern if any(
                     c in pattern for c in "*?[") else f"*{pattern}*"):
                 rows.append((k, name, remote.label))

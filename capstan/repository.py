@@ -16,6 +16,7 @@ from typing import Any
 from filelock import FileLock
 
 from capstan.core.fs import atomic_write, lock, sha256_of
+from capstan.core.names import check_name
 from capstan.errors import NotFound, UsageError
 
 __all__ = ["LocalRepository", "atomic_write", "sha256_of"]  # the last two: older importers
@@ -31,10 +32,7 @@ class LocalRepository:
     @staticmethod
     def check_name(name: str) -> str:
         """*name* if it is a valid image name (``a``, ``ns/a``), else UsageError."""
-        parts = name.split("/")
-        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise UsageError(f"invalid image name '{name}'")
-        return name
+        return check_name(name, "image")
 
     def image_dir(self, name: str) -> Path:
         """The directory of image *name*."""

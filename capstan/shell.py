@@ -15,6 +15,7 @@ import gc
 import importlib.metadata
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -30,9 +31,17 @@ from capstan.errors import CapstanError, UsageError
 __all__ = ["CapstanApp", "main"]
 
 EXIT_USAGE = 64
+EXIT_BACKEND = 69
 EXIT_INTERNAL = 70
+EXIT_IO = 74
+EXIT_REMOTE = 75
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
+# optional backend library (top-level module) -> (extra that installs it, its name)
+_EXTRAS = {"libvirt": ("libvirt", "libvirt-python"), "boto3": ("aws", "boto3"),
+           "botocore": ("aws", "boto3"), "s3transfer": ("aws", "boto3"),
+           "pyVmomi": ("vsphere", "pyvmomi"), "pyVim": ("vsphere", "pyvmomi")}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 class _CommandManager(CommandManager):
@@ -121,7 +130,7 @@ class CapstanApp(App):
         try:
             factory, name, sub_argv = self.command_manager.find_command(argv)
         except ValueError:
-            self.stderr.write(f"capstan: '{argv[0]}' is not a capstan command; "
+            self.stderr.write(f"capstan: '{one_line(argv[0])}' is not a capstan command; "
                               "see 'capstan --help'\n")
             return EXIT_USAGE
         cmd = factory(self, self.options, cmd_name=name)
@@ -138,6 +147,18 @@ class CapstanApp(App):
             return 0 if exc.code in (0, None) else EXIT_USAGE
         except CapstanError as err:
             return self._fail(err, err.exit_code)
+        except ImportError as err:  # an optional backend library is not installed
+            extra = _EXTRAS.get((err.name or "").split(".")[0])
+            if extra is None:
+                return self._fail(err, EXIT_INTERNAL, internal=True)
+            return self._fail(ImportError(f"{extra[1]} is not installed: pip install "
+                                          f"'pycapstan[{extra[0]}]' (or 'pycapstan[all]')"),
+                              EXIT_BACKEND)
+        except OSError as err:  # not wrapped by the library: still a local I/O error
+            if _is_requests_error(err):
+                return self._fail(err, EXIT_REMOTE)
+            where = f": {err.filename}" if err.filename else ""
+            return self._fail(OSError(f"{err.strerror or err}{where}"), EXIT_IO)
         except KeyboardInterrupt:
             self.stderr.write("capstan: interrupted\n")
             return EXIT_INTERRUPTED
@@ -153,8 +174,19 @@ class CapstanApp(App):
             self.LOG.error("traceback:", exc_info=err)
         prefix = "internal error: " if internal else ""
         message = str(err) or type(err).__name__
-        self.stderr.write(f"capstan: {prefix}{message}\n")
+        self.stderr.write(f"capstan: {prefix}{one_line(message)}\n")
         return code
+
+
+def one_line(message: str) -> str:
+    """*message* on one line: line breaks and other control characters become spaces."""
+    return _CONTROL.sub(" ", message).strip()
+
+
+def _is_requests_error(err: BaseException) -> bool:
+    """Whether *err* is a requests/urllib3 network error (a remote failure)."""
+    return any(cls.__module__.split(".")[0] in ("requests", "urllib3")
+               for cls in type(err).__mro__)
 
 
 _VALUED = {"-u", "--repo-url", "--repo_url", "-r", "--release-tag", "--release_tag",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,12 @@ import yaml
 from filelock import FileLock
 
 from capstan import proc
+from capstan.core.names import check_name, is_valid
 from capstan.drivers.base import VOLUME_SETTINGS, Volume
 from capstan.errors import CommandFailed, Conflict, ImageError, InputError, NotFound, UsageError
 from capstan.repository import atomic_write
 from capstan.sizes import parse_size
+from capstan.yamlfile import load_strict
 
 __all__ = ["FORMATS", "VolumeInfo", "attachable", "create", "delete", "list_volumes",
            "settings"]
@@ -29,7 +30,6 @@ __all__ = ["FORMATS", "VolumeInfo", "attachable", "create", "delete", "list_volu
 #: accepted ``-f`` values and the qemu-img format each means
 FORMATS = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vdi": "vdi", "vhd": "vpc",
            "vpc": "vpc", "vhdx": "vhdx"}
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _SETTINGS = ("format", "aio", "cache")
 _PROBE_TIMEOUT = 60  # qemu-img info of a hostile image must not hang a run
 
@@ -53,8 +53,8 @@ def _volumes_dir(package: Path) -> Path:
 
 
 def _path(package: Path, name: str) -> Path:
-    if not _NAME.fullmatch(name) or name.endswith(".yaml"):
-        raise UsageError(f"invalid volume name '{name}': use letters, digits, '.', '_' and '-'")
+    if check_name(name, "volume").endswith(".yaml"):
+        raise UsageError(f"invalid volume name '{name}': it cannot end in .yaml")
     return _volumes_dir(package) / name
 
 
@@ -62,11 +62,9 @@ def settings(path: Path) -> dict[str, str]:
     """The settings in ``<volume>.yaml`` next to *path* (empty if there is none)."""
     meta = path.with_name(path.name + ".yaml")
     try:
-        data = yaml.safe_load(meta.read_text()) or {}
-    except FileNotFoundError:
+        data = load_strict(meta) or {}
+    except NotFound:
         return {}
-    except (OSError, yaml.YAMLError) as err:
-        raise InputError(f"{meta}: cannot read volume settings: {err}") from err
     if not isinstance(data, dict) or set(data) - set(_SETTINGS):
         raise InputError(f"{meta}: expected only the keys {', '.join(_SETTINGS)}")
     found = {key: str(value).lower() for key, value in data.items() if value}
@@ -169,7 +167,7 @@ def list_volumes(package: Path) -> list[VolumeInfo]:
     if not folder.is_dir():
         return []
     return [_info(p) for p in sorted(folder.iterdir())
-            if p.is_file() and _NAME.fullmatch(p.name) and p.suffix != ".yaml"]
+            if p.is_file() and is_valid(p.name, "volume") and p.suffix != ".yaml"]
 
 
 def _info(path: Path) -> VolumeInfo:

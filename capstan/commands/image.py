@@ -13,6 +13,7 @@ from cliff.lister import Lister
 from cliff.show import ShowOne
 
 from capstan.commands import app_config
+from capstan.core.names import argument
 from capstan.errors import UsageError
 from capstan.sizes import parse_size
 
@@ -52,7 +53,7 @@ class Compose(Command):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("name", nargs="?", metavar="IMAGE_NAME",
+        parser.add_argument("name", nargs="?", metavar="IMAGE_NAME", type=argument("image"),
                             help="store as this image in the local repository")
         parser.add_argument("path", metavar="PATH",
                             help="directory uploaded as / (or a file uploaded as /NAME)")

@@ -14,6 +14,7 @@ from cliff.command import Command
 from cliff.lister import Lister
 
 from capstan.commands import app_config
+from capstan.core.names import argument, check_name
 from capstan.errors import BackendError, CapstanError, UsageError
 
 _COLUMNS = ("Name", "Platform", "Status", "Image", "PID", "Ports", "Created")
@@ -94,6 +95,7 @@ class Run(Command):
         elif name is None:
             name = Path(image_ref).stem if Path(image_ref).is_file() else \
                 image_ref.replace("/", "-")
+        check_name(name, "instance")
         spec = make_spec(app_config(self), image_ref, name, memory=args.memory,
                          cpus=args.cpus, networking=args.networking, bridge=args.bridge,
                          mac=args.mac, forwards=args.forward,
@@ -190,7 +192,8 @@ class _EachInstance(Command):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("names", nargs="+", metavar="NAME", help="instance name")
+        parser.add_argument("names", nargs="+", metavar="NAME", type=argument("instance"),
+                            help="instance name")
         _add_hypervisor(parser)
         return parser
 

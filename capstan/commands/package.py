@@ -12,6 +12,7 @@ from cliff.lister import Lister
 from cliff.show import ShowOne
 
 from capstan.commands import app_config
+from capstan.core.names import argument, check_name
 
 _TEMPLATE_KEYS = {"bootcmd": "<command>", "main": "<name>", "classpath": "<list>",
                   "xms": "<value>", "xmx": "<value>", "jvm_args": "<list>", "args": "<list>",
@@ -29,11 +30,11 @@ class PackageInit(Command):
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument("path", nargs="?", type=Path, default=Path("."))
-        parser.add_argument("-n", "--name", required=True)
+        parser.add_argument("-n", "--name", required=True, type=argument("package"))
         parser.add_argument("-t", "--title", required=True)
         parser.add_argument("-a", "--author", required=True)
         parser.add_argument("-v", "--version", dest="pkg_version", default="")
-        parser.add_argument("--require", action="append", default=[])
+        parser.add_argument("--require", action="append", default=[], type=argument("package"))
         parser.add_argument("--runtime", help="also write meta/run.yaml for this runtime")
         parser.add_argument("-p", "--platform", default="")
         parser.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -152,7 +153,7 @@ class PackageImport(ShowOne):
 
 
 def _compose_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--require", action="append", default=[],
+    parser.add_argument("--require", action="append", default=[], type=argument("package"),
                         help="extra package (repeatable)")
     parser.add_argument("-p", "--pull-missing", action="store_true",
                         help="download missing packages from the remotes")
@@ -191,7 +192,7 @@ class PackageCompose(ShowOne):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("name", nargs="?", metavar="IMAGE_NAME",
+        parser.add_argument("name", nargs="?", metavar="IMAGE_NAME", type=argument("image"),
                             help="repository image name (or use -o FILE)")
         parser.add_argument("-o", "--output", type=Path, help="image file to write instead")
         parser.add_argument("-s", "--size", default="0", help="minimum virtual size, e.g. 1G")
@@ -262,7 +263,8 @@ class PackageDescribe(ShowOne):
 
         path = Path(parsed_args.package)
         if not path.is_file():
-            path = app_config(self).root / "packages" / f"{parsed_args.package}.mpm"
+            name = check_name(parsed_args.package, "package")
+            path = app_config(self).root / "packages" / f"{name}.mpm"
         archive = read_mpm(path)
         m = archive.manifest
         if m is None:
@@ -289,7 +291,7 @@ class PackageDelete(Command):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("names", nargs="+", metavar="PACKAGE")
+        parser.add_argument("names", nargs="+", metavar="PACKAGE", type=argument("package"))
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -322,7 +324,8 @@ class Build(ShowOne):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("name", nargs="?", help="image name (default: the directory's)")
+        parser.add_argument("name", nargs="?", type=argument("image"),
+                            help="image name (default: the directory's)")
         parser.add_argument("-o", "--output", type=Path, help="image file to write instead")
         parser.add_argument("-C", "--directory", type=Path, default=Path("."),
                             help="project directory (default: the current one)")

@@ -13,6 +13,7 @@ from cliff.lister import Lister
 from cliff.show import ShowOne
 
 from capstan.commands import app_config
+from capstan.core.names import argument, check_name
 
 _PULLED = ("Name", "Kind", "Status", "SHA256", "Source", "Path")
 
@@ -36,7 +37,7 @@ class Pull(ShowOne):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("name", metavar="NAME",
+        parser.add_argument("name", metavar="NAME", type=argument("image"),
                             help="loader (osv-loader) or bucket image (ns/name)")
         parser.add_argument("-p", "--platform", default="qemu", help="image flavour (qemu)")
         parser.add_argument("--force", action="store_true", help="download again")
@@ -56,7 +57,7 @@ class PackagePull(ShowOne):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("name", metavar="PACKAGE")
+        parser.add_argument("name", metavar="PACKAGE", type=argument("package"))
         parser.add_argument("--force", action="store_true", help="download again")
         _insecure(parser)
         return parser
@@ -133,7 +134,7 @@ class Rmi(Command):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("names", nargs="+", metavar="NAME")
+        parser.add_argument("names", nargs="+", metavar="NAME", type=argument("image"))
         parser.add_argument("-p", "--hypervisor", metavar="DRIVER",
                             help="delete a cloud driver's image instead (aws)")
         parser.add_argument("--force", action="store_true",
@@ -191,7 +192,8 @@ class BaseImport(ShowOne):
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument("file", type=Path, metavar="FILE")
-        parser.add_argument("--name", required=True, help="repository name, e.g. my/loader")
+        parser.add_argument("--name", required=True, type=argument("image"),
+                            help="repository name, e.g. my/loader")
         parser.add_argument("--description", default="")
         parser.add_argument("--version", dest="image_version", default="")
         return parser
@@ -208,7 +210,8 @@ class Push(ShowOne):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("name", metavar="NAME", help="image (ns/name)")
+        parser.add_argument("name", metavar="NAME", type=argument("image"),
+                            help="image (ns/name)")
         parser.add_argument("url", metavar="REPOSITORY", help="s3://bucket/prefix or a directory")
         parser.add_argument("-p", "--platform", default="qemu")
         return parser
@@ -232,4 +235,6 @@ class PackagePush(ShowOne):
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         from capstan.pulling import push_package
 
+        if not parsed_args.package.endswith(".mpm"):
+            check_name(parsed_args.package, "package")
         return _row(push_package(app_config(self), parsed_args.package, parsed_args.url))

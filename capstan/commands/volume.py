@@ -11,6 +11,7 @@ from cliff.command import Command
 from cliff.lister import Lister
 
 from capstan.commands import app_config
+from capstan.core.names import argument
 
 _COLUMNS = ("Name", "Format", "Size", "Disk size", "Path")
 
@@ -25,7 +26,7 @@ class VolumeCreate(Command):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("name", metavar="NAME")
+        parser.add_argument("name", metavar="NAME", type=argument("volume"))
         parser.add_argument("-s", "--size", default="1G", help="size, e.g. 512M (1G)")
         parser.add_argument("-f", "--format", dest="disk_format", default="raw",
                             help="raw, qcow2, vmdk, vdi, vhd or vhdx (raw)")
@@ -48,7 +49,7 @@ class VolumeDelete(Command):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("name", metavar="NAME")
+        parser.add_argument("name", metavar="NAME", type=argument("volume"))
         parser.add_argument("-v", "--verbose-delete", action="store_true",
                             help="accepted for Capstan; has no effect")
         _package(parser)
