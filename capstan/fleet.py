@@ -37,6 +37,7 @@ JOBS = 16
 
 DEFAULT_FILE = "capstan-fleet.yaml"
 MAX_COUNT = 64
+_WILDCARD = {"0.0.0.0", "::", ""}
 _FLEET_KEYS = {"name", "services", "private_network"}
 _SERVICE_KEYS = {"image", "count", "cpus", "memory", "env", "boot", "command", "ports",
                  "volumes", "driver", "networking", "depends_on"}
@@ -199,25 +200,29 @@ def _service(name: str, value: Any, bad: Callable[[str, str], InputError]) -> Se
 
 
 def _check_ports(services: Iterable[Service], bad: Callable[[str, str], InputError]) -> None:
-    """Every port rule parses, and no fixed host port is used twice (a count above one
-    uses its service's ports once per instance)."""
+    """Every port rule parses, and no fixed host port is used twice (each instance of a
+    service binds its ports; a wildcard address clashes with every address)."""
     from capstan.drivers.base import PortForward
 
-    owner: dict[tuple[str, int, str], str] = {}
+    taken: list[tuple[PortForward, str]] = []
     for svc in services:
         for text in svc.ports:
             try:
                 rule = PortForward.parse(text)
             except UsageError as err:
                 raise bad(f"services.{svc.name}.ports", str(err)) from err
-            key = (rule.host_addr, rule.host_port, rule.protocol)
             if rule.host_port == 0 or svc.count == 0:
                 continue
-            if key in owner or svc.count > 1:
-                other = owner.get(key, svc.name)
-                raise bad(f"services.{svc.name}.ports", f"host port {rule.host_port}/"
-                          f"{rule.protocol} is also used by {other} (use 0 for a free port)")
-            owner[key] = svc.name
+            if svc.count > 1:
+                raise bad(f"services.{svc.name}.ports", f"host port {rule.host_port} would be "
+                          f"bound by each of its {svc.count} instances (use 0 for a free port)")
+            for other, owner in taken:
+                if (other.host_port, other.protocol) == (rule.host_port, rule.protocol) and (
+                        _WILDCARD & {other.host_addr, rule.host_addr}
+                        or other.host_addr == rule.host_addr):
+                    raise bad(f"services.{svc.name}.ports", f"host port {rule.host_port}/"
+                              f"{rule.protocol} is also used by {owner}")
+            taken.append((rule, svc.name))
 
 
 def _subnet(value: Any, bad: Callable[[str, str], InputError]) -> ipaddress.IPv4Network | None:

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlencode, urlparse
 from capstan.config import Config
 from capstan.core.fs import atomic_output
 from capstan.download import Artifact, reason, session
-from capstan.errors import CapstanError, InputError, NotFound, RemoteError, UsageError
+from capstan.errors import CapstanError, InputError, NotFound, RemoteError, ToolMissing, UsageError
 from capstan.repository import atomic_write
 
 __all__ = ["BucketRemote", "Found", "GitHubRemote", "Remote", "host_arch", "remotes"]
@@ -259,8 +259,8 @@ class BucketRemote(Remote):
         try:
             import boto3
         except ImportError as err:
-            raise UsageError("s3:// repositories need boto3: pip install "
-                             "'pycapstan[aws]'") from err
+            raise ToolMissing("s3:// repositories need boto3: pip install "
+                              "'pycapstan[aws]'") from err
         return boto3.client("s3")
 
     def _s3_keys(self) -> set[str]:
@@ -299,7 +299,12 @@ class BucketRemote(Remote):
                 art.opener(target)
                 text = target.read_text()
             else:
-                reply = self.http.get(art.url, timeout=(10, 30))
+                import requests
+
+                try:
+                    reply = self.http.get(art.url, timeout=(10, 30))
+                except requests.RequestException as err:
+                    raise RemoteError(f"cannot fetch {art.url}: {reason(err)}") from err
                 if reply.status_code != 200:
                     raise RemoteError(f"{art.url} answered HTTP {reply.status_code}")
                 text = reply.text

@@ -71,7 +71,7 @@ def parse_run(data: Any, package: str, where: str) -> RunConfig:
     """Validate the YAML data of a run.yaml (*where* names it in errors)."""
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping with runtime and config_set")
-    unknown = sorted(set(data) - {"runtime", "config_set", "config_set_default"})
+    unknown = sorted(set(map(str, data)) - {"runtime", "config_set", "config_set_default"})
     if unknown:
         from capstan.packages import line_of
 

@@ -147,6 +147,13 @@ class CapstanApp(App):
             return 0 if exc.code in (0, None) else EXIT_USAGE
         except CapstanError as err:
             return self._fail(err, err.exit_code)
+        except KeyboardInterrupt:
+            self.stderr.write("capstan: interrupted\n")
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:  # output piped into e.g. head: stop quietly
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except ImportError as err:  # an optional backend library is not installed
             extra = _EXTRAS.get((err.name or "").split(".")[0])
             if extra is None:
@@ -159,13 +166,6 @@ class CapstanApp(App):
                 return self._fail(err, EXIT_REMOTE)
             where = f": {err.filename}" if err.filename else ""
             return self._fail(OSError(f"{err.strerror or err}{where}"), EXIT_IO)
-        except KeyboardInterrupt:
-            self.stderr.write("capstan: interrupted\n")
-            return EXIT_INTERRUPTED
-        except BrokenPipeError:  # output piped into e.g. head: stop quietly
-            with contextlib.suppress(OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return EXIT_BROKEN_PIPE
         except Exception as err:  # a bug: say so in one line, trace with --debug
             return self._fail(err, EXIT_INTERNAL, internal=True)
 

@@ -130,8 +130,9 @@ def load_text(text: str | bytes, where: str, *, strict: bool = False,
             text = text.decode("utf-8")
         except UnicodeDecodeError as err:
             raise error(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    loader = (_StrictLoader if strict else _BoundedLoader)(text)
-    try:
+    loader: _BoundedLoader | None = None
+    try:  # the reader refuses control characters as soon as it is made
+        loader = (_StrictLoader if strict else _BoundedLoader)(text)
         return loader.get_single_data()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
@@ -147,7 +148,8 @@ def load_text(text: str | bytes, where: str, *, strict: bool = False,
         # e.g. an integer of 10,000 digits or a date like 2024-02-31
         raise error(f"{where}: invalid value: {_one_line(str(err))}") from err
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _one_line(text: str | None) -> str:

@@ -34,6 +34,7 @@ from capstan.errors import (
     GuestTimeout,
     NotFound,
     RemoteError,
+    ToolMissing,
     UnsupportedOperation,
     UsageError,
 )
@@ -97,8 +98,8 @@ class AwsDriver(Driver):
                 import boto3
                 from botocore.config import Config as BotoConfig
             except ImportError as err:
-                raise UsageError("the aws driver needs boto3: pip install "
-                                 "'pycapstan[aws]'") from err
+                raise ToolMissing("the aws driver needs boto3: pip install "
+                                  "'pycapstan[aws]'") from err
             session = boto3.session.Session(region_name=self.region)
             region = session.region_name
             if not region:
