@@ -5,6 +5,7 @@ none ever writes outside ``$CAPSTAN_ROOT`` or splits a listing's rows."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import tarfile
@@ -42,6 +43,12 @@ def mpm(name: str, require: list[str] | None = None) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def signed(files: dict[str, bytes]) -> dict[str, bytes]:
+    """*files* with the ``<key>.sha256`` digest a bucket publishes beside each."""
+    return {**files, **{f"{k}.sha256": f"{hashlib.sha256(v).hexdigest()}  x\n".encode()
+                        for k, v in files.items()}}
 
 
 @pytest.fixture
@@ -108,14 +115,14 @@ def test_property_a_valid_name_is_a_plain_path_below_its_parent(name: str, kind:
 def test_bucket_manifest_require_cannot_write_outside(cli, sandbox: Sandbox, tmp_path: Path,
                                                       bucket: RepoServer) -> None:
     evil = "../../outside/dir/evil"
-    bucket.state.bucket = {
+    bucket.state.bucket = signed({
         "packages/osv.bootstrap.yaml": manifest("osv.bootstrap"),
         "packages/osv.bootstrap.mpm": mpm("osv.bootstrap"),
         "packages/dep.yaml": manifest("dep", [evil]),
         "packages/dep.mpm": mpm("dep", [evil]),
         f"packages/{evil}.yaml": manifest("evil"),
         f"packages/{evil}.mpm": mpm("evil"),
-    }
+    })
     pkg = package_dir(tmp_path, require=["dep"])
     check(cli("package", "collect", "-p", "-C", pkg), 65, "invalid package name")
     assert not list(sandbox.outside.rglob("evil*"))

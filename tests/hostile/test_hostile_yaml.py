@@ -5,6 +5,7 @@ config.yaml), and a poisoned cached index never breaks a later command."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import tarfile
 from collections.abc import Callable, Iterator
@@ -117,6 +118,12 @@ def test_capstan_lock(cli, sandbox: Sandbox, tmp_path: Path) -> None:
               "-o", tmp_path / "x.qcow2"), 65, "aliases are expanded")
 
 
+def signed(files: dict[str, bytes]) -> dict[str, bytes]:
+    """*files* with the ``<key>.sha256`` digest a bucket publishes beside each."""
+    return {**files, **{f"{k}.sha256": f"{hashlib.sha256(v).hexdigest()}  x\n".encode()
+                        for k, v in files.items()}}
+
+
 @pytest.fixture
 def bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[RepoServer]:
     with RepoServer() as srv:
@@ -125,16 +132,16 @@ def bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[RepoServer]:
 
 
 def test_remote_index_yaml(cli, sandbox: Sandbox, bucket: RepoServer) -> None:
-    bucket.state.bucket = {"ns/img/img.qemu": probe_loader_path().read_bytes(),
-                           "ns/img/index.yaml": LAUGHS.encode()}
+    bucket.state.bucket = signed({"ns/img/img.qemu": probe_loader_path().read_bytes(),
+                                  "ns/img/index.yaml": LAUGHS.encode()})
     check(cli("pull", "ns/img"), 65, "index.yaml:")
     assert not (sandbox.root / "repository" / "ns" / "img" / "index.yaml").exists()
 
 
 def test_poisoned_cached_index_does_not_break_images(cli, sandbox: Sandbox,
                                                      bucket: RepoServer) -> None:
-    bucket.state.bucket = {"ns/img/img.qemu": probe_loader_path().read_bytes(),
-                           "ns/img/index.yaml": b"description: fine\n"}
+    bucket.state.bucket = signed({"ns/img/img.qemu": probe_loader_path().read_bytes(),
+                                  "ns/img/index.yaml": b"description: fine\n"})
     assert cli("pull", "ns/img").code == 0
     cached = sandbox.root / "repository" / "ns" / "img" / "index.yaml"
     for poison in (LAUGHS, DEEP, "- a list\n", "{{{"):
