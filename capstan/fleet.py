@@ -303,7 +303,8 @@ def plan(config: Config, fleet: Fleet) -> list[Member]:
                     osv_cmdline.validate(spec.cmdline)
             except CapstanError as err:
                 wrapped = InputError(f"{fleet.path}: services.{svc.name}: {err}")
-                wrapped.exit_code = err.exit_code
+                if not isinstance(err, UsageError):  # a bad value in the file stays 65
+                    wrapped.exit_code = err.exit_code
                 raise wrapped from err
             digest = hashlib.sha256(
                 f"{spec!r}\0{image_facts(config.root, spec.image).sha256}".encode()).hexdigest()

@@ -22,9 +22,16 @@ _COLUMNS = ("Name", "Platform", "Status", "Image", "PID", "Ports", "Created")
 
 def _driver(command: Command, name: str | None) -> Any:
     from capstan.drivers.base import get_driver
+    from capstan.errors import ConfigError, NotFound
 
     config = app_config(command)
-    return get_driver(name or config.hypervisor, config)
+    if name is None:  # the configured one: an unknown name is a configuration error
+        try:
+            return get_driver(config.hypervisor, config)
+        except NotFound as err:
+            where = config.sources.get("hypervisor", "configuration")
+            raise ConfigError(f"{where}: hypervisor: {err}") from err
+    return get_driver(name, config)
 
 
 def _add_hypervisor(parser: argparse.ArgumentParser) -> None:

@@ -193,6 +193,20 @@ def test_the_error_classes_document_the_same_codes() -> None:
 # -- section 8 -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("text", "argv"), [
+    ("hypervisor: 123\n", ("instances",)),
+    ("hypervisor: [qemu]\n", ("instances",)),
+    ("qemu_aio_type: {a: 1}\n", ("images",)),
+    ("disable_kvm: maybe\n", ("images",)),
+    ("repositories: 5\ngithub_repo: [a]\n", ("search",)),
+    ("- not\n- a mapping\n", ("images",)),
+])
+def test_wrong_types_in_config_yaml_are_78(cli, sandbox: Sandbox, text: str,
+                                           argv: tuple[str, ...]) -> None:
+    (sandbox.root / "config.yaml").write_text(text)
+    check(cli(*argv), 78, "")
+
+
 def test_5xx_on_a_digest_is_75_too(cli, sandbox: Sandbox,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     with FailingServer(["packages/p.yaml", "packages/p.mpm", "packages/p.mpm.sha256"]) as srv:
@@ -219,6 +233,14 @@ def test_the_all_extra_installs_every_backend() -> None:
         "optional-dependencies"]
     backends = {dep for name in ("libvirt", "aws", "vsphere") for dep in extras[name]}
     assert backends <= set(extras["all"])
+
+
+def test_fleet_values_are_input_errors(cli, sandbox: Sandbox, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "capstan-fleet.yaml").write_text(
+        "services:\n  a: {image: probe-loader, env: ['1BAD']}\n")
+    check(cli("up", "--dry-run"), 65, "invalid --env")
 
 
 @pytest.mark.parametrize("ports", [
