@@ -119,6 +119,8 @@ def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = 
             fetch(index[0], index_file, quiet=True)
             try:
                 remote_meta = load_file(index_file, index[0].url) or {}
+            except InputError as err:
+                raise InputError(f"malformed index.yaml: {err}") from err
             finally:
                 index_file.unlink(missing_ok=True)
             if isinstance(remote_meta, dict):
