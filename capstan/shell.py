@@ -40,7 +40,9 @@ EXIT_BROKEN_PIPE = 141
 # optional backend library (top-level module) -> (extra that installs it, its name)
 _EXTRAS = {"libvirt": ("libvirt", "libvirt-python"), "boto3": ("aws", "boto3"),
            "botocore": ("aws", "boto3"), "s3transfer": ("aws", "boto3"),
-           "pyVmomi": ("vsphere", "pyvmomi"), "pyVim": ("vsphere", "pyvmomi")}
+           "pyVmomi": ("vsphere", "pyvmomi"), "pyVim": ("vsphere", "pyvmomi"),
+           "google": ("gce", "google-cloud-compute"),
+           "openstack": ("openstack", "openstacksdk")}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 

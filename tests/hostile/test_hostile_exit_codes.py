@@ -231,7 +231,8 @@ def test_missing_backend_library_names_the_extra(tmp_path: Path, sandbox: Sandbo
 def test_the_all_extra_installs_every_backend() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
-    backends = {dep for name in ("libvirt", "aws", "vsphere") for dep in extras[name]}
+    backends = {dep for name in ("libvirt", "aws", "vsphere", "gce", "openstack")
+                for dep in extras[name]}
     assert backends <= set(extras["all"])
 
 
