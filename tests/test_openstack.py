@@ -172,7 +172,7 @@ def test_bad_input(cli, cloud: FakeOpenStack, image: Path, tmp_path: Path,
         ({"CAPSTAN_OPENSTACK_CLOUD": "", "OS_CLIENT_CONFIG_FILE": str(tmp_path / "none")},
          ("images", "-p", "openstack"), 78, "no OpenStack credentials"),
         ({}, ("run", "-p", "openstack", "-i", image, "bad name"), 64,
-         "invalid openstack instance name"),
+         "invalid instance name"),
         ({}, ("rmi", "-p", "openstack", "nope"), 65, "no pycapstan Glance image 'nope'"),
         ({}, ("logs", "-p", "openstack", "nope"), 65, "no such instance: nope"),
     ]
