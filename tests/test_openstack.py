@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,3 +185,25 @@ def test_bad_input(cli, cloud: FakeOpenStack, image: Path, tmp_path: Path,
             m.setitem(__import__("sys").modules, module, None)
             expect_errors(cli, monkeypatch, [({}, ("images", "-p", "openstack"), 69,
                                               "pip install 'pycapstan[openstack]'")])
+
+
+def test_children_never_see_the_credentials(cli, cloud: FakeOpenStack, image: Path,
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """qemu-img and qemu-io (converting the run's overlay) get no OS_* secret."""
+    seen = tmp_path / "child-env.txt"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("qemu-img", "qemu-io"):
+        real = shutil.which(tool)
+        wrapper = bin_dir / tool
+        wrapper.write_text(f"#!/bin/sh\nenv >> {seen}\nexec {real} \"$@\"\n")
+        wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("OS_PASSWORD", PASSWORD)
+    monkeypatch.setenv("OS_USERNAME", "capstan")
+    assert cli("run", "-p", "openstack", "-d", "-i", image, "-e", "/hello 5", "env").code == 0
+    children = seen.read_text()
+    assert "PATH=" in children  # the wrappers ran
+    assert PASSWORD not in children and "OS_" not in children
+    assert cli("delete", "-p", "openstack", "env").code == 0
