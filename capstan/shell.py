@@ -24,9 +24,9 @@ from cliff.commandmanager import CommandManager
 from cliff.help import HelpExit
 
 from capstan import __version__
-from capstan.config import Config, load
+from capstan.core.config import Config, load
+from capstan.core.errors import CapstanError, UsageError
 from capstan.core.secrets import RedactingFilter
-from capstan.errors import CapstanError, UsageError
 
 __all__ = ["CapstanApp", "main"]
 

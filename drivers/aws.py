@@ -23,10 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from capstan import proc
-from capstan.config import Config
-from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState
-from capstan.errors import (
+from capstan.core import proc
+from capstan.core.config import Config
+from capstan.core.errors import (
     BackendError,
     CapstanError,
     ConfigError,
@@ -38,7 +37,8 @@ from capstan.errors import (
     UnsupportedOperation,
     UsageError,
 )
-from capstan.repository import atomic_write
+from capstan.core.fs import atomic_write
+from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState
 
 LOG = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class AwsDriver(Driver):
     def upload(self, image: Path, name: str, progress: Callable[..., None] | None = None,
                ) -> str:
         """Make an AMI of *image* (reusing one made of the same bytes); its id."""
-        from capstan.imagecache import image_facts
+        from capstan.services.disks import image_facts
 
         digest = image_facts(self.config.root, image).sha256
         existing = self.find_ami(digest)
@@ -169,7 +169,7 @@ class AwsDriver(Driver):
             if self.upload_mode == "s3":
                 snapshot = self.import_via_s3(raw, name, digest)
             else:
-                from capstan.download import progress_bar
+                from capstan.remotes.download import progress_bar
 
                 bar = progress or progress_bar(None, f"snapshot of {name}")
                 snapshot = self.snapshot_ebs_direct(raw, name, digest, bar)
@@ -385,7 +385,7 @@ class AwsDriver(Driver):
         with tempfile.TemporaryDirectory(prefix="capstan-aws-") as work:
             image = spec.image
             if spec.cmdline is not None:  # the command line goes into the AMI's disk
-                from capstan.imagecache import make_overlay
+                from capstan.services.disks import make_overlay
 
                 image = Path(work) / "disk.qcow2"
                 make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, image)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
-from capstan.config import Config
-from capstan.errors import (
+from capstan.core.config import Config
+from capstan.core.errors import (
     BackendError,
     Conflict,
     GuestFailure,

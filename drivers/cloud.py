@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
+from capstan.core.errors import Conflict, GuestTimeout, NotFound, UnsupportedOperation, UsageError
+from capstan.core.fs import atomic_write
 from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState, console_verdict
-from capstan.errors import Conflict, GuestTimeout, NotFound, UnsupportedOperation, UsageError
-from capstan.repository import atomic_write
 
 __all__ = ["CloudDriver", "label_value"]
 

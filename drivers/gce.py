@@ -22,10 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from capstan.config import Config
-from capstan.drivers.base import Instance, InstanceSpec, InstanceState
-from capstan.drivers.cloud import CloudDriver, label_value
-from capstan.errors import (
+from capstan.core.config import Config
+from capstan.core.errors import (
     BackendError,
     CapstanError,
     ConfigError,
@@ -34,6 +32,8 @@ from capstan.errors import (
     NotFound,
     RemoteError,
 )
+from capstan.drivers.base import Instance, InstanceSpec, InstanceState
+from capstan.drivers.cloud import CloudDriver, label_value
 
 LOG = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class GceDriver(CloudDriver):
                ) -> str:
         """Make a GCE image of *image* (reusing one made of the same bytes); its name."""
         from capstan.image.formats import DiskFormat, convert
-        from capstan.imagecache import image_facts
+        from capstan.services.disks import image_facts
 
         facts = image_facts(self.config.root, image)
         digest = facts.sha256
@@ -296,7 +296,7 @@ class GceDriver(CloudDriver):
         with tempfile.TemporaryDirectory(prefix="capstan-gce-") as work:
             image = spec.image
             if spec.cmdline is not None:  # the command line goes into the image's disk
-                from capstan.imagecache import make_overlay
+                from capstan.services.disks import make_overlay
 
                 image = Path(work) / "disk.qcow2"
                 make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, image)

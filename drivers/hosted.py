@@ -17,10 +17,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from capstan import proc
+from capstan.core import proc
+from capstan.core.errors import CommandFailed, Conflict, NotFound, ToolMissing, UsageError
+from capstan.core.fs import atomic_write
 from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState
-from capstan.errors import CommandFailed, Conflict, NotFound, ToolMissing, UsageError
-from capstan.repository import atomic_write
 
 __all__ = ["HostedDriver"]
 
@@ -71,7 +71,7 @@ class HostedDriver(Driver):
     def disk(self, spec: InstanceSpec, folder: Path, fmt: str, options: Sequence[str] = (),
              name: str = "disk") -> Path:
         """The instance disk: *spec*'s image with its command line, converted to *fmt*."""
-        from capstan.imagecache import make_overlay
+        from capstan.services.disks import make_overlay
 
         overlay = folder / ".overlay.qcow2"
         make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)
@@ -102,7 +102,7 @@ class HostedDriver(Driver):
                 self.destroy(spec.name, folder)
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        from capstan.imagecache import image_facts
+        from capstan.services.disks import image_facts
 
         atomic_write(folder / "instance.json", json.dumps({
             "image": str(spec.image.absolute()),

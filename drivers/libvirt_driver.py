@@ -23,18 +23,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
 
-from capstan import proc
-from capstan.config import Config
-from capstan.core import qemuopt
-from capstan.drivers.base import (
-    Driver,
-    Instance,
-    InstanceSpec,
-    InstanceState,
-    PortForward,
-    mac_address,
-)
-from capstan.errors import (
+from capstan.core import proc, qemuopt
+from capstan.core.config import Config
+from capstan.core.errors import (
     BackendError,
     CapstanError,
     ConfigError,
@@ -42,6 +33,14 @@ from capstan.errors import (
     NotFound,
     UnsupportedOperation,
     UsageError,
+)
+from capstan.drivers.base import (
+    Driver,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    PortForward,
+    mac_address,
 )
 
 LOG = logging.getLogger(__name__)
@@ -256,7 +255,7 @@ class LibvirtDriver(Driver):
         try:
             forwards = tuple(f.allocate() for f in spec.forwards)
             disk = self._disk(spec, home, undo)
-            from capstan.imagecache import image_facts
+            from capstan.services.disks import image_facts
 
             meta = {"image": str(spec.image.absolute()),
                     "digest": image_facts(self.config.root, spec.image).sha256,
@@ -276,7 +275,7 @@ class LibvirtDriver(Driver):
 
     def _disk(self, spec: InstanceSpec, home: Path,
               undo: list[Callable[[], None]]) -> dict[str, str]:
-        from capstan.imagecache import make_overlay
+        from capstan.services.disks import make_overlay
 
         overlay = home / "disk.qcow2"
         make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)
@@ -314,7 +313,7 @@ class LibvirtDriver(Driver):
         undo.append(vol.delete)
         stream = self.conn.newStream(0)
         self._call(f"upload to {volume}", vol.upload, stream, 0, size, 0)
-        from capstan.download import progress_bar
+        from capstan.remotes.download import progress_bar
 
         progress = progress_bar(size, f"uploading {volume}")
         with open(source, "rb") as f:

@@ -24,11 +24,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from capstan import proc
-from capstan.config import Config
-from capstan.drivers.base import Instance, InstanceSpec, InstanceState
-from capstan.drivers.cloud import CloudDriver
-from capstan.errors import (
+from capstan.core import proc
+from capstan.core.config import Config
+from capstan.core.errors import (
     BackendError,
     CapstanError,
     ConfigError,
@@ -37,6 +35,8 @@ from capstan.errors import (
     NotFound,
     RemoteError,
 )
+from capstan.drivers.base import Instance, InstanceSpec, InstanceState
+from capstan.drivers.cloud import CloudDriver
 
 LOG = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class OpenStackDriver(CloudDriver):
         with tempfile.TemporaryDirectory(prefix="capstan-openstack-") as work:
             image = spec.image
             if spec.cmdline is not None:  # the command line goes into the uploaded disk
-                from capstan.imagecache import make_overlay
+                from capstan.services.disks import make_overlay
 
                 image = Path(work) / "disk.qcow2"
                 make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, image)

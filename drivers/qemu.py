@@ -26,20 +26,8 @@ from typing import Any, BinaryIO
 
 from filelock import FileLock
 
-from capstan import proc
-from capstan.core import fs, qemuopt
-from capstan.drivers.base import (
-    Driver,
-    Instance,
-    InstanceSpec,
-    InstanceState,
-    PortForward,
-    Volume,
-    console_verdict,
-    free_port,
-    mac_address,
-)
-from capstan.errors import (
+from capstan.core import fs, proc, qemuopt
+from capstan.core.errors import (
     BackendError,
     CapstanError,
     Conflict,
@@ -51,7 +39,18 @@ from capstan.errors import (
     ToolMissing,
     UsageError,
 )
-from capstan.imagecache import make_overlay
+from capstan.drivers.base import (
+    Driver,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    PortForward,
+    Volume,
+    console_verdict,
+    free_port,
+    mac_address,
+)
+from capstan.services.disks import make_overlay
 
 LOG = logging.getLogger(__name__)
 
@@ -488,7 +487,7 @@ class QemuDriver(Driver):
 
     def _check_image(self, state: _State) -> None:
         """Refuse to boot *state*'s overlay on any image but the one it was made on."""
-        from capstan.imagecache import image_facts
+        from capstan.services.disks import image_facts
 
         image = Path(state.image)
         if not image.is_file():
@@ -504,7 +503,7 @@ class QemuDriver(Driver):
     def _check_volumes(state: _State) -> None:
         """Probe *state*'s volumes again: each must still be a standalone image of the
         format its ``-drive`` names (a file may have been replaced since)."""
-        from capstan.volumes import attachable
+        from capstan.services.volumes import attachable
 
         for path, fmt in state.volumes:
             attachable(Volume(Path(path), fmt))
@@ -673,7 +672,7 @@ class QemuDriver(Driver):
         return Path(self._load(name).console_log)
 
     def console(self, name: str, stdin: int, stdout: BinaryIO, escape: bytes | None) -> None:
-        from capstan.console import pump
+        from capstan.core.console import pump
 
         state = self._load(name)
         if not _pid_alive(state.pid, state.qmp):

@@ -12,9 +12,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from capstan.core.errors import CommandFailed, UsageError
 from capstan.drivers.base import Instance, InstanceSpec, InstanceState, PortForward, mac_address
 from capstan.drivers.hosted import HostedDriver
-from capstan.errors import CommandFailed, UsageError
 
 __all__ = ["VirtualBoxDriver"]
 

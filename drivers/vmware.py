@@ -11,10 +11,10 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
+from capstan.core.errors import CommandFailed, UsageError
+from capstan.core.fs import atomic_write
 from capstan.drivers.base import Instance, InstanceSpec, InstanceState, PortForward, mac_address
 from capstan.drivers.hosted import HostedDriver
-from capstan.errors import CommandFailed, UsageError
-from capstan.repository import atomic_write
 
 __all__ = ["VMwareDriver", "vmx"]
 

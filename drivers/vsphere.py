@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlparse
 
-from capstan import proc
-from capstan.config import Config
-from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState
-from capstan.errors import (
+from capstan.core import proc
+from capstan.core.config import Config
+from capstan.core.errors import (
     BackendError,
     ConfigError,
     Conflict,
@@ -33,6 +32,7 @@ from capstan.errors import (
     UnsupportedOperation,
     UsageError,
 )
+from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState
 
 __all__ = ["VSphereDriver"]
 
@@ -190,7 +190,7 @@ class VSphereDriver(Driver):
         ds = self._datastore(dc)
         folder = f"capstan/{spec.name}"
         with tempfile.TemporaryDirectory(prefix="capstan-vsphere-") as tmp:
-            from capstan.imagecache import make_overlay
+            from capstan.services.disks import make_overlay
 
             overlay = Path(tmp) / "overlay.qcow2"
             facts = make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from capstan.errors import InputError
+from capstan.core.errors import InputError
 
 __all__ = [
     "AREA_OFFSET",

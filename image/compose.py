@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from capstan.core.errors import InputError, LocalIOError, NotFound
 from capstan.core.fs import sweep, temp_dir
-from capstan.errors import InputError, LocalIOError, NotFound
 from capstan.image import cmdline, formats, mbr
 from capstan.image.formats import DiskFormat
 from capstan.image.loader import Loader

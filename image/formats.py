@@ -10,8 +10,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from capstan import proc
-from capstan.errors import CommandFailed, ImageError, UsageError
+from capstan.core import proc
+from capstan.core.errors import CommandFailed, ImageError, UsageError
 
 LOG = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from capstan.core.errors import ImageError
 from capstan.core.fs import sweep, temp_dir
-from capstan.errors import ImageError
 from capstan.image import cmdline, formats, mbr
 from capstan.image.loader import KERNEL_OFFSET, read_head, sniff_format
 from capstan.image.rofs import (

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from capstan.errors import ImageError, LocalIOError, NotFound
+from capstan.core.errors import ImageError, LocalIOError, NotFound
 from capstan.image import cmdline, formats
 from capstan.image.mbr import PARTITION_ALIGN, TABLE, align_up
 

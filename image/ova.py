@@ -12,9 +12,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from capstan import proc
+from capstan.core import proc
+from capstan.core.fs import sha256_of
 from capstan.image.formats import info
-from capstan.repository import sha256_of
 
 __all__ = ["OvaResult", "descriptor", "export_ova"]
 

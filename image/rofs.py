@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from capstan.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
+from capstan.core.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
 from capstan.image.sources import Contents, Extent, open_host
 
 __all__ = [

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
 
+from capstan.core.errors import InputError, LocalIOError
 from capstan.core.limits import CappedReader, expansion_limit
-from capstan.errors import InputError, LocalIOError
 
 if TYPE_CHECKING:
     from capstan.image.rofs import FileEntry

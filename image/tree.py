@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from capstan.errors import Conflict, InputError, LocalIOError, NotFound
+from capstan.core.errors import Conflict, InputError, LocalIOError, NotFound
 from capstan.image.rofs import DirEntry, Entry, FileEntry, SymlinkEntry
 from capstan.image.sources import Contents, special_kind
 

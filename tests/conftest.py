@@ -45,7 +45,7 @@ def _delete_instances(root: Path) -> None:
     """Stop and delete whatever a test left running (QEMU processes, socket dirs)."""
     if not (root / "instances" / "qemu").is_dir():
         return
-    from capstan.config import load
+    from capstan.core.config import load
     from capstan.drivers.base import get_driver
 
     driver = get_driver("qemu", load({}, {"CAPSTAN_ROOT": str(root)}))

@@ -15,10 +15,10 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from capstan.config import load
+from capstan.core.config import load
+from capstan.core.errors import BackendError, ConfigError, RemoteError
 from capstan.drivers.aws import BLOCK, AwsDriver
-from capstan.errors import BackendError, ConfigError, RemoteError
-from capstan.imagecache import image_facts
+from capstan.services.disks import image_facts
 
 from conftest import expect_errors, wait_for
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from capstan import config, sizes
-from capstan.errors import ConfigError, InputError, UsageError
+from capstan.core import config, sizes
+from capstan.core.errors import ConfigError, InputError, UsageError
 from capstan.image import cmdline
 
 
@@ -54,7 +54,7 @@ def test_parsed_settings_cache_follows_edits(capstan_root: Path) -> None:
     for damaged in ("{not json", json.dumps({k: [1] for k in json.loads(cache.read_text())})):
         cache.write_text(damaged)
         assert config.load({}, env).qemu_aio_type == "native"
-    code = ("import sys; from capstan import config; config.load({})\n"
+    code = ("import sys; from capstan.core import config; config.load({})\n"
             "print('YAML', 'yaml' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, env={**os.environ, **env})

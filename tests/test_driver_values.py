@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from capstan.core.errors import UsageError
 from capstan.drivers.base import PortForward, Volume, mac_address
-from capstan.errors import UsageError
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from capstan.core.errors import ConfigError
 from capstan.drivers.openstack import Flavor, pick_flavor
-from capstan.errors import ConfigError
 from capstan.image import cmdline as osv_cmdline
 
 from conftest import expect_errors

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from capstan.errors import InputError
-from capstan.imaging import package_cmdline
-from capstan.packages import _ignore_regex, build_mpm, ignored, read_mpm
-from capstan.runtimes import boot_command, parse_run
+from capstan.core.errors import InputError
+from capstan.packages.manifest import _ignore_regex, build_mpm, ignored, read_mpm
+from capstan.packages.runtimes import boot_command, parse_run
+from capstan.services.images import package_cmdline
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from capstan.repository import sha256_of
+from capstan.core.fs import sha256_of
 
 VCSIM = Path(__file__).resolve().parent / "backends" / "vcsim"
 

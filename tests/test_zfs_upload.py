@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from capstan import zfsbuild
-from capstan.config import load
-from capstan.errors import BackendError, GuestTimeout
+from capstan.core.config import load
+from capstan.core.errors import BackendError, GuestTimeout
 from capstan.image import tree
 from capstan.image.loader import probe_loader_path
-from capstan.zfsbuild import builder_argv, pick_port, upload
+from capstan.services import zfs
+from capstan.services.zfs import builder_argv, pick_port, upload
 
 RECEIVER = Path(__file__).with_name("cpio_receiver.py")
 
@@ -58,8 +58,8 @@ def stand_in(tmp_path: Path, capstan_root: Path, monkeypatch: pytest.MonkeyPatch
              ) -> list[tuple[str | None, str, Path]]:
     """The builder VM replaced by the receiver; each launch records (builder, the disk's
     command line at boot, the directory the upload went to)."""
-    from capstan import zfsbuild
     from capstan.image.inspect import OsvImage
+    from capstan.services import zfs
 
     launches: list[tuple[str | None, str, Path]] = []
 
@@ -70,7 +70,7 @@ def stand_in(tmp_path: Path, capstan_root: Path, monkeypatch: pytest.MonkeyPatch
         launches.append((builder, booted, received))
         return [sys.executable, str(RECEIVER), str(port), str(received)]
 
-    monkeypatch.setattr(zfsbuild, "builder_argv", argv)
+    monkeypatch.setattr(zfs, "builder_argv", argv)
     builder = capstan_root / "repository" / "osv-zfs-builder" / "osv-zfs-builder.qemu"
     builder.parent.mkdir(parents=True)
     builder.write_bytes(b"\x7fELF stand-in")
@@ -83,9 +83,9 @@ def test_compose_zfs_with_a_stand_in_builder(app_tree: Path, tmp_path: Path,
     from capstan.image.inspect import OsvImage
 
     out = tmp_path / "zfs.qcow2"
-    zfsbuild.compose_zfs(load({}, {"CAPSTAN_ROOT": str(capstan_root)}), tree.collect(app_tree),
-                         str(probe_loader_path()), out, "runscript /run/default;",
-                         size=256 << 20)
+    zfs.compose_zfs(load({}, {"CAPSTAN_ROOT": str(capstan_root)}), tree.collect(app_tree),
+                    str(probe_loader_path()), out, "runscript /run/default;",
+                    size=256 << 20)
     with OsvImage(out) as img:
         assert img.cmdline == "--rootfs=zfs runscript /run/default;"
         assert img.partition is not None and img.partition.start == 2 << 20
@@ -102,8 +102,8 @@ def test_update_uploads_only_what_changed(app_tree: Path, tmp_path: Path,
     out = tmp_path / "zfs.qcow2"
 
     def compose(text: str = "runscript /run/default;") -> int:
-        return zfsbuild.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()),
-                                    out, text, size=256 << 20, update=True)
+        return zfs.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()),
+                               out, text, size=256 << 20, update=True)
 
     assert compose() == len(tree.collect(app_tree))  # no image yet: a full build
     (app_tree / "hello").write_bytes(b"changed")
@@ -125,8 +125,8 @@ def test_update_uploads_only_what_changed(app_tree: Path, tmp_path: Path,
     (app_tree / "lib" / "zero").unlink()  # cpiod cannot delete: a full build
     assert compose() == len(tree.collect(app_tree))
     assert stand_in[-1][0] is not None
-    assert zfsbuild.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()), out,
-                                "x", size=512 << 20, update=True) > 0  # another size: full
+    assert zfs.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()), out,
+                           "x", size=512 << 20, update=True) > 0  # another size: full
 
 
 def test_failed_update_keeps_the_image_and_its_record(app_tree: Path, tmp_path: Path,
@@ -135,15 +135,15 @@ def test_failed_update_keeps_the_image_and_its_record(app_tree: Path, tmp_path: 
     config = load({}, {"CAPSTAN_ROOT": str(capstan_root)})
     out = tmp_path / "zfs.qcow2"
     record = tmp_path / "zfs.qcow2.zfs-digests.json"
-    zfsbuild.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()), out,
-                         "runscript /run/default;", size=256 << 20)
+    zfs.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()), out,
+                    "runscript /run/default;", size=256 << 20)
     before = (out.read_bytes(), record.read_bytes())
     (app_tree / "hello").write_bytes(b"changed")
-    monkeypatch.setattr(zfsbuild, "builder_argv", lambda *_: [
+    monkeypatch.setattr(zfs, "builder_argv", lambda *_: [
         sys.executable, str(RECEIVER), "0", str(tmp_path), "crash"])
     with pytest.raises(BackendError, match="exited"):
-        zfsbuild.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()), out,
-                             "runscript /run/default;", update=True)
+        zfs.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()), out,
+                        "runscript /run/default;", update=True)
     assert (out.read_bytes(), record.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".zfs")) == []
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, cast
 if TYPE_CHECKING:
     from cliff.command import Command
 
-    from capstan.config import Config
+    from capstan.core.config import Config
     from capstan.shell import CapstanApp
 
 

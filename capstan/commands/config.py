@@ -9,7 +9,7 @@ from typing import Any
 from cliff.lister import Lister
 
 from capstan.commands import app_config
-from capstan.config import KEYS
+from capstan.core.config import KEYS
 
 SECRETS = {"github_token", "vsphere_password"}
 

@@ -9,7 +9,7 @@ from typing import Any
 from cliff.lister import Lister
 
 from capstan.commands import app_config
-from capstan.errors import BackendError
+from capstan.core.errors import BackendError
 
 
 class Doctor(Lister):
@@ -20,7 +20,7 @@ class Doctor(Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan.doctor import Status, diagnose
+        from capstan.services.doctor import Status, diagnose
 
         findings = diagnose(app_config(self))
         self.failed = any(f.status is Status.FAIL for f in findings)

@@ -33,7 +33,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _jobs(parser: argparse.ArgumentParser) -> None:
-    from capstan import fleet
+    from capstan.services import fleet
 
     parser.add_argument("-j", "--jobs", type=_at_least_one, default=fleet.JOBS,
                         help=f"instances handled at once ({fleet.JOBS})")
@@ -76,7 +76,7 @@ class FleetUp(_OutcomeLister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan import fleet
+        from capstan.services import fleet
 
         spec = fleet.load_fleet(parsed_args.file)
         return self.rows(fleet.up(app_config(self), spec, jobs=parsed_args.jobs,
@@ -96,7 +96,7 @@ class FleetDown(_OutcomeLister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan import fleet
+        from capstan.services import fleet
 
         spec = fleet.load_fleet(parsed_args.file)
         return self.rows(fleet.down(app_config(self), spec, timeout=parsed_args.timeout,
@@ -114,7 +114,7 @@ class FleetPs(Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan import fleet
+        from capstan.services import fleet
 
         rows = fleet.ps(app_config(self), fleet.load_fleet(parsed_args.file))
         return (("Instance", "Service", "Status", "Address", "Ports", "PID", "Driver"),
@@ -133,7 +133,7 @@ class FleetLogs(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan import fleet
+        from capstan.services import fleet
 
         sources = list(fleet.logs(app_config(self), fleet.load_fleet(parsed_args.file)))
         width = max((len(name) for name, _, _ in sources), default=0)

@@ -13,9 +13,9 @@ from cliff.lister import Lister
 from cliff.show import ShowOne
 
 from capstan.commands import app_config
+from capstan.core.errors import UsageError
 from capstan.core.names import argument
-from capstan.errors import UsageError
-from capstan.sizes import parse_size
+from capstan.core.sizes import parse_size
 
 if TYPE_CHECKING:
     from capstan.image import inspect
@@ -43,7 +43,7 @@ def _add_image(parser: argparse.ArgumentParser, name: str = "image") -> None:
 def _open_image(command: Command, ref: str) -> inspect.OsvImage:
     """Open IMAGE, a file path or a name in the local repository."""
     from capstan.image.inspect import OsvImage
-    from capstan.repository import LocalRepository
+    from capstan.services.store import LocalRepository
 
     return OsvImage(LocalRepository(app_config(command).root).resolve(ref, "qemu"))
 
@@ -78,7 +78,7 @@ class Compose(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.imaging import compose_tree
+        from capstan.services.images import compose_tree
 
         if parsed_args.fs == "zfs":
             raise UsageError("--fs zfs needs the ZFS builder VM, which this version "
@@ -295,7 +295,7 @@ class ImageExport(ShowOne):
 
         from capstan.image.compose import publishing
         from capstan.image.ova import export_ova
-        from capstan.running import memory_mib
+        from capstan.services.instances import memory_mib
 
         target: Path = parsed_args.output
         mib = memory_mib(parsed_args.memory)
@@ -331,7 +331,7 @@ class ImageSbom(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> Any:
-        from capstan.sbom import write_sbom
+        from capstan.services.sbom import write_sbom
 
         return _show(write_sbom(app_config(self), parsed_args.image, parsed_args.output,
                                 parsed_args.lock))

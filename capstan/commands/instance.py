@@ -14,15 +14,15 @@ from cliff.command import Command
 from cliff.lister import Lister
 
 from capstan.commands import app_config
+from capstan.core.errors import BackendError, CapstanError, UsageError
 from capstan.core.names import argument, check_name
-from capstan.errors import BackendError, CapstanError, UsageError
 
 _COLUMNS = ("Name", "Platform", "Status", "Image", "PID", "Ports", "Created")
 
 
 def _driver(command: Command, name: str | None) -> Any:
+    from capstan.core.errors import ConfigError, NotFound
     from capstan.drivers.base import get_driver
-    from capstan.errors import ConfigError, NotFound
 
     config = app_config(command)
     if name is None:  # the configured one: an unknown name is a configuration error
@@ -81,7 +81,7 @@ class Run(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.running import make_spec
+        from capstan.services.instances import make_spec
 
         args = parsed_args
         image_ref, name = args.image, args.name
@@ -117,7 +117,7 @@ class Run(Command):
 
     @staticmethod
     def _exists(driver: Any, name: str) -> bool:
-        from capstan.errors import NotFound
+        from capstan.core.errors import NotFound
 
         try:
             driver.get(name)
@@ -150,21 +150,21 @@ class Run(Command):
     def _build_here(self, args: argparse.Namespace) -> str:
         """Capstan's run without an image: build the Capstanfile or compose the package
         in the current directory into the repository; the image's name."""
-        from capstan.errors import InputError
-        from capstan.repository import LocalRepository
+        from capstan.core.errors import InputError
+        from capstan.services.store import LocalRepository
 
         config = app_config(self)
         here = Path.cwd()
         if (here / "Capstanfile").is_file():
-            from capstan.capstanfile import build
+            from capstan.services.capstanfile import build
 
             name = here.name
             if not LocalRepository(config.root).image_file(name).is_file():
                 build(config, here, name)
             return name
         if (here / "meta" / "package.yaml").is_file():
-            from capstan.imaging import compose_package
-            from capstan.packages import load_manifest
+            from capstan.packages.manifest import load_manifest
+            from capstan.services.images import compose_package
 
             name = load_manifest(here).name
             compose_package(config, here, name=name, execute=args.execute, boots=args.boot,
@@ -304,7 +304,7 @@ class Console(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.console import ESCAPE, raw_terminal
+        from capstan.core.console import ESCAPE, raw_terminal
 
         driver = _driver(self, parsed_args.hypervisor)
         stdin = sys.stdin.fileno()

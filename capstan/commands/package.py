@@ -41,7 +41,7 @@ class PackageInit(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.packages import init_manifest
+        from capstan.packages.manifest import init_manifest
 
         a = parsed_args
         path = init_manifest(a.path, a.name, a.title, a.author, a.pkg_version, a.require,
@@ -54,8 +54,8 @@ class PackageInit(Command):
 
 
 def _template(runtime: str, plain: bool) -> str:
-    from capstan.errors import NotFound
-    from capstan.runtimes import RUNTIMES
+    from capstan.core.errors import NotFound
+    from capstan.packages.runtimes import RUNTIMES
 
     rt = RUNTIMES.get(runtime)
     if rt is None:
@@ -72,7 +72,7 @@ def _template(runtime: str, plain: bool) -> str:
 
 
 def _write_template(package: Path, runtime: str, plain: bool, force: bool) -> None:
-    from capstan.errors import Conflict, NotFound
+    from capstan.core.errors import Conflict, NotFound
 
     if not (package / "meta" / "package.yaml").is_file():
         raise NotFound(f"{package.absolute()} is not a package (no meta/package.yaml)")
@@ -88,7 +88,7 @@ class RuntimeList(Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan.runtimes import RUNTIMES
+        from capstan.packages.runtimes import RUNTIMES
 
         return (("Runtime", "Description", "Dependencies"),
                 [(r.name, r.description, " ".join(r.depends)) for r in RUNTIMES.values()])
@@ -122,8 +122,8 @@ class PackageBuild(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.packages import build_mpm
-        from capstan.repository import sha256_of
+        from capstan.core.fs import sha256_of
+        from capstan.packages.manifest import build_mpm
 
         path = build_mpm(parsed_args.package_dir, parsed_args.output)
         return ("Path", "Size", "SHA256"), (str(path), path.stat().st_size, sha256_of(path))
@@ -139,7 +139,7 @@ class PackageImport(ShowOne):
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         from capstan.core.fs import atomic_write, lock, sha256_of, sweep
-        from capstan.packages import build_mpm, load_manifest
+        from capstan.packages.manifest import build_mpm, load_manifest
 
         manifest = load_manifest(parsed_args.package_dir)
         config = app_config(self)
@@ -169,12 +169,12 @@ class PackageCollect(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.packages import collect
+        from capstan.packages.manifest import collect
 
         config = app_config(self)
         pull = None
         if parsed_args.pull_missing:
-            from capstan.pulling import pull_package
+            from capstan.services.repository import pull_package
 
             def pull(name: str) -> None:
                 pull_package(config, name, s3=self.app.options.s3)
@@ -211,10 +211,10 @@ class PackageCompose(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.errors import UsageError
+        from capstan.core.errors import UsageError
+        from capstan.core.sizes import parse_size
         from capstan.image.formats import DiskFormat
-        from capstan.imaging import compose_package
-        from capstan.sizes import parse_size
+        from capstan.services.images import compose_package
 
         a = parsed_args
         if (a.name is None) == (a.output is None):
@@ -237,8 +237,8 @@ class PackageList(Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan.packages import parse_manifest
-        from capstan.yamlfile import load_strict
+        from capstan.core.yamlfile import load_strict
+        from capstan.packages.manifest import parse_manifest
 
         folder = app_config(self).root / "packages"
         rows = []
@@ -257,9 +257,9 @@ class PackageDescribe(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.errors import InputError
-        from capstan.packages import read_mpm
-        from capstan.runtimes import boot_command, parse_run
+        from capstan.core.errors import InputError
+        from capstan.packages.manifest import read_mpm
+        from capstan.packages.runtimes import boot_command, parse_run
 
         path = Path(parsed_args.package)
         if not path.is_file():
@@ -295,7 +295,7 @@ class PackageDelete(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.pulling import remove_package
+        from capstan.services.repository import remove_package
 
         for name in parsed_args.names:
             remove_package(app_config(self), name)
@@ -312,7 +312,7 @@ class Init(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.capstanfile import init
+        from capstan.services.capstanfile import init
 
         path = init(Path("."), parsed_args.force)
         self.app.stdout.write(f"Wrote {path}: edit base, cmdline, build and files\n")
@@ -332,7 +332,7 @@ class Build(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.capstanfile import build
+        from capstan.services.capstanfile import build
 
         result = build(app_config(self), parsed_args.directory, parsed_args.name,
                        parsed_args.output)

@@ -45,7 +45,7 @@ class Pull(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.pulling import pull_image
+        from capstan.services.repository import pull_image
 
         return _row(pull_image(app_config(self), parsed_args.name, parsed_args.platform,
                                s3=self.app.options.s3, force=parsed_args.force,
@@ -63,7 +63,7 @@ class PackagePull(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.pulling import pull_package
+        from capstan.services.repository import pull_package
 
         return _row(pull_package(app_config(self), parsed_args.name, s3=self.app.options.s3,
                                  force=parsed_args.force, quiet=_quiet(parsed_args),
@@ -74,8 +74,8 @@ def _cloud(command: Command, name: str | None) -> Any:
     """The driver *name* when given (it must keep images), else None (the local repository)."""
     if name is None:
         return None
+    from capstan.core.errors import UnsupportedOperation
     from capstan.drivers.base import get_driver
-    from capstan.errors import UnsupportedOperation
 
     driver = get_driver(name, app_config(command))
     if "images" not in driver.capabilities:
@@ -95,7 +95,7 @@ class Images(Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan.pulling import list_images
+        from capstan.services.repository import list_images
 
         cloud = _cloud(self, parsed_args.hypervisor)
         if cloud is not None:
@@ -118,7 +118,7 @@ class ImageUpload(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.repository import LocalRepository
+        from capstan.services.store import LocalRepository
 
         cloud = _cloud(self, parsed_args.hypervisor)
         image = LocalRepository(app_config(self).root).resolve(parsed_args.image)
@@ -142,7 +142,7 @@ class Rmi(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.pulling import remove_image
+        from capstan.services.repository import remove_image
 
         cloud = _cloud(self, parsed_args.hypervisor)
         for name in parsed_args.names:
@@ -170,7 +170,7 @@ class _Search(Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan.pulling import search
+        from capstan.services.repository import search
 
         return (("Kind", "Name", "Repository"),
                 search(app_config(self), parsed_args.pattern, self.kind, self.app.options.s3))
@@ -199,7 +199,7 @@ class BaseImport(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.pulling import import_base
+        from capstan.services.repository import import_base
 
         return _row(import_base(app_config(self), parsed_args.file, parsed_args.name,
                                 parsed_args.description, parsed_args.image_version))
@@ -217,7 +217,7 @@ class Push(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.pulling import push_image
+        from capstan.services.repository import push_image
 
         return _row(push_image(app_config(self), parsed_args.name, parsed_args.url,
                                parsed_args.platform))
@@ -233,7 +233,7 @@ class PackagePush(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.pulling import push_package
+        from capstan.services.repository import push_package
 
         if not parsed_args.package.endswith(".mpm"):
             check_name(parsed_args.package, "package")

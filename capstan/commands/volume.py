@@ -34,8 +34,8 @@ class VolumeCreate(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan import volumes
-        from capstan.sizes import format_size
+        from capstan.core.sizes import format_size
+        from capstan.services import volumes
 
         vol = volumes.create(parsed_args.package_dir, parsed_args.name, parsed_args.size,
                              parsed_args.disk_format, root=app_config(self).root)
@@ -56,7 +56,7 @@ class VolumeDelete(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan import volumes
+        from capstan.services import volumes
 
         volumes.delete(parsed_args.package_dir, parsed_args.name, root=app_config(self).root)
         self.app.stdout.write(f"Deleted volume: {parsed_args.name}\n")
@@ -74,7 +74,7 @@ class VolumeList(Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan import volumes
+        from capstan.services import volumes
 
         rows = [(v.name, v.format, v.size, v.disk_size, str(v.path))
                 for v in volumes.list_volumes(parsed_args.package_dir)]

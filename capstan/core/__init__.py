@@ -1,1 +1,3 @@
-"""Infrastructure shared by every layer: names, QEMU option escaping, files, YAML."""
+"""Infrastructure shared by every layer, importing no other floor:
+config, console, errors, fs, limits, names, proc, qemuopt, secrets, sizes, yamlfile."""
+

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from filelock import FileLock
 
-from capstan.errors import LocalIOError
+from capstan.core.errors import LocalIOError
 
 __all__ = ["TEMP_PREFIX", "atomic_output", "atomic_write", "exchange", "lock", "owner_alive",
            "private_dir", "process_token", "publish_dir", "sha256_of", "sweep", "temp_dir",

@@ -11,7 +11,7 @@ import gzip
 import io
 from typing import BinaryIO
 
-from capstan.errors import InputError
+from capstan.core.errors import InputError
 
 __all__ = ["ABSOLUTE_LIMIT", "RATIO", "CappedReader", "expansion_limit"]
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Literal
 
-from capstan.errors import InputError, UsageError
+from capstan.core.errors import InputError, UsageError
 
 __all__ = ["KINDS", "Kind", "argument", "check_name", "is_valid", "problem"]
 

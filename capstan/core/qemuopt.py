@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from capstan.errors import InputError
+from capstan.core.errors import InputError
 
 __all__ = ["escape", "join", "path"]
 

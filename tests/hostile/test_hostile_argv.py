@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capstan.config import load
 from capstan.core import qemuopt
+from capstan.core.config import load
+from capstan.core.errors import InputError, UsageError
 from capstan.drivers.base import InstanceSpec, PortForward, Volume
 from capstan.drivers.qemu import QemuDriver, _State
-from capstan.errors import InputError, UsageError
 
 from hostile_kit import Sandbox, check
 
@@ -135,7 +135,7 @@ def test_missing_volume(cli, sandbox: Sandbox, tmp_path: Path) -> None:
 
 
 def test_probe_gives_the_format(tmp_path: Path) -> None:
-    from capstan.volumes import attachable
+    from capstan.services.volumes import attachable
 
     qemu_img("create", "-q", "-f", "qcow2", tmp_path / HOSTILE, "1M")
     vol = attachable(Volume.parse(str(tmp_path / HOSTILE)))

@@ -131,7 +131,7 @@ def cases(cli: Callable[..., Result], image: Path, tmp_path: Path, sandbox: Sand
         def bug(*_args: object) -> None:
             raise ZeroDivisionError("a bug\nsecond line")
 
-        monkeypatch.setattr("capstan.pulling.list_images", bug)
+        monkeypatch.setattr("capstan.services.repository.list_images", bug)
         return cli("images")
 
     def config_type() -> Result:
@@ -183,7 +183,7 @@ def test_every_code_of_the_readme_table(cases: dict[int, Callable[[], Result]]) 
 
 
 def test_the_error_classes_document_the_same_codes() -> None:
-    from capstan import errors
+    from capstan.core import errors
 
     documented = set(readme_codes())
     for name in errors.__all__:
@@ -259,7 +259,7 @@ def test_fleet_file_with_a_host_port_twice_is_refused(cli, sandbox: Sandbox, tmp
 
 
 def test_distinct_or_free_host_ports_are_fine(tmp_path: Path) -> None:
-    from capstan.fleet import load_fleet
+    from capstan.services.fleet import load_fleet
 
     path = tmp_path / "capstan-fleet.yaml"
     path.write_text("services:\n  a: {image: x, count: 3, ports: ['0:80']}\n"

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capstan.core.errors import InputError, UsageError
 from capstan.core.names import check_name, is_valid
-from capstan.errors import InputError, UsageError
 from capstan.image.loader import probe_loader_path
 
 from hostile_kit import Sandbox, check

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capstan import proc
+from capstan.core import proc
 from capstan.core.secrets import RedactingFilter, redact
 
 from hostile_kit import Sandbox, check

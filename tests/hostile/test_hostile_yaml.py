@@ -17,9 +17,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capstan import capstanfile, config, fleet, packages, yamlfile
-from capstan.errors import CapstanError
+from capstan.core import config, yamlfile
+from capstan.core.errors import CapstanError
 from capstan.image.loader import probe_loader_path
+from capstan.packages import manifest
+from capstan.services import capstanfile, fleet
 
 from hostile_kit import Sandbox, check
 from repo_server import RepoServer
@@ -208,8 +210,8 @@ def _loaders(tmp: Path) -> list[Callable[[str], Any]]:
         lambda t: config._parse_yaml(t, "config.yaml"),
         via_file("Capstanfile", capstanfile.load),
         via_file("capstan-fleet.yaml", fleet.load_fleet),
-        via_file("pkg/meta/package.yaml", lambda p: packages.load_manifest(p.parent.parent)),
-        via_file("pkg/meta/run.yaml", lambda p: packages.load_run(p.parent.parent, "app")),
+        via_file("pkg/meta/package.yaml", lambda p: manifest.load_manifest(p.parent.parent)),
+        via_file("pkg/meta/run.yaml", lambda p: manifest.load_run(p.parent.parent, "app")),
         via_file("cached.yaml", yamlfile.load_cached),
     ]
 

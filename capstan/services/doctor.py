@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from capstan import proc
-from capstan.config import Config
-from capstan.errors import CapstanError
+from capstan.core import proc
+from capstan.core.config import Config
+from capstan.core.errors import CapstanError
 
 __all__ = ["Finding", "Status", "diagnose"]
 

@@ -15,11 +15,11 @@ from typing import Any
 
 from filelock import FileLock
 
+from capstan.core.errors import NotFound, UsageError
 from capstan.core.fs import atomic_write, lock, sha256_of
 from capstan.core.names import check_name
-from capstan.errors import NotFound, UsageError
 
-__all__ = ["LocalRepository", "atomic_write", "sha256_of"]  # the last two: older importers
+__all__ = ["LocalRepository"]
 
 
 class LocalRepository:

@@ -26,11 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from capstan import proc
-from capstan.config import Config
-from capstan.core import qemuopt
+from capstan.core import proc, qemuopt
+from capstan.core.config import Config
+from capstan.core.errors import BackendError, GuestTimeout
 from capstan.drivers.base import free_port
-from capstan.errors import BackendError, GuestTimeout
 from capstan.image.cpio import mode_of, newc_stream
 from capstan.image.formats import DiskFormat
 from capstan.image.rofs import DirEntry, Entry, SymlinkEntry
@@ -175,6 +174,7 @@ def compose_zfs(config: Config, entries: Sequence[Entry], loader_ref: str, outpu
     ``osv-zfs-builder`` in the repository (``capstan pull osv-zfs-builder``).
     With *update*, an existing qcow2 *output* is updated in place instead when it can be.
     """
+    from capstan.core.fs import atomic_write, sha256_of
     from capstan.drivers.qemu import QemuDriver
     from capstan.image import cmdline as osv_cmdline
     from capstan.image import mbr
@@ -182,7 +182,7 @@ def compose_zfs(config: Config, entries: Sequence[Entry], loader_ref: str, outpu
     from capstan.image.formats import DiskFormat as Fmt
     from capstan.image.formats import convert, write_range
     from capstan.image.loader import read_loader
-    from capstan.repository import LocalRepository, atomic_write, sha256_of
+    from capstan.services.store import LocalRepository
 
     text = osv_cmdline.with_rootfs(text, "zfs")
     osv_cmdline.validate(text)

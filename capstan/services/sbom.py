@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from capstan import __version__
-from capstan.config import Config
 from capstan.core import fs
-from capstan.errors import InputError, ToolMissing
-from capstan.repository import LocalRepository, sha256_of
-from capstan.yamlfile import load_strict
+from capstan.core.config import Config
+from capstan.core.errors import InputError, ToolMissing
+from capstan.core.fs import sha256_of
+from capstan.core.yamlfile import load_strict
+from capstan.services.store import LocalRepository
 
 __all__ = ["PackageRecord", "SbomSummary", "image_packages", "write_sbom"]
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capstan.config import Config
-from capstan.errors import CommandFailed, ImageError, InputError, NotFound, UsageError
+from capstan.core.config import Config
+from capstan.core.errors import CommandFailed, ImageError, InputError, NotFound, UsageError
+from capstan.core.yamlfile import load_strict
 from capstan.image.tree import Tree, collect, guest_path
-from capstan.yamlfile import load_strict
 
 __all__ = ["Capstanfile", "build", "init", "load"]
 
@@ -84,8 +84,8 @@ def build(config: Config, project: Path, name: str | None = None,
           output: Path | None = None) -> Any:
     """Run the build command and compose the image into the repository (or *output*)."""
     from capstan.image.inspect import OsvImage
-    from capstan.imaging import compose_entries
-    from capstan.repository import LocalRepository
+    from capstan.services.images import compose_entries
+    from capstan.services.store import LocalRepository
 
     spec = load(project / "Capstanfile")
     if spec.build:

@@ -21,11 +21,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlencode, urlparse
 
-from capstan.config import Config
-from capstan.core.fs import atomic_output
-from capstan.download import Artifact, reason, session
-from capstan.errors import CapstanError, InputError, NotFound, RemoteError, ToolMissing, UsageError
-from capstan.repository import atomic_write
+from capstan.core.config import Config
+from capstan.core.errors import (
+    CapstanError,
+    InputError,
+    NotFound,
+    RemoteError,
+    ToolMissing,
+    UsageError,
+)
+from capstan.core.fs import atomic_output, atomic_write
+from capstan.remotes.download import Artifact, reason, session
 
 __all__ = ["BucketRemote", "Found", "GitHubRemote", "Remote", "host_arch", "remotes"]
 

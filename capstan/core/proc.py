@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import IO, Any
 
+from capstan.core.errors import CommandFailed, ToolMissing
 from capstan.core.secrets import secret_name
-from capstan.errors import CommandFailed, ToolMissing
 
 LOG = logging.getLogger(__name__)
 

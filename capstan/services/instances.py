@@ -6,13 +6,13 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from capstan.config import Config
+from capstan.core.config import Config
+from capstan.core.errors import ImageError, UsageError
+from capstan.core.sizes import parse_size
 from capstan.drivers.base import InstanceSpec, PortForward, Volume, mac_address
-from capstan.errors import ImageError, UsageError
 from capstan.image import cmdline as osv_cmdline
-from capstan.imagecache import image_facts
-from capstan.repository import LocalRepository
-from capstan.sizes import parse_size
+from capstan.services.disks import image_facts
+from capstan.services.store import LocalRepository
 
 __all__ = ["boot_cmdline", "env_token", "instances_using", "make_spec", "memory_mib"]
 
@@ -92,8 +92,8 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
 
 def _volume(text: str) -> Volume:
     """``--volume NAME`` also finds ``./volumes/NAME`` and its settings file; the
-    format is probed (:func:`capstan.volumes.attachable`)."""
-    from capstan.volumes import attachable, settings
+    format is probed (:func:`capstan.services.volumes.attachable`)."""
+    from capstan.services.volumes import attachable, settings
 
     vol = Volume.parse(text)
     name = text.split(":", 1)[0]

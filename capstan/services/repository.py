@@ -14,7 +14,8 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
-from capstan.config import Config
+from capstan.core.config import Config
+from capstan.core.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
 from capstan.core.fs import (
     atomic_output,
     atomic_write,
@@ -27,11 +28,10 @@ from capstan.core.fs import (
     write_error,
 )
 from capstan.core.names import check_name, is_valid
-from capstan.download import fetch
-from capstan.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
-from capstan.remotes import BucketRemote, Found, remotes
-from capstan.repository import LocalRepository
-from capstan.yamlfile import load_cached, load_file
+from capstan.core.yamlfile import load_cached, load_file
+from capstan.remotes.catalog import BucketRemote, Found, remotes
+from capstan.remotes.download import fetch
+from capstan.services.store import LocalRepository
 
 __all__ = ["ImageRow", "Pulled", "import_base", "list_images", "pull_image", "pull_package",
            "push_image", "push_package", "remove_image", "remove_package", "search"]
@@ -262,7 +262,7 @@ def remove_image(config: Config, name: str, *, force: bool = False) -> list[str]
 
     An image that instances are created on is refused unless *force*; the
     names of those instances (now unable to start) are returned."""
-    from capstan.running import instances_using
+    from capstan.services.instances import instances_using
 
     repo = LocalRepository(config.root)
     folder = repo.image_dir(name)

@@ -16,13 +16,20 @@ from typing import Any
 import yaml
 from filelock import FileLock
 
-from capstan import proc
+from capstan.core import proc
+from capstan.core.errors import (
+    CommandFailed,
+    Conflict,
+    ImageError,
+    InputError,
+    NotFound,
+    UsageError,
+)
+from capstan.core.fs import atomic_write
 from capstan.core.names import check_name, is_valid
+from capstan.core.sizes import parse_size
+from capstan.core.yamlfile import load_strict
 from capstan.drivers.base import VOLUME_SETTINGS, Volume
-from capstan.errors import CommandFailed, Conflict, ImageError, InputError, NotFound, UsageError
-from capstan.repository import atomic_write
-from capstan.sizes import parse_size
-from capstan.yamlfile import load_strict
 
 __all__ = ["FORMATS", "VolumeInfo", "attachable", "create", "delete", "list_volumes",
            "settings"]

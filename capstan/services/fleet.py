@@ -21,12 +21,12 @@ from typing import Any
 
 from filelock import FileLock
 
-from capstan.config import Config
+from capstan.core.config import Config
+from capstan.core.errors import CapstanError, Conflict, InputError, NotFound, UsageError
+from capstan.core.fs import atomic_write
 from capstan.core.names import is_valid
+from capstan.core.yamlfile import load_strict
 from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState, Volume, get_driver
-from capstan.errors import CapstanError, Conflict, InputError, NotFound, UsageError
-from capstan.repository import atomic_write
-from capstan.yamlfile import load_strict
 
 __all__ = ["DEFAULT_FILE", "Fleet", "Member", "Outcome", "Service", "down", "load_fleet",
            "logs", "plan", "ps", "up"]
@@ -268,8 +268,8 @@ def _start_order(services: Mapping[str, Service],
 def plan(config: Config, fleet: Fleet) -> list[Member]:
     """Every instance the file asks for, with its spec (validated, nothing started)."""
     from capstan.image import cmdline as osv_cmdline
-    from capstan.imagecache import image_facts
-    from capstan.running import make_spec
+    from capstan.services.disks import image_facts
+    from capstan.services.instances import make_spec
 
     hosts = iter(fleet.subnet.hosts()) if fleet.subnet else None
     if hosts is not None:

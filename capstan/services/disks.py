@@ -13,9 +13,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from capstan import proc
-from capstan.errors import ImageError, LocalIOError
-from capstan.repository import atomic_write, sha256_of
+from capstan.core import proc
+from capstan.core.errors import ImageError, LocalIOError
+from capstan.core.fs import atomic_write, sha256_of
 
 __all__ = ["ImageFacts", "image_facts", "make_overlay"]
 

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from capstan.errors import ConfigError, LocalIOError
+from capstan.core.errors import ConfigError, LocalIOError
 
 LOG = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class _ParsedYaml:
     def save(self) -> None:
         if self._used == self._old or not self._file.parent.parent.is_dir():
             return  # unchanged, or no root yet: reading settings never creates one
-        from capstan.repository import atomic_write
+        from capstan.core.fs import atomic_write
 
         with contextlib.suppress(OSError, LocalIOError):  # a read-only root works uncached
             self._file.parent.mkdir(exist_ok=True)
@@ -151,7 +151,7 @@ class _ParsedYaml:
 
 
 def _parse_yaml(text: str, where: str) -> dict[str, Any]:
-    from capstan.yamlfile import load_text
+    from capstan.core.yamlfile import load_text
 
     data = load_text(text, where, error=ConfigError)
     if data is None:

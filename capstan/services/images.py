@@ -7,17 +7,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from capstan.config import Config
-from capstan.errors import InputError, LocalIOError, UsageError
+from capstan.core.config import Config
+from capstan.core.errors import InputError, LocalIOError, UsageError
 from capstan.image import cmdline, compose, tree
 from capstan.image.formats import DiskFormat
 from capstan.image.loader import read_loader
 from capstan.image.rofs import Entry
-from capstan.repository import LocalRepository
+from capstan.services.store import LocalRepository
 
 if TYPE_CHECKING:
-    from capstan.packages import Merged, Resolved
-    from capstan.runtimes import RunConfig
+    from capstan.packages.manifest import Merged, Resolved
+    from capstan.packages.runtimes import RunConfig
 
 __all__ = ["PLATFORM_OF", "compose_entries", "compose_package", "compose_tree",
            "package_cmdline"]
@@ -99,7 +99,7 @@ def package_cmdline(run: RunConfig | None, execute: str | None, boots: Sequence[
     only config set), else ``runscript /run/default;``; then ``--env`` as hard
     tokens in front.
     """
-    from capstan.running import env_token
+    from capstan.services.instances import env_token
 
     if execute:
         text = execute
@@ -122,14 +122,14 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
 
     *update* applies to ZFS images only (uploading just what changed); ROFS
     images are always rebuilt, which takes less time than booting a VM."""
-    from capstan.packages import load_manifest, load_run, merge
+    from capstan.packages.manifest import load_manifest, load_run, merge
 
     manifest = load_manifest(package)
     run = load_run(package, manifest.name)
     text = package_cmdline(run, execute, boots, envs)
     pull = None
     if pull_missing:
-        from capstan.pulling import pull_package
+        from capstan.services.repository import pull_package
 
         def pull(pkg: str) -> None:
             pull_package(config, pkg, s3=s3, quiet=True)
@@ -163,7 +163,7 @@ def _compose_zfs(config: Config, entries: Sequence[Entry], name: str | None,
                  output: Path | None, loader: str | None, text: str, size: int,
                  disk_format: DiskFormat | None, update: bool) -> compose.ComposeResult:
     from capstan.image.inspect import OsvImage
-    from capstan.zfsbuild import compose_zfs
+    from capstan.services.zfs import compose_zfs
 
     repo = LocalRepository(config.root)
     target = output or repo.image_file(str(name), "qemu")
@@ -186,7 +186,7 @@ def _check_lock(package: Path, resolved: Sequence[Resolved]) -> bytes:
     lock file's new text, pinning every resolved package."""
     import yaml
 
-    from capstan.yamlfile import load_strict
+    from capstan.core.yamlfile import load_strict
 
     lock = package / "capstan.lock"
     now = {p.name: {"version": p.version, "sha256": p.sha256} for p in resolved}

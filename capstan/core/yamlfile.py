@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from capstan.errors import CapstanError, InputError, NotFound
+from capstan.core.errors import CapstanError, InputError, NotFound
 
 __all__ = ["MAX_ALIASES", "MAX_BYTES", "MAX_DEPTH", "MAX_EXPANDED", "load_cached",
            "load_file", "load_strict", "load_text"]

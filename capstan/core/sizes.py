@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from capstan.errors import UsageError
+from capstan.core.errors import UsageError
 
 __all__ = ["format_size", "parse_size"]
 

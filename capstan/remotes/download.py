@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capstan.core.errors import InputError, LocalIOError, NotFound, RemoteError
 from capstan.core.fs import atomic_output, sha256_of, write_error
 from capstan.core.limits import CappedReader, expansion_limit
-from capstan.errors import InputError, LocalIOError, NotFound, RemoteError
 
 __all__ = ["Artifact", "fetch", "progress_bar", "reason", "session"]
 

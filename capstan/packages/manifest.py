@@ -25,16 +25,15 @@ from typing import Any
 
 import yaml
 
-from capstan.core.fs import atomic_output, publish_dir, sweep, temp_dir
+from capstan.core.errors import Conflict, InputError, LocalIOError, NotFound, UsageError
+from capstan.core.fs import atomic_output, publish_dir, sha256_of, sweep, temp_dir
 from capstan.core.limits import CappedReader, expansion_limit
 from capstan.core.names import check_name
-from capstan.errors import Conflict, InputError, LocalIOError, NotFound, UsageError
+from capstan.core.yamlfile import load_strict, load_text
 from capstan.image.rofs import DirEntry, FileEntry, SymlinkEntry
 from capstan.image.sources import Extent, open_host
 from capstan.image.tree import Tree, guest_path, host_entry, materialise
-from capstan.repository import sha256_of
-from capstan.runtimes import RunConfig, boot_command, parse_run
-from capstan.yamlfile import load_strict, load_text
+from capstan.packages.runtimes import RunConfig, boot_command, parse_run
 
 __all__ = ["Collected", "Manifest", "Merged", "build_mpm", "collect", "ignore_rules",
            "load_manifest", "merge", "read_mpm", "resolve"]

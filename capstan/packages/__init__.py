@@ -1,0 +1,2 @@
+"""OSv packages: manifests and .mpm archives (manifest), run configurations
+(runtimes)."""
