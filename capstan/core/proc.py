@@ -1,18 +1,18 @@
 """The one way pycapstan runs subprocesses: argv lists, typed errors, no inherited secrets.
 
 Every child gets a scrubbed environment (:func:`child_env`) and a private umask, and
-dies with the CLI (``PR_SET_PDEATHSIG``) unless it is meant to outlive it (``run -d``).
+dies with the CLI (``PR_SET_PDEATHSIG``, set by util-linux ``setpriv``) unless it is meant to
+outlive it (``run -d``). No ``preexec_fn``: Python code between fork and exec is unsafe in a
+threaded process and runs every library's at-fork hooks.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import IO, Any
 
@@ -21,7 +21,7 @@ from capstan.core.secrets import secret_name
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["child_env", "die_with_parent", "run", "spawn", "which"]
+__all__ = ["child_env", "run", "spawn", "which"]
 
 _INSTALL_HINTS = {
     "qemu-img": "apt-get install qemu-utils",
@@ -33,7 +33,6 @@ _INSTALL_HINTS = {
 # $CAPSTAN_CHILD_ENV. A secret-looking name (token, secret, password, key, AWS_*) never.
 _ALLOWED = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TMPDIR", "TZ", "USER", "LOGNAME"})
 _TOOL_ENV = {"VBoxManage": ("VBOX_USER_HOME", "VBOX_INSTALL_PATH")}
-_PR_SET_PDEATHSIG = 1
 CHILD_UMASK = 0o077
 
 
@@ -56,24 +55,19 @@ def child_env(keep: Iterable[str] = ()) -> dict[str, str]:
 
 
 @cache
-def _prctl() -> Any:
-    return ctypes.CDLL(None, use_errno=True).prctl
+def _setpriv() -> str | None:
+    return shutil.which("setpriv")
 
 
-def die_with_parent() -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child die (SIGKILL) when this process dies, even
-    by ``kill -9``: no ``qemu-img convert`` outlives the command that started it.
+def _dying_with_parent(argv: list[str]) -> list[str]:
+    """*argv* run so that it is killed (SIGKILL) when this process dies, even by
+    ``kill -9``: no ``qemu-img convert`` outlives the command that started it.
 
-    The kernel ties the signal to the thread that forked: call it from a thread
-    that outlives the child (the main thread, or one that waits for the child)."""
-    prctl, parent = _prctl(), os.getpid()
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os._exit(1)
-
-    return arm
+    The kernel ties the signal to the thread that started the child: call it from a
+    thread that outlives the child (the main thread, or one that waits for it). Where
+    util-linux's ``setpriv`` is missing (not Linux), the child runs as it is."""
+    setpriv = _setpriv()
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 def _resolve(argv: Sequence[str]) -> list[str]:
@@ -91,14 +85,13 @@ def run(
     LOG.debug("run: %s", argv)
     try:
         done = subprocess.run(
-            argv,
+            _dying_with_parent(argv),
             input=input_bytes,
             capture_output=True,
             timeout=timeout,
             check=False,
             env=child_env(_TOOL_ENV.get(os.path.basename(argv[0]), ())),
             umask=CHILD_UMASK,
-            preexec_fn=die_with_parent(),
         )
     except subprocess.TimeoutExpired as err:
         raise CommandFailed(argv, -1, f"timed out after {timeout} s") from err
@@ -128,8 +121,9 @@ def spawn(
     LOG.debug("spawn: %s", argv)
     try:
         return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=text,
+            argv if outlive else _dying_with_parent(argv), stdin=subprocess.DEVNULL,
+            stdout=stdout, stderr=stderr, text=text,
             errors="replace" if text else None, env=child_env(), umask=umask,
-            start_new_session=True, preexec_fn=None if outlive else die_with_parent())
+            start_new_session=True)
     except OSError as err:
         raise CommandFailed(argv, -1, str(err)) from err
