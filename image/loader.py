@@ -13,7 +13,8 @@ from capstan.image import cmdline, formats
 from capstan.image.mbr import PARTITION_ALIGN, TABLE, align_up
 
 __all__ = [
-    "PROBE_LOADER", "Loader", "probe_loader_path", "read_head", "read_loader", "sniff_format",
+    "PROBE_LOADER", "Loader", "probe_kernel_path", "probe_loader_path", "read_head", "read_loader",
+    "sniff_format",
 ]
 
 PROBE_LOADER = "probe-loader"
@@ -50,6 +51,11 @@ class Loader:
 def probe_loader_path() -> Path:
     """The probe loader shipped with pycapstan (a stand-in for OSv)."""
     return Path(str(resources.files("capstan.image") / "probe" / "probe-loader.bin"))
+
+
+def probe_kernel_path() -> Path:
+    """The probe kernel shipped with pycapstan (a PVH stand-in for OSv's kernel ELF)."""
+    return Path(str(resources.files("capstan.image") / "probe" / "probe-kernel.elf"))
 
 
 def sniff_format(head: bytes) -> str:

@@ -53,8 +53,28 @@ def boot(image: Path, fmt: str, log: Path, bus: str = "virtio",
             "-display", "none", "-serial", f"file:{log}", "-no-reboot", *disk, *extra]
     done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr.decode()
+    return parse_report(log.read_text(errors="replace"))
+
+
+def boot_kernel(kernel: Path, append: str, disk: Path | None, log: Path,
+                machine: str = "microvm", extra: tuple[str, ...] = (),
+                timeout: float = 60) -> dict[str, str]:
+    """Boot *kernel* (PVH) under TCG with *disk* on virtio-mmio; return the PROBE lines."""
+    argv = ["qemu-system-x86_64", "-M", machine, "-accel", "tcg", "-m", "64", "-nodefaults",
+            "-no-user-config", "-display", "none", "-serial", f"file:{log}", "-no-reboot",
+            "-kernel", str(kernel), "-append", append, *extra]
+    if disk is not None:
+        argv += ["-drive", f"id=d0,file={disk},format=raw,if=none,snapshot=on",
+                 "-device", "virtio-blk-device,drive=d0"]
+    done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return parse_report(log.read_text(errors="replace"))
+
+
+def parse_report(text: str) -> dict[str, str]:
+    """The PROBE lines of a console log, by key."""
     report: dict[str, str] = {}
-    for line in log.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         match = _LINE.match(line.strip())
         if match:
             report[match.group(1)] = match.group(2)

@@ -105,9 +105,12 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                 expected.add(f"{dest}/{path.relative_to(REPO / src).as_posix()}")
     assert {"capstan/py.typed", "capstan/image/probe/probe-loader.asm",
-            "capstan/image/probe/probe-loader.bin", "capstan/etc/config.yaml"} <= expected
+            "capstan/image/probe/probe-loader.bin", "capstan/image/probe/probe-kernel.asm",
+            "capstan/image/probe/probe-kernel.elf", "capstan/etc/config.yaml"} <= expected
     with zipfile.ZipFile(_wheel(tmp_path)) as wheel:
         shipped = {n for n in wheel.namelist() if ".dist-info/" not in n}
-        probe = wheel.read("capstan/image/probe/probe-loader.bin")
+        probes = {name: wheel.read(f"capstan/image/probe/{name}")
+                  for name in ("probe-loader.bin", "probe-kernel.elf")}
     assert shipped == expected
-    assert probe == (REPO / "image" / "probe" / "probe-loader.bin").read_bytes()
+    for name, data in probes.items():
+        assert data == (REPO / "image" / "probe" / name).read_bytes()

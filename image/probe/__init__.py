@@ -1,1 +1,1 @@
-"""Data package: the probe loader, its nasm source and its assembled bytes."""
+"""Data package: the probe loader and probe kernel, their nasm sources and assembled bytes."""
