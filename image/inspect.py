@@ -62,6 +62,13 @@ class TreeItem:
     target: str
 
 
+def printable(name: str) -> str:
+    """*name* (a guest path read from an image: any bytes) made safe to print: bytes that
+    are not UTF-8 and control characters become backslash escapes."""
+    raw = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in raw)
+
+
 @dataclass(frozen=True)
 class Change:
     """One difference between two images."""
@@ -171,10 +178,11 @@ class OsvImage:
                 yield self._item(inode)
 
     def _item(self, inode: RofsInode) -> TreeItem:
+        path = printable(inode.path)
         if inode.kind == "symlink":
-            return TreeItem(inode.path, "symlink", 0, self.rofs.readlink(inode))
+            return TreeItem(path, "symlink", 0, printable(self.rofs.readlink(inode)))
         size = inode.count if inode.kind == "file" else 0
-        return TreeItem(inode.path, inode.kind, size, "")
+        return TreeItem(path, inode.kind, size, "")
 
     def read(self, path: str) -> Iterator[bytes]:
         """The bytes of the file at guest *path*, in chunks (symlinks followed)."""

@@ -250,3 +250,22 @@ def test_mutated_images_never_crash_ls_or_cat(cli, good_image: bytes, tmp_path: 
         assert "Traceback" not in result.err
         if result.code:
             check(result, 65)
+
+
+def test_names_that_are_not_text_are_listed_escaped(cli, tmp_path: Path) -> None:
+    """Guest names are bytes: one not UTF-8 or holding a newline lists escaped, one row each."""
+    tree = tmp_path / "names"
+    tree.mkdir()
+    (tree / "ok").write_bytes(b"x")
+    os.close(os.open(bytes(tree) + b"/bad\xff\x80", os.O_CREAT | os.O_WRONLY, 0o644))
+    os.close(os.open(bytes(tree) + b"/two\nlines", os.O_CREAT | os.O_WRONLY, 0o644))
+    out = tmp_path / "names.raw"
+    assert cli("compose", "-l", "probe-loader", "-o", out, "--disk-format", "raw", "-c", "/ok",
+               tree).code == 0
+    for argv in (("image", "ls", "-f", "value", "-c", "Path", out), ("image", "tree", out)):
+        result = cli(*argv)
+        assert result.code == 0 and result.err == "", result
+        assert "bad\\xff\\x80" in result.out and "two\\nlines" in result.out, result.out
+    rows = cli("image", "ls", "-f", "value", "-c", "Path", out).out.splitlines()
+    assert {"/bad\\xff\\x80", "/ok", "/two\\nlines"} <= set(rows), rows
+    assert not any("\n" in row or ("two" in row and row != "/two\\nlines") for row in rows)
