@@ -35,10 +35,9 @@ from capstan.core.errors import (
     RemoteError,
     ToolMissing,
     UnsupportedOperation,
-    UsageError,
 )
 from capstan.core.fs import atomic_write
-from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState
+from capstan.drivers.base import Capability, Driver, Instance, InstanceSpec, InstanceState
 
 LOG = logging.getLogger(__name__)
 
@@ -47,9 +46,10 @@ __all__ = ["AwsDriver", "BLOCK", "image_drivers", "nonzero_blocks"]
 BLOCK = 512 * 1024
 TAG = "capstan:managed"
 _NITRO = ("a1", "c5", "c6", "c7", "m5", "m6", "m7", "r5", "r6", "r7", "t3", "t4", "z1", "x2")
-_STATES = {"pending": InstanceState.RUNNING, "running": InstanceState.RUNNING,
-           "stopping": InstanceState.STOPPED, "stopped": InstanceState.STOPPED,
-           "shutting-down": InstanceState.STOPPED}
+#: EC2 instance states (a terminated instance is not mapped: it is gone)
+_STATES = {"pending": InstanceState.STARTING, "running": InstanceState.RUNNING,
+           "stopping": InstanceState.STOPPING, "stopped": InstanceState.STOPPED,
+           "shutting-down": InstanceState.STOPPING}
 
 
 def nonzero_blocks(raw: Path) -> Iterator[tuple[int, bytes]]:
@@ -75,7 +75,8 @@ class AwsDriver(Driver):
     """EC2 instances from AMIs made of pycapstan images (``-p aws``)."""
 
     name = "aws"
-    capabilities = frozenset({"logs", "images", "detach", "graceful_stop", "remote"})
+    capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
+                              Capability.GRACEFUL_STOP, Capability.REMOTE})
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -376,9 +377,6 @@ class AwsDriver(Driver):
                 f"{self.subnet or 'default'}, security group {self.security_group or 'default'}"]
 
     def create(self, spec: InstanceSpec) -> Instance:
-        if spec.forwards or spec.volumes or spec.private_network:
-            raise UsageError("the aws driver has no port forwards, volumes or private "
-                             "networks: use security groups and EBS")
         record = self._record(spec.name)
         if record.exists():
             raise Conflict(f"instance {spec.name} exists: delete it first")

@@ -26,6 +26,7 @@ from capstan.core.errors import (
 )
 
 __all__ = [
+    "Capability",
     "Driver",
     "Instance",
     "InstanceSpec",
@@ -37,6 +38,7 @@ __all__ = [
     "free_port",
     "get_driver",
     "mac_address",
+    "required_capabilities",
 ]
 
 
@@ -69,12 +71,54 @@ def free_port(addr: str, proto: str, port: int = 0) -> int:
 class InstanceState(enum.Enum):
     """Normalised instance state; each driver maps its own states onto these."""
 
+    STARTING = "starting"  # asked to start, not yet running (EC2 pending, GCE staging)
     RUNNING = "running"
+    PAUSED = "paused"  # suspended with its memory kept; resumed, not booted
+    STOPPING = "stopping"  # shutting down
     STOPPED = "stopped"
+    CRASHED = "crashed"  # the backend saw the guest fail (libvirt crashed, Nova ERROR)
     UNKNOWN = "unknown"
     DAMAGED = "damaged"  # its state file is unreadable; it can still be stopped and deleted
 
+    @property
+    def live(self) -> bool:
+        """Whether the guest holds resources and may still run (its console still grows)."""
+        return self in _LIVE
 
+
+_LIVE = frozenset({InstanceState.STARTING, InstanceState.RUNNING, InstanceState.PAUSED,
+                   InstanceState.STOPPING})
+
+
+class Capability(enum.Enum):
+    """What a driver can do beyond create, start, stop, delete, get and list."""
+
+    CONSOLE = "console"  # an interactive serial console
+    LOGS = "logs"  # a console log file that can be followed
+    PORT_FORWARD = "port_forward"  # -f host ports forwarded to the guest
+    VOLUMES = "volumes"  # --volume extra disks
+    PRIVATE_NETWORK = "private_network"  # host-local segments shared by name
+    DETACH = "detach"  # run -d
+    GRACEFUL_STOP = "graceful_stop"  # an ACPI power-off before a hard one
+    REMOTE = "remote"  # instances live on another host or in a cloud
+    IMAGES = "images"  # an image store (images/rmi/image upload -p)
+
+
+def required_capabilities(spec: InstanceSpec) -> frozenset[Capability]:
+    """The capabilities a driver needs to create *spec*."""
+    wanted = {Capability.PORT_FORWARD: bool(spec.forwards),
+              Capability.VOLUMES: bool(spec.volumes),
+              Capability.PRIVATE_NETWORK: spec.private_network is not None}
+    return frozenset(cap for cap, needed in wanted.items() if needed)
+
+
+_WHAT = {
+    Capability.CONSOLE: "a serial console", Capability.LOGS: "console logs",
+    Capability.PORT_FORWARD: "port forwards (-f)", Capability.VOLUMES: "volumes (--volume)",
+    Capability.PRIVATE_NETWORK: "private networks", Capability.DETACH: "detached runs (-d)",
+    Capability.GRACEFUL_STOP: "graceful stops", Capability.REMOTE: "remote instances",
+    Capability.IMAGES: "images (they are files in the local repository)",
+}
 _FORWARD = re.compile(
     r"(?:(?P<addr>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d{1,5}):(?P<guest>\d{1,5})"
     r"(?:/(?P<proto>tcp|udp))?")
@@ -212,7 +256,7 @@ class Driver(ABC):
     """One hypervisor backend. Drivers connect lazily: constructing one is free."""
 
     name: ClassVar[str]
-    capabilities: ClassVar[frozenset[str]] = frozenset()
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -240,6 +284,12 @@ class Driver(ABC):
     @abstractmethod
     def list(self) -> Iterator[Instance]:
         """Every instance of this driver."""
+
+    def require(self, *capabilities: Capability) -> None:
+        """UnsupportedOperation naming the first of *capabilities* this driver lacks."""
+        for cap in capabilities:
+            if cap not in self.capabilities:
+                raise UnsupportedOperation(self.name, _WHAT[cap])
 
     def log_path(self, name: str) -> Path:
         """The file holding the instance's console output."""
@@ -285,7 +335,7 @@ class Driver(ABC):
         self.start(name)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while self.get(name).state is InstanceState.RUNNING:
+            while self.get(name).state.live:
                 pump()
                 if deadline is not None and time.monotonic() > deadline:
                     self.stop(name)

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, ClassVar
 
 from capstan.core.errors import Conflict, GuestTimeout, NotFound, UnsupportedOperation, UsageError
 from capstan.core.fs import atomic_write
-from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState, console_verdict
+from capstan.drivers.base import Driver, Instance, InstanceSpec, console_verdict
 
 __all__ = ["CloudDriver", "label_value"]
 
@@ -62,9 +62,6 @@ class CloudDriver(Driver):
 
     def new_record(self, spec: InstanceSpec) -> Path:
         """The record path for *spec*, checked free (Conflict when the name is taken)."""
-        if spec.forwards or spec.volumes or spec.private_network:
-            raise UsageError(f"the {self.name} driver has no port forwards, volumes or "
-                             "private networks: use the cloud's firewall rules and disks")
         record = self._record(spec.name)
         if record.exists():
             raise Conflict(f"instance {spec.name} exists: delete it first")
@@ -116,7 +113,7 @@ class CloudDriver(Driver):
             shown = now
 
         try:
-            while self.get(name).state is InstanceState.RUNNING:
+            while self.get(name).state.live:
                 pump()
                 if deadline is not None and time.monotonic() > deadline:
                     self.stop(name)

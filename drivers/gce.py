@@ -32,7 +32,7 @@ from capstan.core.errors import (
     NotFound,
     RemoteError,
 )
-from capstan.drivers.base import Instance, InstanceSpec, InstanceState
+from capstan.drivers.base import Capability, Instance, InstanceSpec, InstanceState
 from capstan.drivers.cloud import CloudDriver, label_value
 
 LOG = logging.getLogger(__name__)
@@ -45,10 +45,11 @@ CHUNK = 8 << 20  # resumable upload chunks (a multiple of 256 KiB)
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")
 _NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
-_STATES = {"PROVISIONING": InstanceState.RUNNING, "STAGING": InstanceState.RUNNING,
-           "RUNNING": InstanceState.RUNNING, "STOPPING": InstanceState.RUNNING,
-           "SUSPENDING": InstanceState.RUNNING, "STOPPED": InstanceState.STOPPED,
-           "SUSPENDED": InstanceState.STOPPED, "TERMINATED": InstanceState.STOPPED}
+#: GCE instance statuses (REPAIRING is unknown: Google is moving it)
+_STATES = {"PROVISIONING": InstanceState.STARTING, "STAGING": InstanceState.STARTING,
+           "RUNNING": InstanceState.RUNNING, "STOPPING": InstanceState.STOPPING,
+           "SUSPENDING": InstanceState.STOPPING, "STOPPED": InstanceState.STOPPED,
+           "SUSPENDED": InstanceState.PAUSED, "TERMINATED": InstanceState.STOPPED}
 _NO_CREDENTIALS = ("no Google credentials: run 'gcloud auth application-default login' or "
                    "set GOOGLE_APPLICATION_CREDENTIALS")
 
@@ -57,7 +58,8 @@ class GceDriver(CloudDriver):
     """Compute Engine VMs from GCE images made of pycapstan images (``-p gce``)."""
 
     name = "gce"
-    capabilities = frozenset({"logs", "images", "detach", "graceful_stop", "remote"})
+    capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
+                              Capability.GRACEFUL_STOP, Capability.REMOTE})
     name_pattern = _NAME
     name_rule = ("lowercase letters, digits and '-', starting with a letter, at most 63 "
                  "characters (RFC 1035)")

@@ -84,8 +84,6 @@ class HostedDriver(Driver):
         return target
 
     def create(self, spec: InstanceSpec) -> Instance:
-        if spec.volumes or spec.private_network:
-            raise UsageError(f"the {self.name} driver has no --volume or private networks")
         folder = self.folder(spec.name)
         self._tool_present()
         if folder.exists():
@@ -119,12 +117,12 @@ class HostedDriver(Driver):
 
     def stop(self, name: str, timeout: float = 30) -> Instance:
         self.record(name)
-        if self.state(name) is InstanceState.RUNNING:
+        if self.state(name).live:
             self.soft_stop(name)
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.state(name) is InstanceState.RUNNING:
+            while time.monotonic() < deadline and self.state(name).live:
                 time.sleep(0.2)
-            if self.state(name) is InstanceState.RUNNING:
+            if self.state(name).live:
                 self.hard_stop(name)
         return self.get(name)
 

@@ -35,6 +35,7 @@ from capstan.core.errors import (
     UsageError,
 )
 from capstan.drivers.base import (
+    Capability,
     Driver,
     Instance,
     InstanceSpec,
@@ -149,8 +150,9 @@ class LibvirtDriver(Driver):
     """Run images as libvirt domains (``-p libvirt``; URI from ``libvirt_uri``)."""
 
     name = "libvirt"
-    capabilities = frozenset({"console", "logs", "port_forward", "volumes", "detach",
-                              "graceful_stop", "remote"})
+    capabilities = frozenset({Capability.CONSOLE, Capability.LOGS, Capability.PORT_FORWARD,
+                              Capability.VOLUMES, Capability.DETACH, Capability.GRACEFUL_STOP,
+                              Capability.REMOTE})
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -390,11 +392,15 @@ class LibvirtDriver(Driver):
         meta = self._meta(dom) or {}
         raw_state = self._call("state", dom.state)[0]
         state = {libvirt.VIR_DOMAIN_RUNNING: InstanceState.RUNNING,
+                 libvirt.VIR_DOMAIN_BLOCKED: InstanceState.RUNNING,
+                 libvirt.VIR_DOMAIN_PAUSED: InstanceState.PAUSED,
+                 libvirt.VIR_DOMAIN_PMSUSPENDED: InstanceState.PAUSED,
+                 libvirt.VIR_DOMAIN_SHUTDOWN: InstanceState.STOPPING,
                  libvirt.VIR_DOMAIN_SHUTOFF: InstanceState.STOPPED,
-                 libvirt.VIR_DOMAIN_SHUTDOWN: InstanceState.RUNNING}.get(
+                 libvirt.VIR_DOMAIN_CRASHED: InstanceState.CRASHED}.get(
                      raw_state, InstanceState.UNKNOWN)
         pid = None
-        if state is InstanceState.RUNNING and not self.remote:
+        if state.live and not self.remote:
             pid = _qemu_pid(dom.name())
         return Instance(name=dom.name(), driver=self.name, state=state,
                         image=meta.get("image", ""), pid=pid,

@@ -35,7 +35,7 @@ from capstan.core.errors import (
     NotFound,
     RemoteError,
 )
-from capstan.drivers.base import Instance, InstanceSpec, InstanceState
+from capstan.drivers.base import Capability, Instance, InstanceSpec, InstanceState
 from capstan.drivers.cloud import CloudDriver
 
 LOG = logging.getLogger(__name__)
@@ -45,10 +45,12 @@ __all__ = ["Flavor", "OpenStackDriver", "pick_flavor"]
 TAGS = ["tagOSv", "tagCapstan"]
 SHA256_KEY = "owner_specified.openstack.sha256"  # set by openstacksdk's create_image
 GIB = 1 << 30
-_STATES = {"ACTIVE": InstanceState.RUNNING, "BUILD": InstanceState.RUNNING,
-           "REBOOT": InstanceState.RUNNING, "HARD_REBOOT": InstanceState.RUNNING,
+#: Nova server statuses
+_STATES = {"BUILD": InstanceState.STARTING, "ACTIVE": InstanceState.RUNNING,
+           "REBOOT": InstanceState.STARTING, "HARD_REBOOT": InstanceState.STARTING,
+           "PAUSED": InstanceState.PAUSED, "SUSPENDED": InstanceState.PAUSED,
            "SHUTOFF": InstanceState.STOPPED, "STOPPED": InstanceState.STOPPED,
-           "SUSPENDED": InstanceState.STOPPED, "PAUSED": InstanceState.STOPPED}
+           "ERROR": InstanceState.CRASHED}
 _MISSING = "the openstack driver needs openstacksdk: pip install 'pycapstan[openstack]'"
 
 
@@ -83,7 +85,8 @@ class OpenStackDriver(CloudDriver):
     """Nova servers from Glance images made of pycapstan images (``-p openstack``)."""
 
     name = "openstack"
-    capabilities = frozenset({"logs", "images", "detach", "graceful_stop", "remote"})
+    capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
+                              Capability.GRACEFUL_STOP, Capability.REMOTE})
     name_pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
     name_rule = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63"
 

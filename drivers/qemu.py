@@ -40,6 +40,7 @@ from capstan.core.errors import (
     UsageError,
 )
 from capstan.drivers.base import (
+    Capability,
     Driver,
     Instance,
     InstanceSpec,
@@ -175,8 +176,9 @@ class QemuDriver(Driver):
     """Run images with ``qemu-system-x86_64`` directly."""
 
     name = "qemu"
-    capabilities = frozenset({"console", "logs", "port_forward", "volumes", "detach",
-                              "graceful_stop", "private_network"})
+    capabilities = frozenset({Capability.CONSOLE, Capability.LOGS, Capability.PORT_FORWARD,
+                              Capability.VOLUMES, Capability.DETACH, Capability.GRACEFUL_STOP,
+                              Capability.PRIVATE_NETWORK})
 
     @property
     def home(self) -> Path:

@@ -13,12 +13,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from capstan.core.errors import CommandFailed, UsageError
-from capstan.drivers.base import Instance, InstanceSpec, InstanceState, PortForward, mac_address
+from capstan.drivers.base import (
+    Capability,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    PortForward,
+    mac_address,
+)
 from capstan.drivers.hosted import HostedDriver
 
 __all__ = ["VirtualBoxDriver"]
 
 _STATE = re.compile(r'^VMState="([^"]*)"', re.MULTILINE)
+#: VirtualBox machine states (showvminfo's VMState); aborted is a crashed VM process
+_STATES = {"starting": InstanceState.STARTING, "restoring": InstanceState.STARTING,
+           "running": InstanceState.RUNNING, "paused": InstanceState.PAUSED,
+           "saving": InstanceState.STOPPING, "stopping": InstanceState.STOPPING,
+           "poweroff": InstanceState.STOPPED, "powered off": InstanceState.STOPPED,
+           "saved": InstanceState.STOPPED, "aborted": InstanceState.CRASHED}
 _NAMES = re.compile(r'^"(.*)" \{[0-9a-f-]+\}$', re.MULTILINE)
 
 
@@ -29,7 +42,8 @@ class VirtualBoxDriver(HostedDriver):
     platform = "vbox"
     tool = "VBoxManage"
     install_hint = "install VirtualBox (https://www.virtualbox.org/wiki/Downloads)"
-    capabilities = frozenset({"logs", "port_forward", "detach", "graceful_stop"})
+    capabilities = frozenset({Capability.LOGS, Capability.PORT_FORWARD, Capability.DETACH,
+                              Capability.GRACEFUL_STOP})
 
     def exists(self, name: str) -> bool:
         return name in _NAMES.findall(self.cli("list", "vms"))
@@ -87,11 +101,7 @@ class VirtualBoxDriver(HostedDriver):
             return InstanceState.UNKNOWN
         match = _STATE.search(info)
         value = match.group(1) if match else ""
-        if value in ("running", "starting", "paused", "stopping"):
-            return InstanceState.RUNNING
-        if value in ("poweroff", "aborted", "saved", "powered off"):
-            return InstanceState.STOPPED
-        return InstanceState.UNKNOWN
+        return _STATES.get(value, InstanceState.UNKNOWN)
 
     def soft_stop(self, name: str) -> None:
         self.cli("controlvm", name, "acpipowerbutton")

@@ -13,7 +13,14 @@ from pathlib import Path
 
 from capstan.core.errors import CommandFailed, UsageError
 from capstan.core.fs import atomic_write
-from capstan.drivers.base import Instance, InstanceSpec, InstanceState, PortForward, mac_address
+from capstan.drivers.base import (
+    Capability,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    PortForward,
+    mac_address,
+)
 from capstan.drivers.hosted import HostedDriver
 
 __all__ = ["VMwareDriver", "vmx"]
@@ -63,7 +70,7 @@ class VMwareDriver(HostedDriver):
     platform = "vmw"
     tool = "vmrun"
     install_hint = "install VMware Workstation (Linux, Windows) or Fusion (macOS)"
-    capabilities = frozenset({"logs", "detach", "graceful_stop"})
+    capabilities = frozenset({Capability.LOGS, Capability.DETACH, Capability.GRACEFUL_STOP})
 
     @property
     def host_type(self) -> str:
@@ -77,9 +84,6 @@ class VMwareDriver(HostedDriver):
         return self._vmx(name).exists()
 
     def build(self, spec: InstanceSpec, folder: Path, forwards: Sequence[PortForward]) -> None:
-        if forwards:
-            raise UsageError("the VMware driver cannot forward ports: VMware's NAT is "
-                             "configured host-wide (vmnetcfg); use bridge networking")
         disk = self.disk(spec, folder, "vmdk", ("adapter_type=lsilogic",
                                                 "subformat=monolithicSparse"), name="osv")
         atomic_write(folder / "osv.vmx", vmx(spec, disk, folder / "console.log").encode())

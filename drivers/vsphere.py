@@ -30,9 +30,8 @@ from capstan.core.errors import (
     NotFound,
     RemoteError,
     UnsupportedOperation,
-    UsageError,
 )
-from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState
+from capstan.drivers.base import Capability, Driver, Instance, InstanceSpec, InstanceState
 
 __all__ = ["VSphereDriver"]
 
@@ -55,12 +54,16 @@ def _translated(method: Callable[..., T]) -> Callable[..., T]:
 
     return wrapper
 
+#: vSphere power states
+_STATES = {"poweredOn": InstanceState.RUNNING, "poweredOff": InstanceState.STOPPED,
+           "suspended": InstanceState.PAUSED}
+
 
 class VSphereDriver(Driver):
     """VMs on a vCenter or ESXi host."""
 
     name = "vsphere"
-    capabilities = frozenset({"detach", "graceful_stop", "remote"})
+    capabilities = frozenset({Capability.DETACH, Capability.GRACEFUL_STOP, Capability.REMOTE})
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -181,9 +184,6 @@ class VSphereDriver(Driver):
     def create(self, spec: InstanceSpec) -> Instance:
         from pyVmomi import vim
 
-        if spec.forwards or spec.volumes or spec.private_network:
-            raise UsageError("the vsphere driver has no port forwards, volumes or private "
-                             "networks: use the VM's network")
         if self._find(vim.VirtualMachine, spec.name):
             raise Conflict(f"vSphere already has a VM named {spec.name}")
         dc = self._datacenter()
@@ -293,9 +293,7 @@ class VSphereDriver(Driver):
         meta: dict[str, str] = {}
         with contextlib.suppress(ValueError):
             meta = json.loads((vm.config.annotation or "")[len(MARK):])
-        state = {"poweredOn": InstanceState.RUNNING, "poweredOff": InstanceState.STOPPED,
-                 "suspended": InstanceState.STOPPED}.get(vm.runtime.powerState,
-                                                          InstanceState.UNKNOWN)
+        state = _STATES.get(str(vm.runtime.powerState), InstanceState.UNKNOWN)
         return Instance(vm.name, self.name, state, meta.get("image", ""),
                         image_digest=meta.get("digest", ""), created=meta.get("created", ""),
                         extra={"moref": vm._moId})

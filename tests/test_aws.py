@@ -200,7 +200,7 @@ def test_bad_cli_input(cli, aws_env: str, sparse: Path,
         ({"CAPSTAN_AWS_UPLOAD": "carrier-pigeon"}, ("images", "-p", "aws"), 78,
          "aws_upload must be one of"),
         ({}, ("rmi", "-p", "aws", "nope"), 65, "no pycapstan AMI 'nope'"),
-        ({}, ("run", "-p", "aws", "-i", sparse, "-f", "8080:80", "x"), 64, "no port forwards"),
+        ({}, ("run", "-p", "aws", "-i", sparse, "-f", "8080:80", "x"), 69, "port forwards"),
         ({}, ("images", "-p", "qemu"), 69, "does not support images"),
     ]
     expect_errors(cli, monkeypatch, cases)

@@ -120,7 +120,7 @@ def test_fake_vmware_vmx_disk_and_lifecycle(cli, image: Path, fake: Path,
 def test_fake_vmware_bad_input(cli, image: Path, fake: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     result = cli("run", "-p", "vmw", "-d", "-i", image, "-f", "8080:80", "x")
-    assert result.code == 64 and "cannot forward ports" in result.err
+    assert result.code == 69 and "does not support port forwards" in result.err
     monkeypatch.setenv("FAKE_ACPI", "0")  # a guest that ignores the soft stop
     assert cli("run", "-p", "vmw", "-d", "-i", image, "deaf").code == 0
     assert cli("stop", "-p", "vmw", "-t", "0.5", "deaf").code == 0

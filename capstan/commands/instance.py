@@ -81,7 +81,7 @@ class Run(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.services.instances import make_spec
+        from capstan.services.instances import create_instance, make_spec
 
         args = parsed_args
         image_ref, name = args.image, args.name
@@ -111,7 +111,7 @@ class Run(Command):
         if args.dry_run:
             self.app.stdout.write("".join(f"would {line}\n" for line in driver.dry_run(spec)))
             return 0
-        driver.create(spec)
+        create_instance(driver, spec)
         self.app.stdout.write(f"Created instance: {name}\n")
         return self._launch(driver, name, args, created=True)
 
@@ -272,7 +272,6 @@ class Logs(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.drivers.base import InstanceState
 
         driver = _driver(self, parsed_args.hypervisor)
         out = sys.stdout.buffer
@@ -287,7 +286,7 @@ class Logs(Command):
                 if data:
                     out.write(data)
                     out.flush()
-                if driver.get(parsed_args.name).state is not InstanceState.RUNNING:
+                if not driver.get(parsed_args.name).state.live:
                     out.write(log.read())
                     out.flush()
                     return 0

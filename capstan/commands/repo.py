@@ -74,12 +74,10 @@ def _cloud(command: Command, name: str | None) -> Any:
     """The driver *name* when given (it must keep images), else None (the local repository)."""
     if name is None:
         return None
-    from capstan.core.errors import UnsupportedOperation
-    from capstan.drivers.base import get_driver
+    from capstan.drivers.base import Capability, get_driver
 
     driver = get_driver(name, app_config(command))
-    if "images" not in driver.capabilities:
-        raise UnsupportedOperation(name, "images (they are files in the local repository)")
+    driver.require(Capability.IMAGES)
     return driver
 
 

@@ -26,7 +26,14 @@ from capstan.core.errors import CapstanError, Conflict, InputError, NotFound, Us
 from capstan.core.fs import atomic_write
 from capstan.core.names import is_valid
 from capstan.core.yamlfile import load_strict
-from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState, Volume, get_driver
+from capstan.drivers.base import (
+    Capability,
+    Driver,
+    Instance,
+    InstanceSpec,
+    Volume,
+    get_driver,
+)
 
 __all__ = ["DEFAULT_FILE", "Fleet", "Member", "Outcome", "Service", "down", "load_fleet",
            "logs", "plan", "ps", "up"]
@@ -395,7 +402,7 @@ def up(config: Config, fleet: Fleet, *, jobs: int = JOBS, keep_going: bool = Fal
     drivers = _Drivers(config)
     for svc in fleet.services:
         if fleet.subnet is not None and svc.count and \
-                "private_network" not in drivers(svc.driver).capabilities:
+                Capability.PRIVATE_NETWORK not in drivers(svc.driver).capabilities:
             raise InputError(f"{fleet.path}: services.{svc.name}: driver "
                              f"'{drivers(svc.driver).name}' has no private network; set "
                              "private_network: false")
@@ -413,7 +420,7 @@ def up(config: Config, fleet: Fleet, *, jobs: int = JOBS, keep_going: bool = Fal
             elif recorded is None or recorded["digest"] != m.digest:
                 actions[m.name] = "recreate"
             else:
-                actions[m.name] = "keep" if inst.state is InstanceState.RUNNING else "start"
+                actions[m.name] = "keep" if inst.state.live else "start"
         wanted = {m.name for m in members}
         removals = [n for n in record.instances if n not in wanted]
         if dry_run:
@@ -437,6 +444,8 @@ def _delete(driver: Driver, name: str, timeout: float) -> None:
 def _launch(drivers: _Drivers, record: _Record, fleet: Fleet, members: Sequence[Member],
             actions: Mapping[str, str], jobs: int, keep_going: bool,
             timeout: float) -> list[Outcome]:
+    from capstan.services.instances import create_instance
+
     results: dict[str, Outcome] = {}
     failed_services: set[str] = set()
     by_service: dict[str, list[Member]] = {}
@@ -451,7 +460,7 @@ def _launch(drivers: _Drivers, record: _Record, fleet: Fleet, members: Sequence[
                 if action == "recreate":
                     _delete(driver, m.name, timeout)
                     record.instances.pop(m.name, None)
-                driver.create(m.spec)
+                create_instance(driver, m.spec)
             if action != "keep":
                 driver.start(m.name)
             record.instances[m.name] = {"service": m.service.name, "digest": m.digest,
@@ -579,6 +588,6 @@ def logs(config: Config, fleet: Fleet) -> Iterator[tuple[str, Path, Callable[[],
 
         def running(driver: Driver = driver, name: str = name) -> bool:
             inst = _current(driver, name)
-            return inst is not None and inst.state is InstanceState.RUNNING
+            return inst is not None and inst.state.live
 
         yield name, driver.log_path(name), running

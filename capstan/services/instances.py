@@ -9,12 +9,21 @@ from pathlib import Path
 from capstan.core.config import Config
 from capstan.core.errors import ImageError, UsageError
 from capstan.core.sizes import parse_size
-from capstan.drivers.base import InstanceSpec, PortForward, Volume, mac_address
+from capstan.drivers.base import (
+    Driver,
+    Instance,
+    InstanceSpec,
+    PortForward,
+    Volume,
+    mac_address,
+    required_capabilities,
+)
 from capstan.image import cmdline as osv_cmdline
 from capstan.services.disks import image_facts
 from capstan.services.store import LocalRepository
 
-__all__ = ["boot_cmdline", "env_token", "instances_using", "make_spec", "memory_mib"]
+__all__ = ["boot_cmdline", "create_instance", "env_token", "instances_using", "make_spec",
+           "memory_mib"]
 
 _ENV = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\??)=(.*)", re.DOTALL)
 
@@ -88,6 +97,13 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
                         forwards=parsed_forwards,
                         volumes=parsed_volumes, cmdline=text, cpu_model=cpu_model,
                         private_network=private_network, private_mac=private_mac)
+
+
+def create_instance(driver: Driver, spec: InstanceSpec) -> Instance:
+    """Create *spec* with *driver*, first checking the driver can do what *spec* asks
+    (UnsupportedOperation naming the missing capability)."""
+    driver.require(*required_capabilities(spec))
+    return driver.create(spec)
 
 
 def _volume(text: str) -> Volume:
