@@ -20,7 +20,9 @@ from capstan.image.rofs import Entry, RofsLayout, write_rofs
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["ComposeResult", "compose", "publishing", "write_raw"]
+__all__ = ["KERNEL_LESS_START", "ComposeResult", "compose", "publishing", "write_raw"]
+
+KERNEL_LESS_START = 512
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,15 @@ class ComposeResult:
     file_bytes: int
 
 
-def write_raw(out: BinaryIO, loader: Loader, entries: Sequence[Entry], text: str,
+def write_raw(out: BinaryIO, loader: Loader | None, entries: Sequence[Entry], text: str,
               min_size: int = 0, alignment: int = 512) -> tuple[int, RofsLayout]:
-    """Write the raw disk into *out*; return its virtual size and the ROFS layout."""
-    start = loader.partition_start
+    """Write the raw disk into *out*; return its virtual size and the ROFS layout.
+
+    With no *loader* the disk has OSv's kernel-less layout (osv-image-format.md,
+    section 10): a sector holding only entry 2 and ``55 AA``, the filesystem
+    from byte 512, and no command line (*text* is ignored: the VMM gives it).
+    """
+    start = loader.partition_start if loader else KERNEL_LESS_START
     layout = write_rofs(entries, out, base=start)
     needed = mbr.align_up(start + layout.size, alignment)
     if min_size and min_size < needed:
@@ -51,24 +58,30 @@ def write_raw(out: BinaryIO, loader: Loader, entries: Sequence[Entry], text: str
             f"size {min_size} bytes is too small for this content: "
             f"at least {needed} bytes ({-(-needed // (1024 * 1024))}M) are needed")
     virtual = mbr.align_up(max(needed, min_size), alignment)
-    sector0 = bytearray(loader.data[:512])
+    sector0 = bytearray(loader.data[:512] if loader else bytes(510) + b"\x55\xaa")
     mbr.set_partition(sector0, 2, start, layout.size)
     out.seek(0)
-    out.write(bytes(sector0) + cmdline.area_bytes(text))
-    out.write(loader.data[32768:])
+    if loader is None:
+        out.write(sector0)
+    else:
+        out.write(bytes(sector0) + cmdline.area_bytes(text))
+        out.write(loader.data[32768:])
     out.truncate(virtual)
     return virtual, layout
 
 
 def compose(
     entries: Sequence[Entry],
-    loader: Loader,
+    loader: Loader | None,
     output: Path,
     text: str,
     disk_format: DiskFormat = DiskFormat.QCOW2,
     size: int = 0,
 ) -> ComposeResult:
-    """Write an OSv image of *entries* to *output*, all or nothing."""
+    """Write an OSv image of *entries* to *output*, all or nothing; kernel-less
+    (no command line) when *loader* is None."""
+    if loader is None:
+        text = ""
     cmdline.validate(text)
     with publishing(output) as tmp:
         raw = tmp / (output.name if disk_format is DiskFormat.RAW else "disk.raw")
@@ -80,8 +93,9 @@ def compose(
     LOG.debug("composed %s (%s, %d bytes)", output, disk_format.label, virtual)
     return ComposeResult(
         path=output, disk_format=disk_format.label, virtual_size=virtual,
-        partition_start=loader.partition_start, partition_size=layout.size,
-        cmdline=text, loader=str(loader.source), files=layout.files,
+        partition_start=loader.partition_start if loader else KERNEL_LESS_START,
+        partition_size=layout.size, cmdline=text,
+        loader=str(loader.source) if loader else "none (kernel-less)", files=layout.files,
         directories=layout.directories, symlinks=layout.symlinks,
         file_bytes=layout.file_bytes,
     )

@@ -15,6 +15,7 @@ from typing import BinaryIO
 from capstan.core.errors import ImageError
 from capstan.core.fs import sweep, temp_dir
 from capstan.image import cmdline, formats, mbr
+from capstan.image.compose import KERNEL_LESS_START
 from capstan.image.loader import KERNEL_OFFSET, read_head, sniff_format
 from capstan.image.rofs import (
     BLOCK,
@@ -38,6 +39,7 @@ class ImageSummary:
 
     path: str
     format: str
+    layout: str
     virtual_size: int
     allocated_size: int
     cmdline: str
@@ -93,9 +95,14 @@ class OsvImage:
         if len(head) < 512 or head[510:512] != b"\x55\xaa":
             raise ImageError(f"{path}: not an OSv image (no boot signature 55 AA)")
         self.sector0 = head[:512]
-        self.cmdline = cmdline.read_area(head[cmdline.AREA_OFFSET:])
-        (self.count32,) = struct.unpack_from("<H", head, 0x10)
         self.partition = mbr.read_partition(self.sector0, 2)
+        # kernel-less (osv-image-format.md, section 10): the filesystem starts at byte
+        # 512, where a BIOS image has its command line; the VMM gives the command line
+        self.kernel_less = self.partition is not None and \
+            self.partition.start == KERNEL_LESS_START
+        self.cmdline = "" if self.kernel_less else cmdline.read_area(
+            head[cmdline.AREA_OFFSET:])
+        (self.count32,) = struct.unpack_from("<H", head, 0x10)
         self._rofs: RofsReader | None = None
         self._part: tuple[BinaryIO, int, Path] | None = None
 
@@ -225,9 +232,11 @@ class OsvImage:
             except ImageError:
                 fs = "unknown (not ROFS)"
         return ImageSummary(
-            path=str(self.path), format=probed.format, virtual_size=probed.virtual_size,
+            path=str(self.path), format=probed.format,
+            layout="kernel-less" if self.kernel_less else "bios",
+            virtual_size=probed.virtual_size,
             allocated_size=probed.actual_size, cmdline=self.cmdline, count32=self.count32,
-            loader_size=KERNEL_OFFSET + self.count32 * 32768,
+            loader_size=0 if self.kernel_less else KERNEL_OFFSET + self.count32 * 32768,
             partition_start=part.start if part else 0,
             partition_size=part.size if part else 0, filesystem=fs,
             files=counts["file"], directories=counts["dir"], symlinks=counts["symlink"],

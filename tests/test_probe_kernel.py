@@ -66,3 +66,15 @@ def test_deaf_probe_kernel_never_powers_off() -> None:
                 proc.wait(timeout=2)
         finally:
             proc.kill()
+
+
+def test_probe_kernel_follows_partition_2(tmp_path: Path) -> None:
+    sector0 = bytearray(512)
+    sector0[0x1CE + 4] = 0x83
+    sector0[0x1D6:0x1DE] = bytes.fromhex("02000000" "03000000")  # LBA 2, 3 sectors
+    sector0[510:] = b"\x55\xaa"
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(bytes(sector0) + bytes(4096))  # no ROFS superblock at LBA 2
+    report = boot_kernel(probe_kernel_path(), "", disk, tmp_path / "log")
+    assert report["part2"] == "lba=00000002 sectors=00000003"
+    assert report["rofs-magic"] == "bad" and "done" in report

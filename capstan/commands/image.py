@@ -75,6 +75,9 @@ class Compose(Command):
                                  "vdi, vhd or vhdx")
         parser.add_argument("--no-base-files", dest="base_files", action="store_false",
                             help="do not add /etc/fstab, /etc/hosts, /dev, /proc, ...")
+        parser.add_argument("--kernel-less", action="store_true",
+                            help="OSv's kernel-less layout for direct kernel boot "
+                                 "(microVMs): no loader, no command line (raw by default)")
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -92,10 +95,13 @@ class Compose(Command):
             output=parsed_args.output, loader=parsed_args.loader,
             command_line=parsed_args.command_line, size=parsed_args.size,
             disk_format=parsed_args.disk_format, base_files=parsed_args.base_files,
+            kernel_less=parsed_args.kernel_less,
         )
+        boot = ("Kernel-less: boot it with a kernel; the command line comes from the VMM"
+                if parsed_args.kernel_less else f"Command line set to: '{result.cmdline}'")
         self.app.stdout.write(
             f"Composed {result.path} ({result.disk_format}, {result.virtual_size} bytes, "
-            f"{result.files} files)\nCommand line set to: '{result.cmdline}'\n")
+            f"{result.files} files)\n{boot}\n")
         return 0
 
 

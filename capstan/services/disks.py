@@ -75,8 +75,8 @@ def _cmdline(path: Path) -> str | None:
     from capstan.image.inspect import OsvImage
 
     try:
-        with OsvImage(path) as img:
-            return img.cmdline
+        with OsvImage(path) as img:  # kernel-less: no command-line area to write
+            return None if img.kernel_less else img.cmdline
     except ImageError:
         return None
 

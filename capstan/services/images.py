@@ -11,7 +11,7 @@ from capstan.core.config import Config
 from capstan.core.errors import InputError, LocalIOError, UsageError
 from capstan.image import cmdline, compose, tree
 from capstan.image.formats import DiskFormat
-from capstan.image.loader import read_loader
+from capstan.image.loader import Loader, read_loader
 from capstan.image.rofs import Entry
 from capstan.services.store import LocalRepository
 
@@ -43,11 +43,13 @@ def compose_tree(
     size: int = 0,
     disk_format: DiskFormat | None = None,
     base_files: bool = True,
+    kernel_less: bool = False,
 ) -> compose.ComposeResult:
     """Compose the tree (or file) *source* into image *name* or file *output*."""
     return compose_entries(config, tree.collect(source), name=name, output=output,
                            loader=loader, command_line=command_line, size=size,
-                           disk_format=disk_format, base_files=base_files)
+                           disk_format=disk_format, base_files=base_files,
+                           kernel_less=kernel_less)
 
 
 def compose_entries(
@@ -61,10 +63,19 @@ def compose_entries(
     size: int = 0,
     disk_format: DiskFormat | None = None,
     base_files: bool = True,
+    kernel_less: bool = False,
 ) -> compose.ComposeResult:
-    """Compose *entries* (an in-memory tree) into image *name* or file *output*."""
+    """Compose *entries* (an in-memory tree) into image *name* or file *output*.
+
+    *kernel_less*: OSv's kernel-less layout, for direct kernel boot (microVMs):
+    no loader and no command line (the VMM gives both); raw unless *disk_format*
+    says qcow2.
+    """
     if (name is None) == (output is None):
         raise UsageError("give either an image name or --output FILE")
+    if kernel_less:
+        return _compose_kernel_less(config, entries, name, output, loader, command_line,
+                                    size, disk_format, base_files)
     fmt = disk_format or DiskFormat.parse(config.disk_format)
     repo = LocalRepository(config.root)
     ld = read_loader(repo.resolve(loader or config.loader, kind="loader"))
@@ -77,6 +88,31 @@ def compose_entries(
         command_line = DEFAULT_BOOT
     text = cmdline.with_rootfs(command_line, "rofs")
     cmdline.validate(text)
+    return _write(repo, entries, ld, name, output, text, fmt, size)
+
+
+def _compose_kernel_less(config: Config, entries: Sequence[Entry], name: str | None,
+                         output: Path | None, loader: str | None, command_line: str | None,
+                         size: int, disk_format: DiskFormat | None,
+                         base_files: bool) -> compose.ComposeResult:
+    if loader is not None:
+        raise UsageError("a kernel-less image has no loader: drop -l/--loader-image")
+    if command_line is not None:
+        raise UsageError("a kernel-less image holds no command line: give it to the VMM "
+                         "at run time (capstan run --kernel K -e CMDLINE)")
+    fmt = disk_format or DiskFormat.RAW
+    if fmt not in (DiskFormat.RAW, DiskFormat.QCOW2):
+        raise UsageError(f"a kernel-less image is for direct kernel boot (QEMU microvm, "
+                         f"Firecracker, Cloud Hypervisor): raw or qcow2, not {fmt.label}")
+    if base_files:
+        entries = tree.with_base(entries)
+    return _write(LocalRepository(config.root), entries, None, name, output, "", fmt, size)
+
+
+def _write(repo: LocalRepository, entries: Sequence[Entry], ld: Loader | None,
+           name: str | None, output: Path | None, text: str, fmt: DiskFormat,
+           size: int) -> compose.ComposeResult:
+    """Compose to *output*, or as image *name* of *repo* (locked, then indexed)."""
     if output is not None:
         return compose.compose(entries, ld, output, text, fmt, size)
     assert name is not None

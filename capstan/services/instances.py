@@ -90,7 +90,9 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
     if execute is not None or boots or envs or options:
         current = image_facts(config.root, image).cmdline
         if current is None:
-            raise ImageError(f"{image}: not an OSv image, so its command line cannot be set")
+            raise ImageError(f"{image}: not an OSv image with a command-line area (a "
+                             "kernel-less image takes it from the VMM), so its command "
+                             "line cannot be set")
         text = boot_cmdline(current, execute, boots, envs, options)
     return InstanceSpec(name=name, image=image, memory_mib=mib, cpus=cpus,
                         networking=networking, bridge=bridge, mac=mac,

@@ -7,6 +7,8 @@
 ;   PROBE cmdline=[<text of hvm_start_info.cmdline_paddr>]
 ;   PROBE virtio-blk=<transport address> version=<1: legacy, 2: modern>|none
 ;   PROBE sector0=<hex of the first 16 bytes of sector 0 of that disk>
+;   PROBE part2 lba=<hex> sectors=<hex>   if sector 0 has 55 AA and entry 2
+;   PROBE rofs-magic=ok|bad               the first sector of partition 2
 ;   PROBE done
 ; Failures print "PROBE fail <what>" and go on to "PROBE done".
 ;
@@ -35,6 +37,7 @@ MMIO_COUNT  equ 24                  ; transports with ioapic2 (8 without)
 CMDLINE_MAX equ 4096
 QSIZE       equ 8
 POLL_LIMIT  equ 0x4000000
+PART2       equ 0x1CE               ; MBR entry 2 in sector 0
 
 ; virtio-mmio registers
 R_MAGIC     equ 0x000
@@ -236,7 +239,7 @@ report_sector0:
         mov     dword [edi + R_DRVFSEL], 0
         mov     dword [edi + R_DRVFEAT], 0
         mov     dword [edi + R_PAGESIZE], 0x1000
-        call    .queue_size
+        call    queue_size
         jc      .fail_queue
         mov     dword [edi + R_QALIGN], 0x1000
         mov     dword [edi + R_QPFN], VRING >> 12
@@ -249,7 +252,7 @@ report_sector0:
         mov     dword [edi + R_STATUS], 11          ; + FEATURES_OK
         test    dword [edi + R_STATUS], 8
         jz      .fail_features
-        call    .queue_size
+        call    queue_size
         jc      .fail_queue
         mov     dword [edi + R_QDESC], VRING
         mov     dword [edi + R_QDESC + 4], 0
@@ -274,21 +277,9 @@ report_sector0:
         mov     dword [VRING + 32], STATUS
         mov     dword [VRING + 40], 1
         mov     word [VRING + 44], 2                ; WRITE
-        mov     byte [STATUS], 0xFF                 ; REQ: type 0 (IN), sector 0
-        mov     word [AVAIL + 4], 0                 ; ring[0] = descriptor 0
-        mov     word [AVAIL + 2], 1                 ; idx
-        mov     dword [edi + R_NOTIFY], 0
-        mov     ecx, POLL_LIMIT
-.poll:
-        cmp     word [USED + 2], 1
-        je      .used
-        pause
-        loop    .poll
-        mov     esi, msg_fail_timeout
-        jmp     puts
-.used:
-        cmp     byte [STATUS], 0
-        jne     .fail_status
+        xor     eax, eax
+        call    read_sector
+        jc      .end
         mov     esi, msg_sector0
         call    puts
         mov     esi, SECTOR
@@ -297,19 +288,74 @@ report_sector0:
         lodsb
         call    puthex8
         loop    .byte
-        jmp     crlf
+        call    crlf
+        ; OSv's root: MBR entry 2 (osv-image-format.md, section 4)
+        cmp     word [SECTOR + 510], 0xAA55
+        jne     .end
+        cmp     byte [SECTOR + PART2 + 4], 0
+        je      .end
+        mov     esi, msg_part
+        call    puts
+        mov     eax, [SECTOR + PART2 + 8]
+        call    puthex32
+        mov     esi, msg_sectors
+        call    puts
+        mov     eax, [SECTOR + PART2 + 12]
+        call    puthex32
+        call    crlf
+        mov     eax, [SECTOR + PART2 + 8]
+        call    read_sector
+        jc      .end
+        mov     esi, msg_magic_ok
+        cmp     dword [SECTOR], 0xDEADBEAD
+        je      .magic
+        mov     esi, msg_magic_bad
+.magic:
+        jmp     puts
+.end:
+        ret
 .fail_queue:
         mov     esi, msg_fail_queue
         jmp     puts
 .fail_features:
         mov     esi, msg_fail_features
         jmp     puts
-.fail_status:
+
+; Read sector EAX of the disk at EDI into SECTOR; CF set (and reported) on failure.
+read_sector:
+        mov     dword [REQ], 0                      ; VIRTIO_BLK_T_IN
+        mov     [REQ + 8], eax
+        mov     dword [REQ + 12], 0
+        mov     byte [STATUS], 0xFF
+        movzx   edx, word [AVAIL + 2]               ; avail idx
+        mov     eax, edx
+        and     eax, QSIZE - 1
+        mov     word [AVAIL + 4 + eax * 2], 0       ; the chain from descriptor 0
+        inc     edx
+        mov     [AVAIL + 2], dx
+        mov     dword [edi + R_NOTIFY], 0
+        mov     ecx, POLL_LIMIT
+.poll:
+        cmp     [USED + 2], dx                      ; used idx caught up
+        je      .used
+        pause
+        loop    .poll
+        mov     esi, msg_fail_timeout
+        jmp     .fail
+.used:
+        cmp     byte [STATUS], 0
+        je      .ok
         mov     esi, msg_fail_status
-        jmp     puts
+.fail:
+        call    puts
+        stc
+        ret
+.ok:
+        clc
+        ret
 
 ; Select queue 0 and give it QSIZE entries; CF set if it cannot hold that many.
-.queue_size:
+queue_size:
         mov     dword [edi + R_QSEL], 0
         cmp     dword [edi + R_QNUMMAX], QSIZE
         jb      .small
@@ -384,6 +430,10 @@ msg_blk:            db "PROBE virtio-blk=", 0
 msg_none:           db "none", 13, 10, 0
 msg_version:        db " version=", 0
 msg_sector0:        db "PROBE sector0=", 0
+msg_part:           db "PROBE part2 lba=", 0
+msg_sectors:        db " sectors=", 0
+msg_magic_ok:       db "PROBE rofs-magic=ok", 13, 10, 0
+msg_magic_bad:      db "PROBE rofs-magic=bad", 13, 10, 0
 msg_fail_version:   db "PROBE fail virtio-version", 13, 10, 0
 msg_fail_features:  db "PROBE fail virtio-features", 13, 10, 0
 msg_fail_queue:     db "PROBE fail virtio-queue", 13, 10, 0

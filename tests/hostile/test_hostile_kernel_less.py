@@ -1,0 +1,43 @@
+"""Hostile kernel-less images: a run's command line never lands in the filesystem, and
+damaged filesystems are refused in one line."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+
+import pytest
+
+from capstan.image import compose
+from capstan.image.formats import DiskFormat
+
+from hostile_kit import Sandbox, check
+from test_rofs_golden import example_entries
+
+
+def _kernel_less(path: Path) -> Path:
+    compose.compose(example_entries(), None, path, "", DiskFormat.RAW)
+    return path
+
+
+@pytest.mark.parametrize("args", [("-e", "/evil"), ("--boot", "x"), ("--env", "A=B")])
+def test_run_refuses_to_write_a_command_line_into_it(cli, sandbox: Sandbox, tmp_path: Path,
+                                                     args: tuple[str, ...]) -> None:
+    image = _kernel_less(tmp_path / "kl.raw")
+    before = hashlib.sha256(image.read_bytes()).hexdigest()
+    check(cli("run", "-i", image, *args, "--dry-run", "kl"), 65, "kernel-less image")
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize(("offset", "value", "text"), [
+    (0x200, b"\0" * 8, "ROFS"),                            # superblock magic wiped
+    (0x200 + 24, struct.pack("<Q", 1 << 40), "ROFS"),       # tables far beyond the disk
+])
+def test_damaged_kernel_less_images_are_refused(cli, sandbox: Sandbox, tmp_path: Path,
+                                                offset: int, value: bytes, text: str) -> None:
+    image = _kernel_less(tmp_path / "kl.raw")
+    data = bytearray(image.read_bytes())
+    data[offset:offset + len(value)] = value
+    image.write_bytes(data)
+    check(cli("image", "ls", "-R", image), 65, text)
