@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from capstan.core import proc
+from capstan.core.checks import has_module
 from capstan.core.config import Config
 from capstan.core.errors import (
     BackendError,
@@ -37,7 +39,16 @@ from capstan.core.errors import (
     UnsupportedOperation,
 )
 from capstan.core.fs import atomic_write
-from capstan.drivers.base import Capability, Driver, Instance, InstanceSpec, InstanceState
+from capstan.drivers.base import (
+    Capability,
+    Driver,
+    Finding,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    Setting,
+    Status,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -77,15 +88,41 @@ class AwsDriver(Driver):
     name = "aws"
     capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
                               Capability.GRACEFUL_STOP, Capability.REMOTE})
+    settings = (
+        Setting("aws_region", help="empty: AWS_REGION or the profile's region"),
+        Setting("aws_instance_type", default="t3.micro", help="EC2 instance type"),
+        Setting("aws_subnet", help="empty: the default VPC's"),
+        Setting("aws_security_group", help="empty: the default group"),
+        Setting("aws_upload", default="ebs", choices=("ebs", "s3"),
+                help="ebs (EBS direct, zero blocks skipped) or s3 (+ ImportSnapshot)"),
+        Setting("aws_bucket", help="the S3 bucket for aws_upload: s3"),
+    )
+
+    @classmethod
+    def doctor(cls, config: Config) -> Sequence[Finding]:
+        if not has_module("boto3"):
+            return [Finding("aws", Status.MISSING, "boto3 is not installed",
+                            "pip install 'pycapstan[aws]'")]
+        home = Path.home() / ".aws"
+        sources = [name for name, present in (
+            ("environment", "AWS_ACCESS_KEY_ID" in os.environ),
+            ("profile " + os.environ.get("AWS_PROFILE", ""), "AWS_PROFILE" in os.environ),
+            (str(home / "credentials"), (home / "credentials").is_file()),
+            (str(home / "config"), (home / "config").is_file()),
+        ) if present]
+        if not sources:
+            return [Finding("aws", Status.WARN, "boto3 found, no AWS credentials configured",
+                            "aws configure, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")]
+        return [Finding("aws", Status.OK, "credentials from " + ", ".join(sources))]
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.region = str(config.values.get("aws_region") or "") or None
-        self.instance_type = str(config.values.get("aws_instance_type") or "t3.micro")
-        self.subnet = str(config.values.get("aws_subnet") or "") or None
-        self.security_group = str(config.values.get("aws_security_group") or "") or None
-        self.upload_mode = str(config.values.get("aws_upload") or "ebs")
-        self.bucket = str(config.values.get("aws_bucket") or "") or None
+        self.region = str(self.config.values.get("aws_region") or "") or None
+        self.instance_type = str(self.config.values.get("aws_instance_type") or "t3.micro")
+        self.subnet = str(self.config.values.get("aws_subnet") or "") or None
+        self.security_group = str(self.config.values.get("aws_security_group") or "") or None
+        self.upload_mode = str(self.config.values.get("aws_upload") or "ebs")
+        self.bucket = str(self.config.values.get("aws_bucket") or "") or None
         self._clients: dict[str, Any] = {}
         self.jobs = 8
         self.bytes_sent = 0  # by the last EBS direct upload (for benchmarks)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
-from capstan.core.config import Config
+from capstan.core.checks import Finding, Status
+from capstan.core.config import Config, Setting
 from capstan.core.errors import (
     BackendError,
     Conflict,
@@ -28,12 +29,17 @@ from capstan.core.errors import (
 __all__ = [
     "Capability",
     "Driver",
+    "Finding",
     "Instance",
     "InstanceSpec",
     "InstanceState",
     "PortForward",
+    "Setting",
+    "Status",
     "Volume",
     "console_verdict",
+    "driver_class",
+    "driver_classes",
     "driver_names",
     "free_port",
     "get_driver",
@@ -257,9 +263,16 @@ class Driver(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: the configuration keys this driver reads (resolved when it is constructed)
+    settings: ClassVar[tuple[Setting, ...]] = ()
 
     def __init__(self, config: Config) -> None:
-        self.config = config
+        self.config = config.with_settings(self.settings)
+
+    @classmethod
+    def doctor(cls, config: Config) -> Sequence[Finding]:
+        """``capstan doctor``'s checks of this driver (*config* holds its settings)."""
+        return ()
 
     @abstractmethod
     def create(self, spec: InstanceSpec) -> Instance:
@@ -386,8 +399,8 @@ def driver_names() -> list[str]:
     return sorted(_entry_points())
 
 
-def get_driver(name: str, config: Config) -> Driver:
-    """An instance of driver *name*, imported only now."""
+def driver_class(name: str) -> type[Driver]:
+    """The class of driver *name*, imported only now."""
     ep = _entry_points().get(name)
     if ep is None:
         raise NotFound(f"'{name}' is not a supported hypervisor "
@@ -397,5 +410,16 @@ def get_driver(name: str, config: Config) -> Driver:
     except ImportError as err:
         raise BackendError(f"driver '{name}' cannot load: {err} "
                            f"(install pycapstan[{name}])") from err
-    driver: Driver = cls(config)
-    return driver
+    if not (isinstance(cls, type) and issubclass(cls, Driver)):
+        raise BackendError(f"driver '{name}' is not a capstan driver ({ep.value})")
+    return cls
+
+
+def driver_classes() -> list[type[Driver]]:
+    """Every installed driver's class, by name (all imported now)."""
+    return [driver_class(name) for name in driver_names()]
+
+
+def get_driver(name: str, config: Config) -> Driver:
+    """An instance of driver *name*, imported only now."""
+    return driver_class(name)(config)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from capstan.core.checks import has_module
 from capstan.core.config import Config
 from capstan.core.errors import (
     BackendError,
@@ -32,7 +33,15 @@ from capstan.core.errors import (
     NotFound,
     RemoteError,
 )
-from capstan.drivers.base import Capability, Instance, InstanceSpec, InstanceState
+from capstan.drivers.base import (
+    Capability,
+    Finding,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    Setting,
+    Status,
+)
 from capstan.drivers.cloud import CloudDriver, label_value
 
 LOG = logging.getLogger(__name__)
@@ -60,13 +69,31 @@ class GceDriver(CloudDriver):
     name = "gce"
     capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
                               Capability.GRACEFUL_STOP, Capability.REMOTE})
+    settings = (
+        Setting("gce_project", help="empty: the credentials' project"),
+        Setting("gce_zone", default="us-central1-a"),
+        Setting("gce_machine_type", default="e2-small"),
+        Setting("gce_network", default="default"),
+        Setting("gce_bucket", help="Cloud Storage bucket for image uploads"),
+        Setting("gce_endpoint", help="Compute API endpoint (empty: Google's)"),
+    )
+
+    @classmethod
+    def doctor(cls, config: Config) -> Sequence[Finding]:
+        if not has_module("google.cloud.compute_v1"):
+            return [Finding("gce", Status.MISSING, "google-cloud-compute is not installed",
+                            "pip install 'pycapstan[gce]'")]
+        if not config.gce_bucket:
+            return [Finding("gce", Status.WARN, "no gce_bucket: images cannot be uploaded",
+                            "set gce_bucket to a Cloud Storage bucket you can write")]
+        return [Finding("gce", Status.OK, f"zone {config.gce_zone}, bucket {config.gce_bucket}")]
     name_pattern = _NAME
     name_rule = ("lowercase letters, digits and '-', starting with a letter, at most 63 "
                  "characters (RFC 1035)")
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        values = config.values
+        values = self.config.values
         self.project = str(values.get("gce_project") or "") or None
         self.zone = str(values.get("gce_zone") or "us-central1-a")
         self.machine_type = str(values.get("gce_machine_type") or "e2-small")

@@ -18,12 +18,13 @@ import stat
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
 
 from capstan.core import proc, qemuopt
+from capstan.core.checks import has_module, install_command
 from capstan.core.config import Config
 from capstan.core.errors import (
     BackendError,
@@ -37,10 +38,13 @@ from capstan.core.errors import (
 from capstan.drivers.base import (
     Capability,
     Driver,
+    Finding,
     Instance,
     InstanceSpec,
     InstanceState,
     PortForward,
+    Setting,
+    Status,
     mac_address,
 )
 
@@ -153,12 +157,33 @@ class LibvirtDriver(Driver):
     capabilities = frozenset({Capability.CONSOLE, Capability.LOGS, Capability.PORT_FORWARD,
                               Capability.VOLUMES, Capability.DETACH, Capability.GRACEFUL_STOP,
                               Capability.REMOTE})
+    settings = (
+        Setting("libvirt_uri", default="qemu:///system",
+                help="connection URI, e.g. qemu:///system or qemu+ssh://root@host/system"),
+        Setting("libvirt_pool", help="storage pool for instance disks (empty: a local file)"),
+        Setting("libvirt_network", help="network:NAME or bridge:NAME (empty: user mode)"),
+    )
+
+    @classmethod
+    def doctor(cls, config: Config) -> Sequence[Finding]:
+        fix = install_command("apt-get install libvirt-daemon-system python3-libvirt",
+                              "dnf install libvirt-daemon-kvm python3-libvirt",
+                              "brew install libvirt")
+        if not has_module("libvirt"):
+            return [Finding("libvirt", Status.MISSING, "libvirt-python is not installed",
+                            f"{fix}, or pip install libvirt-python")]
+        sockets = ("/run/libvirt/libvirt-sock", "/var/run/libvirt/libvirt-sock")
+        if not any(Path(s).exists() for s in sockets):
+            return [Finding("libvirt", Status.WARN, "libvirt-python found but libvirtd is not "
+                            "running (no /run/libvirt/libvirt-sock)",
+                            "sudo systemctl start libvirtd")]
+        return [Finding("libvirt", Status.OK, "libvirt-python and libvirtd found")]
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.uri = str(config.values.get("libvirt_uri") or "qemu:///system")
-        self.pool = str(config.values.get("libvirt_pool") or "")
-        self.network = str(config.values.get("libvirt_network") or "")
+        self.uri = str(self.config.values.get("libvirt_uri") or "qemu:///system")
+        self.pool = str(self.config.values.get("libvirt_pool") or "")
+        self.network = str(self.config.values.get("libvirt_network") or "")
         self._conn: Any = None
 
     # -- connection ---------------------------------------------------------

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import logging
 import math
+import os
 import re
 import tempfile
 import time
@@ -35,7 +36,15 @@ from capstan.core.errors import (
     NotFound,
     RemoteError,
 )
-from capstan.drivers.base import Capability, Instance, InstanceSpec, InstanceState
+from capstan.drivers.base import (
+    Capability,
+    Finding,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    Setting,
+    Status,
+)
 from capstan.drivers.cloud import CloudDriver
 
 LOG = logging.getLogger(__name__)
@@ -87,12 +96,31 @@ class OpenStackDriver(CloudDriver):
     name = "openstack"
     capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
                               Capability.GRACEFUL_STOP, Capability.REMOTE})
+    settings = (
+        Setting("openstack_cloud", help="clouds.yaml entry (empty: OS_* variables)"),
+        Setting("openstack_flavor", help="empty: the smallest that fits"),
+        Setting("openstack_network", help="empty: the project's only network"),
+        Setting("openstack_floating_ip", bool, False, help="attach a floating IP"),
+        Setting("openstack_floating_network", help="network floating IPs come from"),
+    )
+
+    @classmethod
+    def doctor(cls, config: Config) -> Sequence[Finding]:
+        if importlib.util.find_spec("openstack") is None:
+            return [Finding("openstack", Status.MISSING, "openstacksdk is not installed",
+                            "pip install 'pycapstan[openstack]'")]
+        where = config.openstack_cloud or ("OS_* variables" if os.environ.get("OS_AUTH_URL")
+                                           else "")
+        if not where:
+            return [Finding("openstack", Status.WARN, "openstacksdk found, no cloud configured",
+                            "set openstack_cloud (a clouds.yaml entry) or OS_AUTH_URL")]
+        return [Finding("openstack", Status.OK, f"cloud {where}")]
     name_pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
     name_rule = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63"
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        values = config.values
+        values = self.config.values
         self.cloud = str(values.get("openstack_cloud") or "") or None
         self.flavor = str(values.get("openstack_flavor") or "") or None
         self.network = str(values.get("openstack_network") or "") or None

@@ -12,13 +12,17 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from capstan.core.checks import tool_check
+from capstan.core.config import Config
 from capstan.core.errors import CommandFailed, UsageError
 from capstan.drivers.base import (
     Capability,
+    Finding,
     Instance,
     InstanceSpec,
     InstanceState,
     PortForward,
+    Setting,
     mac_address,
 )
 from capstan.drivers.hosted import HostedDriver
@@ -44,6 +48,14 @@ class VirtualBoxDriver(HostedDriver):
     install_hint = "install VirtualBox (https://www.virtualbox.org/wiki/Downloads)"
     capabilities = frozenset({Capability.LOGS, Capability.PORT_FORWARD, Capability.DETACH,
                               Capability.GRACEFUL_STOP})
+    settings = (Setting("vbox_storage", default="ahci", choices=("ahci", "virtio-scsi"),
+                        help="the disk controller"),)
+    doctor_check = tool_check("virtualbox", "VBoxManage", ["--version"],
+                              "install VirtualBox from virtualbox.org")
+
+    @classmethod
+    def doctor(cls, config: Config) -> Sequence[Finding]:
+        return [cls.doctor_check(config)]
 
     def exists(self, name: str) -> bool:
         return name in _NAMES.findall(self.cli("list", "vms"))

@@ -11,10 +11,13 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
+from capstan.core.checks import tool_check
+from capstan.core.config import Config
 from capstan.core.errors import CommandFailed, UsageError
 from capstan.core.fs import atomic_write
 from capstan.drivers.base import (
     Capability,
+    Finding,
     Instance,
     InstanceSpec,
     InstanceState,
@@ -71,6 +74,12 @@ class VMwareDriver(HostedDriver):
     tool = "vmrun"
     install_hint = "install VMware Workstation (Linux, Windows) or Fusion (macOS)"
     capabilities = frozenset({Capability.LOGS, Capability.DETACH, Capability.GRACEFUL_STOP})
+    doctor_check = tool_check("vmware", "vmrun", None,
+                              "install VMware Workstation (Linux, Windows) or Fusion (macOS)")
+
+    @classmethod
+    def doctor(cls, config: Config) -> Sequence[Finding]:
+        return [cls.doctor_check(config)]
 
     @property
     def host_type(self) -> str:

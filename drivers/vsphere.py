@@ -16,12 +16,13 @@ import json
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlparse
 
 from capstan.core import proc
+from capstan.core.checks import has_module
 from capstan.core.config import Config
 from capstan.core.errors import (
     BackendError,
@@ -31,7 +32,16 @@ from capstan.core.errors import (
     RemoteError,
     UnsupportedOperation,
 )
-from capstan.drivers.base import Capability, Driver, Instance, InstanceSpec, InstanceState
+from capstan.drivers.base import (
+    Capability,
+    Driver,
+    Finding,
+    Instance,
+    InstanceSpec,
+    InstanceState,
+    Setting,
+    Status,
+)
 
 __all__ = ["VSphereDriver"]
 
@@ -64,10 +74,33 @@ class VSphereDriver(Driver):
 
     name = "vsphere"
     capabilities = frozenset({Capability.DETACH, Capability.GRACEFUL_STOP, Capability.REMOTE})
+    settings = (
+        Setting("vsphere_url", help="https://vcenter.example.com/sdk"),
+        Setting("vsphere_user"),
+        Setting("vsphere_password", secret=True, help="best given as CAPSTAN_VSPHERE_PASSWORD"),
+        Setting("vsphere_insecure", bool, False, help="skip TLS verification (not recommended)"),
+        Setting("vsphere_cafile", help="CA bundle for a private certificate authority"),
+        Setting("vsphere_datacenter", help="empty: the first one"),
+        Setting("vsphere_datastore", help="empty: the datacenter's first one"),
+        Setting("vsphere_network", default="VM Network"),
+    )
+
+    @classmethod
+    def doctor(cls, config: Config) -> Sequence[Finding]:
+        if not has_module("pyVmomi"):
+            return [Finding("vsphere", Status.MISSING, "pyvmomi is not installed",
+                            "pip install 'pycapstan[vsphere]'")]
+        if not config.vsphere_url:
+            return [Finding("vsphere", Status.MISSING, "pyvmomi found, no vsphere_url configured",
+                            "set vsphere_url, vsphere_user and CAPSTAN_VSPHERE_PASSWORD")]
+        if not (config.vsphere_password or config.vsphere_user):
+            return [Finding("vsphere", Status.WARN, f"{config.vsphere_url}: no credentials",
+                            "set vsphere_user and CAPSTAN_VSPHERE_PASSWORD")]
+        return [Finding("vsphere", Status.OK, f"{config.vsphere_url} as {config.vsphere_user}")]
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        v = config.values
+        v = self.config.values
         self.url = str(v.get("vsphere_url") or "")
         self.user = str(v.get("vsphere_user") or "")
         self.password = str(v.get("vsphere_password") or "")

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,61 +17,61 @@ from capstan.core.errors import ConfigError, LocalIOError
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["KEYS", "Config", "load"]
+__all__ = ["KEYS", "SETTINGS", "Config", "Setting", "load"]
 
 _TRUE = {"1", "t", "true", "yes", "on"}
 _FALSE = {"0", "f", "false", "no", "off"}
-_CHOICES = {
-    "qemu_aio_type": ("threads", "native"),
-    "qemu_accel": ("auto", "kvm", "hvf", "tcg"),
-    "aws_upload": ("ebs", "s3"),
-    "vbox_storage": ("ahci", "virtio-scsi"),
-}
-# key -> type; every key also reads the environment variable CAPSTAN_<KEY>.
-KEYS: dict[str, type] = {
-    "repo_url": str,
-    "release_tag": str,
-    "disable_kvm": bool,
-    "qemu_aio_type": str,
-    "qemu_path": str,
-    "qemu_accel": str,
-    "hypervisor": str,
-    "loader": str,
-    "disk_format": str,
-    "libvirt_uri": str,
-    "libvirt_pool": str,
-    "libvirt_network": str,
-    "repositories": str,
-    "github_api": str,
-    "github_repo": str,
-    "github_token": str,
-    "aws_region": str,
-    "aws_instance_type": str,
-    "aws_subnet": str,
-    "aws_security_group": str,
-    "aws_upload": str,
-    "aws_bucket": str,
-    "gce_project": str,
-    "gce_zone": str,
-    "gce_machine_type": str,
-    "gce_network": str,
-    "gce_bucket": str,
-    "gce_endpoint": str,
-    "openstack_cloud": str,
-    "openstack_flavor": str,
-    "openstack_network": str,
-    "openstack_floating_ip": bool,
-    "openstack_floating_network": str,
-    "vbox_storage": str,
-    "vsphere_url": str,
-    "vsphere_user": str,
-    "vsphere_password": str,
-    "vsphere_insecure": bool,
-    "vsphere_cafile": str,
-    "vsphere_datacenter": str,
-    "vsphere_datastore": str,
-    "vsphere_network": str,
-}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key; it also reads the environment variable ``CAPSTAN_<KEY>``."""
+
+    key: str
+    type: type = str  # str or bool
+    default: str | bool = ""
+    secret: bool = False  # never printed
+    help: str = ""
+    choices: tuple[str, ...] = ()
+
+    def coerce(self, value: Any, where: str) -> Any:
+        """*value* (read from *where*) as this setting's type, or ConfigError."""
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ConfigError(f"{where}: {self.key} must be true or false, not {value!r}")
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where}: {self.key} must be a string, not {value!r}")
+        text = str(value)
+        if self.choices and text not in self.choices:
+            raise ConfigError(f"{where}: {self.key} must be one of {', '.join(self.choices)}, "
+                              f"not {text!r}")
+        return text
+
+
+#: the keys of Capstan itself; each driver declares its own (``Driver.settings``),
+#: resolved when the driver is loaded (:meth:`Config.with_settings`)
+SETTINGS: tuple[Setting, ...] = (
+    Setting("repo_url", help="S3/HTTP repository URL"),
+    Setting("release_tag", help="GitHub release: any, latest or a tag"),
+    Setting("disable_kvm", bool, False, help="never use KVM"),
+    Setting("qemu_aio_type", choices=("threads", "native"), help="QEMU asynchronous I/O"),
+    Setting("qemu_path", help="QEMU binary (empty: search PATH)"),
+    Setting("qemu_accel", choices=("auto", "kvm", "hvf", "tcg"), help="QEMU accelerator"),
+    Setting("hypervisor", help="driver used when -p is not given"),
+    Setting("loader", help="loader used by compose"),
+    Setting("disk_format", help="output disk format of compose"),
+    Setting("repositories", help="remote repositories searched in order"),
+    Setting("github_api", help="GitHub API URL"),
+    Setting("github_repo", help="GitHub repository whose releases hold packages"),
+    Setting("github_token", secret=True, help="GitHub token"),
+)
+#: key -> type of Capstan's own keys
+KEYS: dict[str, type] = {s.key: s.type for s in SETTINGS}
+_ENV = "CAPSTAN_"
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,21 @@ class Config:
     root: Path
     values: Mapping[str, Any]
     sources: Mapping[str, str] = field(default_factory=dict)
+    #: the known keys (Capstan's, and those of the drivers resolved so far)
+    settings: Mapping[str, Setting] = field(default_factory=dict)
+    #: every layer as read, lowest first, for keys resolved later
+    layers: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+
+    def with_settings(self, settings: Iterable[Setting], *, complete: bool = False) -> Config:
+        """This configuration with *settings* (a driver's keys) resolved too.
+
+        *complete* says every installed driver's keys are now known, so a key of
+        config.yaml that is still unknown is reported (a warning: it is ignored).
+        """
+        known = {**self.settings, **{s.key: s for s in settings}}
+        if known.keys() == self.settings.keys() and not complete:
+            return self
+        return _resolve(self.root, self.layers, known, self.sources["root"], warn=complete)
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -97,24 +112,6 @@ class Config:
     def instances(self) -> Path:
         """Instance state, ``<root>/instances``."""
         return self.root / "instances"
-
-
-def _coerce(key: str, value: Any, where: str) -> Any:
-    kind = KEYS[key]
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE | _FALSE:
-            return text in _TRUE
-        raise ConfigError(f"{where}: {key} must be true or false, not {value!r}")
-    if isinstance(value, (dict, list)) or value is None:
-        raise ConfigError(f"{where}: {key} must be a string, not {value!r}")
-    text = str(value)
-    if key in _CHOICES and text not in _CHOICES[key]:
-        raise ConfigError(f"{where}: {key} must be one of {', '.join(_CHOICES[key])}, "
-                          f"not {text!r}")
-    return text
 
 
 class _ParsedYaml:
@@ -175,26 +172,34 @@ def load(flags: Mapping[str, Any] | None = None,
     """Resolve every setting; *flags* holds values given on the command line."""
     env = os.environ if environ is None else environ
     root = Path(env.get("CAPSTAN_ROOT") or Path.home() / ".capstan").expanduser()
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
     config_file = root / "config.yaml"
     parsed = _ParsedYaml(root)
     defaults = (resources.files("capstan.etc") / "config.yaml").read_text(encoding="utf-8")
-    layers: list[tuple[str, Mapping[str, Any]]] = [
+    layers = (
         ("default", parsed.parse(defaults, "built-in defaults")),
         (str(config_file), parsed.parse(_read_text(config_file), str(config_file))),
-        ("environment", {k: env[f"CAPSTAN_{k.upper()}"] for k in KEYS
-                         if env.get(f"CAPSTAN_{k.upper()}")}),
+        ("environment", {k[len(_ENV):].lower(): v for k, v in env.items()
+                         if k.startswith(_ENV) and k.isupper() and v}),
         ("command line", {k: v for k, v in (flags or {}).items() if v is not None}),
-    ]
+    )
+    parsed.save()
+    known = {s.key: s for s in SETTINGS}
+    return _resolve(root, layers, known, "environment" if env.get("CAPSTAN_ROOT") else "default")
+
+
+def _resolve(root: Path, layers: tuple[tuple[str, Mapping[str, Any]], ...],
+             known: Mapping[str, Setting], root_source: str, *, warn: bool = False) -> Config:
+    """The values of the *known* keys: each from its highest layer, else its default."""
+    values: dict[str, Any] = {k: s.default for k, s in known.items()}
+    sources: dict[str, str] = dict.fromkeys(known, "default")
     for where, layer in layers:
         for key, value in layer.items():
-            if key not in KEYS:
-                if where == str(config_file):
-                    LOG.warning("%s: unknown key %r ignored", config_file, key)
+            setting = known.get(key)
+            if setting is None:
+                if warn and where == str(root / "config.yaml"):
+                    LOG.warning("%s: unknown key %r ignored", where, key)
                 continue
-            values[key] = _coerce(key, value, where)
+            values[key] = setting.coerce(value, where)
             sources[key] = where
-    sources["root"] = "environment" if env.get("CAPSTAN_ROOT") else "default"
-    parsed.save()
-    return Config(root=root, values=values, sources=sources)
+    sources["root"] = root_source
+    return Config(root=root, values=values, sources=sources, settings=known, layers=layers)

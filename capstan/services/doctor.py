@@ -2,64 +2,24 @@
 
 from __future__ import annotations
 
-import enum
 import fcntl
-import importlib.util
 import os
 import platform
 import re
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from capstan.core import proc
+from capstan.core.checks import Finding, Status, install_command, version_of
 from capstan.core.config import Config
 from capstan.core.errors import CapstanError
 
-__all__ = ["Finding", "Status", "diagnose"]
+__all__ = ["Finding", "Status", "diagnose", "settings"]
 
 _KVM_GET_API_VERSION = 0xAE00
-_VERSION = re.compile(r"(\d+\.\d+(?:\.\d+)?)")
-
-
-class Status(enum.Enum):
-    """How one check came out."""
-
-    OK = "ok"
-    WARN = "warn"  # works, but not as well as it could
-    MISSING = "missing"  # an optional backend is not installed
-    FAIL = "fail"  # capstan cannot run guests until this is fixed
-
-
-@dataclass(frozen=True)
-class Finding:
-    """The result of one check."""
-
-    check: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-
-def _install(debian: str, fedora: str, mac: str) -> str:
-    """The install command for this platform."""
-    if platform.system() == "Darwin":
-        return mac
-    try:
-        release = Path("/etc/os-release").read_text()
-    except OSError:
-        release = ""
-    redhat = re.search(r"^ID(_LIKE)?=.*(fedora|rhel|centos)", release, re.MULTILINE)
-    return fedora if redhat else debian
-
-
-def _version(argv: list[str]) -> str:
-    out = proc.run(argv, timeout=10)
-    text = (out.stdout or out.stderr).decode(errors="replace")
-    match = _VERSION.search(text)
-    return match.group(1) if match else text.strip().splitlines()[0]
 
 
 def _root(config: Config) -> Finding:
@@ -74,18 +34,19 @@ def _root(config: Config) -> Finding:
 def _qemu(config: Config) -> Finding:
     from capstan.drivers.qemu import QemuDriver
 
-    fix = _install("apt-get install qemu-system-x86", "dnf install qemu-kvm", "brew install qemu")
+    fix = install_command("apt-get install qemu-system-x86", "dnf install qemu-kvm",
+                          "brew install qemu")
     try:
         binary = QemuDriver(config).qemu_binary()
-        return Finding("qemu", Status.OK, f"{binary} {_version([binary, '-version'])}")
+        return Finding("qemu", Status.OK, f"{binary} {version_of([binary, '-version'])}")
     except CapstanError as err:
         return Finding("qemu", Status.FAIL, str(err), fix)
 
 
 def _qemu_img(config: Config) -> Finding:
-    fix = _install("apt-get install qemu-utils", "dnf install qemu-img", "brew install qemu")
+    fix = install_command("apt-get install qemu-utils", "dnf install qemu-img", "brew install qemu")
     try:
-        return Finding("qemu-img", Status.OK, f"qemu-img {_version(['qemu-img', '--version'])}")
+        return Finding("qemu-img", Status.OK, f"qemu-img {version_of(['qemu-img', '--version'])}")
     except CapstanError as err:
         return Finding("qemu-img", Status.FAIL, str(err), fix)
 
@@ -173,77 +134,36 @@ def _bridge(config: Config) -> Finding:
     return Finding("bridge", Status.OK, helper)
 
 
-def _libvirt(config: Config) -> Finding:
-    fix = _install("apt-get install libvirt-daemon-system python3-libvirt",
-                   "dnf install libvirt-daemon-kvm python3-libvirt", "brew install libvirt")
-    if importlib.util.find_spec("libvirt") is None:
-        return Finding("libvirt", Status.MISSING, "libvirt-python is not installed",
-                       f"{fix}, or pip install libvirt-python")
-    sockets = ("/run/libvirt/libvirt-sock", "/var/run/libvirt/libvirt-sock")
-    if not any(Path(s).exists() for s in sockets):
-        return Finding("libvirt", Status.WARN, "libvirt-python found but libvirtd is not "
-                       "running (no /run/libvirt/libvirt-sock)", "sudo systemctl start libvirtd")
-    return Finding("libvirt", Status.OK, "libvirt-python and libvirtd found")
-
-
-def _tool(check: str, program: str, argv: list[str] | None,
-          fix: str) -> Callable[[Config], Finding]:
-    """A check that *program* is on PATH and (with *argv*) prints its version."""
-
-    def probe(config: Config) -> Finding:
-        path = shutil.which(program)
-        if path is None:
-            return Finding(check, Status.MISSING, f"{program} not found on PATH", fix)
-        if argv is None:
-            return Finding(check, Status.OK, path)
-        try:
-            return Finding(check, Status.OK, f"{path} {_version([path, *argv])}")
-        except CapstanError as err:
-            return Finding(check, Status.WARN, f"{path} does not run: {err}", fix)
-
-    return probe
-
-
-def _aws(config: Config) -> Finding:
-    if importlib.util.find_spec("boto3") is None:
-        return Finding("aws", Status.MISSING, "boto3 is not installed",
-                       "pip install 'pycapstan[aws]'")
-    home = Path.home() / ".aws"
-    sources = [name for name, present in (
-        ("environment", "AWS_ACCESS_KEY_ID" in os.environ),
-        ("profile " + os.environ.get("AWS_PROFILE", ""), "AWS_PROFILE" in os.environ),
-        (str(home / "credentials"), (home / "credentials").is_file()),
-        (str(home / "config"), (home / "config").is_file()),
-    ) if present]
-    if not sources:
-        return Finding("aws", Status.WARN, "boto3 found, no AWS credentials configured",
-                       "aws configure, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-    return Finding("aws", Status.OK, "credentials from " + ", ".join(sources))
-
-
-def _vsphere(config: Config) -> Finding:
-    if importlib.util.find_spec("pyVmomi") is None:
-        return Finding("vsphere", Status.MISSING, "pyvmomi is not installed",
-                       "pip install 'pycapstan[vsphere]'")
-    if not config.values.get("vsphere_url"):
-        return Finding("vsphere", Status.MISSING, "pyvmomi found, no vsphere_url configured",
-                       "set vsphere_url, vsphere_user and CAPSTAN_VSPHERE_PASSWORD")
-    if not (config.values.get("vsphere_password") or config.values.get("vsphere_user")):
-        return Finding("vsphere", Status.WARN, f"{config.vsphere_url}: no credentials",
-                       "set vsphere_user and CAPSTAN_VSPHERE_PASSWORD")
-    return Finding("vsphere", Status.OK, f"{config.vsphere_url} as {config.vsphere_user}")
-
-
 _CHECKS: tuple[Callable[[Config], Finding], ...] = (
-    _root, _qemu, _qemu_img, _accelerators, _kvm, _nested, _bridge, _libvirt,
-    _tool("virtualbox", "VBoxManage", ["--version"], "install VirtualBox from virtualbox.org"),
-    _tool("vmware", "vmrun", None,
-          "install VMware Workstation (Linux, Windows) or Fusion (macOS)"),
-    _aws, _vsphere,
+    _root, _qemu, _qemu_img, _accelerators, _kvm, _nested, _bridge,
 )
 
 
 def diagnose(config: Config) -> list[Finding]:
-    """Run every check (concurrently); findings in a fixed order."""
-    with ThreadPoolExecutor(max_workers=len(_CHECKS)) as pool:
-        return list(pool.map(lambda check: check(config), _CHECKS))
+    """Run the host's checks, then each installed driver's (concurrently); findings in a
+    fixed order."""
+    from capstan.drivers.base import driver_classes
+
+    drivers = driver_classes()
+    full = config.with_settings([s for cls in drivers for s in cls.settings], complete=True)
+
+    def host(check: Callable[[Config], Finding]) -> Sequence[Finding]:
+        return [check(full)]
+
+    jobs = [*(partial(host, c) for c in _CHECKS), *(partial(d.doctor, full) for d in drivers)]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        return [f for found in pool.map(lambda job: job(), jobs) for f in found]
+
+
+def settings(config: Config) -> list[tuple[str, Any, str]]:
+    """(key, value, source) of every setting, Capstan's and each installed driver's;
+    a secret's value shows as ``***``."""
+    from capstan.drivers.base import driver_classes
+
+    extra = [s for cls in driver_classes() for s in cls.settings]
+    full = config.with_settings(extra, complete=True)
+    rows: list[tuple[str, Any, str]] = [("root", str(full.root), full.sources["root"])]
+    for key, setting in full.settings.items():
+        value = full.values[key]
+        rows.append((key, "***" if setting.secret and value else value, full.sources[key]))
+    return rows
