@@ -43,11 +43,14 @@ from capstan.drivers.base import (
     Capability,
     Driver,
     Finding,
+    ImageStore,
     Instance,
     InstanceSpec,
     InstanceState,
     Setting,
     Status,
+    StoredImage,
+    UploadResult,
 )
 
 LOG = logging.getLogger(__name__)
@@ -82,7 +85,7 @@ def image_drivers(raw: Path) -> set[str]:
     return {name for name, marker in markers.items() if marker in head}
 
 
-class AwsDriver(Driver):
+class AwsDriver(Driver, ImageStore):
     """EC2 instances from AMIs made of pycapstan images (``-p aws``)."""
 
     name = "aws"
@@ -192,14 +195,14 @@ class AwsDriver(Driver):
         return str(ready[0]["ImageId"]) if ready else None
 
     def upload(self, image: Path, name: str, progress: Callable[..., None] | None = None,
-               ) -> str:
-        """Make an AMI of *image* (reusing one made of the same bytes); its id."""
+               ) -> UploadResult:
+        """Make an AMI of *image* (reusing one made of the same bytes)."""
         from capstan.services.disks import image_facts
 
         digest = image_facts(self.config.root, image).sha256
         existing = self.find_ami(digest)
         if existing:
-            return existing
+            return UploadResult(existing, name, digest, reused=True)
         with tempfile.TemporaryDirectory(prefix="capstan-aws-") as tmp:
             raw = Path(tmp) / "disk.raw"
             proc.run(["qemu-img", "convert", "-q", "-O", "raw", str(image), str(raw)])
@@ -213,7 +216,8 @@ class AwsDriver(Driver):
                 snapshot = self.snapshot_ebs_direct(raw, name, digest, bar)
                 if progress is None:
                     bar(0, done=True)
-        return self.register(snapshot, name, digest)
+        return UploadResult(self.register(snapshot, name, digest), name, digest, reused=False,
+                            bytes_sent=self.bytes_sent)
 
     def warn_drivers(self, raw: Path) -> None:
         """Warn when the instance type needs drivers the image's kernel lacks."""
@@ -367,8 +371,8 @@ class AwsDriver(Driver):
                    Tags=self._tags(name, digest))
         return ami
 
-    def images(self) -> list[dict[str, str]]:
-        """Our AMIs: id, name, snapshot, digest, created."""
+    def images(self) -> list[StoredImage]:
+        """Our AMIs (their detail: the snapshots)."""
         found = self._call("describe_images", self.client("ec2").describe_images,
                            Owners=["self"], Filters=[{"Name": f"tag:{TAG}", "Values": ["true"]}])
         rows = []
@@ -376,26 +380,25 @@ class AwsDriver(Driver):
             tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
             snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
                      if "Ebs" in m and "SnapshotId" in m["Ebs"]]
-            rows.append({"id": image["ImageId"], "name": tags.get("capstan:name", ""),
-                         "snapshot": ",".join(snaps), "digest": tags.get("capstan:image-digest",
-                                                                         ""),
-                         "created": image.get("CreationDate", "")})
-        return sorted(rows, key=lambda r: r["created"])
+            rows.append(StoredImage(image["ImageId"], tags.get("capstan:name", ""),
+                                    tags.get("capstan:image-digest", ""), ",".join(snaps),
+                                    image.get("CreationDate", "")))
+        return sorted(rows, key=lambda r: r.created)
 
     def remove_image(self, ref: str) -> None:
         """Deregister our AMI *ref* (id or name) and delete its snapshots."""
         ec2 = self.client("ec2")
-        matches = [i for i in self.images() if ref in (i["id"], i["name"])]
+        matches = [i for i in self.images() if ref in (i.id, i.name)]
         if not matches:
             raise NotFound(f"no pycapstan AMI '{ref}' in {self.client('ec2').meta.region_name}")
         for image in matches:
-            self._call("deregister_image", ec2.deregister_image, ImageId=image["id"])
+            self._call("deregister_image", ec2.deregister_image, ImageId=image.id)
             tagged = self._call("describe_snapshots", ec2.describe_snapshots,
                                 OwnerIds=["self"], Filters=[
                                     {"Name": f"tag:{TAG}", "Values": ["true"]},
                                     {"Name": "tag:capstan:image-digest",
-                                     "Values": [image["digest"] or "-"]}])["Snapshots"]
-            snapshots = set(filter(None, image["snapshot"].split(",")))
+                                     "Values": [image.digest or "-"]}])["Snapshots"]
+            snapshots = set(filter(None, image.detail.split(",")))
             for snap in snapshots | {t["SnapshotId"] for t in tagged}:
                 with contextlib.suppress(NotFound):
                     self._call("delete_snapshot", ec2.delete_snapshot, SnapshotId=snap)
@@ -424,7 +427,7 @@ class AwsDriver(Driver):
 
                 image = Path(work) / "disk.qcow2"
                 make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, image)
-            ami = self.upload(image, spec.name)
+            ami = self.upload(image, spec.name).id
         record.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(record, json.dumps({"ami": ami, "image": str(spec.image),
                                          "instance": None}).encode())

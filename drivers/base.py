@@ -9,7 +9,7 @@ import re
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -30,12 +30,15 @@ __all__ = [
     "Capability",
     "Driver",
     "Finding",
+    "ImageStore",
     "Instance",
     "InstanceSpec",
     "InstanceState",
     "PortForward",
     "Setting",
     "Status",
+    "StoredImage",
+    "UploadResult",
     "Volume",
     "console_verdict",
     "driver_class",
@@ -258,6 +261,46 @@ class Instance:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class UploadResult:
+    """What :meth:`ImageStore.upload` made, or found made of the same bytes."""
+
+    id: str  # the store's identifier (AMI id, GCE image name, Glance id)
+    name: str  # the name it was uploaded under
+    digest: str  # SHA-256 of the bytes the store keys it by
+    reused: bool  # an image of the same bytes was there already: nothing was sent
+    bytes_sent: int = 0
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """A machine image in a cloud's store, made by pycapstan."""
+
+    id: str
+    name: str
+    digest: str
+    detail: str = ""  # the store's own words: snapshot ids, size and status
+    created: str = ""
+
+
+class ImageStore(ABC):
+    """A cloud's machine images made of pycapstan images (AMIs, GCE images, Glance
+    images); a driver with :attr:`Capability.IMAGES` is also one."""
+
+    @abstractmethod
+    def upload(self, image: Path, name: str,
+               progress: Callable[..., None] | None = None) -> UploadResult:
+        """A machine image of *image*, reusing one made of the same bytes."""
+
+    @abstractmethod
+    def images(self) -> list[StoredImage]:
+        """The images pycapstan made in this store, oldest first."""
+
+    @abstractmethod
+    def remove_image(self, ref: str) -> None:
+        """Delete image *ref* (id or name), or NotFound."""
+
+
 class Driver(ABC):
     """One hypervisor backend. Drivers connect lazily: constructing one is free."""
 
@@ -297,6 +340,13 @@ class Driver(ABC):
     @abstractmethod
     def list(self) -> Iterator[Instance]:
         """Every instance of this driver."""
+
+    def image_store(self) -> ImageStore:
+        """This driver as an image store (UnsupportedOperation without one)."""
+        self.require(Capability.IMAGES)
+        if not isinstance(self, ImageStore):
+            raise UnsupportedOperation(self.name, _WHAT[Capability.IMAGES])
+        return self
 
     def require(self, *capabilities: Capability) -> None:
         """UnsupportedOperation naming the first of *capabilities* this driver lacks."""

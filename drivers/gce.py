@@ -36,11 +36,14 @@ from capstan.core.errors import (
 from capstan.drivers.base import (
     Capability,
     Finding,
+    ImageStore,
     Instance,
     InstanceSpec,
     InstanceState,
     Setting,
     Status,
+    StoredImage,
+    UploadResult,
 )
 from capstan.drivers.cloud import CloudDriver, label_value
 
@@ -63,7 +66,7 @@ _NO_CREDENTIALS = ("no Google credentials: run 'gcloud auth application-default 
                    "set GOOGLE_APPLICATION_CREDENTIALS")
 
 
-class GceDriver(CloudDriver):
+class GceDriver(CloudDriver, ImageStore):
     """Compute Engine VMs from GCE images made of pycapstan images (``-p gce``)."""
 
     name = "gce"
@@ -220,8 +223,8 @@ class GceDriver(CloudDriver):
         return None
 
     def upload(self, image: Path, name: str, progress: Callable[..., None] | None = None,
-               ) -> str:
-        """Make a GCE image of *image* (reusing one made of the same bytes); its name."""
+               ) -> UploadResult:
+        """Make a GCE image of *image* (reusing one made of the same bytes)."""
         from capstan.image.formats import DiskFormat, convert
         from capstan.services.disks import image_facts
 
@@ -230,7 +233,7 @@ class GceDriver(CloudDriver):
         self.bytes_sent = 0
         existing = self.find_image(digest)
         if existing:
-            return existing
+            return UploadResult(existing, name, digest, reused=True)
         if not self.bucket:
             raise ConfigError("gce_bucket is not set: the image is uploaded there first")
         image_name = f"{_slug(name)[:49]}-{digest[:12]}"
@@ -252,7 +255,7 @@ class GceDriver(CloudDriver):
         finally:
             with contextlib.suppress(CapstanError):
                 self._call("delete the uploaded object", blob.delete)
-        return image_name
+        return UploadResult(image_name, name, digest, reused=False, bytes_sent=self.bytes_sent)
 
     def _insert_image(self, image_name: str, name: str, digest: str, source: str) -> None:
         """images.insert from the tarball at *source*; a failed image is deleted."""
@@ -276,15 +279,13 @@ class GceDriver(CloudDriver):
                                project=self.project, image=image_name)
         self._wait("images.delete", operation)
 
-    def images(self) -> list[dict[str, str]]:
-        """Our GCE images: id, name, source ("snapshot"), digest, created."""
-        rows = []
-        for image in self._our_images():
-            digest = image.description.rpartition("sha256:")[2]
-            rows.append({"id": str(image.id), "name": str(image.name),
-                         "snapshot": f"{image.disk_size_gb} GiB, {image.status}",
-                         "digest": digest, "created": str(image.creation_timestamp)})
-        return sorted(rows, key=lambda r: r["created"])
+    def images(self) -> list[StoredImage]:
+        """Our GCE images (their detail: size and status)."""
+        rows = [StoredImage(str(image.id), str(image.name),
+                            image.description.rpartition("sha256:")[2],
+                            f"{image.disk_size_gb} GiB, {image.status}",
+                            str(image.creation_timestamp)) for image in self._our_images()]
+        return sorted(rows, key=lambda r: r.created)
 
     def remove_image(self, ref: str) -> None:
         """Delete our GCE image *ref* (name, id or the name it was uploaded under)."""
@@ -329,7 +330,7 @@ class GceDriver(CloudDriver):
 
                 image = Path(work) / "disk.qcow2"
                 make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, image)
-            gce_image = self.upload(image, spec.name)
+            gce_image = self.upload(image, spec.name).id
         self.save_record(spec.name, {"image": gce_image, "source": str(spec.image),
                                      "project": self.project, "zone": self.zone,
                                      "instance": None})

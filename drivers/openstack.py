@@ -39,11 +39,14 @@ from capstan.core.errors import (
 from capstan.drivers.base import (
     Capability,
     Finding,
+    ImageStore,
     Instance,
     InstanceSpec,
     InstanceState,
     Setting,
     Status,
+    StoredImage,
+    UploadResult,
 )
 from capstan.drivers.cloud import CloudDriver
 
@@ -90,7 +93,7 @@ def pick_flavor(flavors: Iterable[Flavor], disk_mib: int, memory_mib: int = -1,
     return min(fits, key=lambda f: (f.disk_gib, f.ram_mib, f.vcpus, f.name))
 
 
-class OpenStackDriver(CloudDriver):
+class OpenStackDriver(CloudDriver, ImageStore):
     """Nova servers from Glance images made of pycapstan images (``-p openstack``)."""
 
     name = "openstack"
@@ -188,8 +191,8 @@ class OpenStackDriver(CloudDriver):
         return None
 
     def upload(self, image: Path, name: str, progress: Callable[..., None] | None = None,
-               ) -> str:
-        """A Glance image of *image* as qcow2 (reusing one with the same checksum); its id."""
+               ) -> UploadResult:
+        """A Glance image of *image* as qcow2 (reusing one with the same checksum)."""
         from capstan.image.formats import info
 
         self.bytes_sent = 0
@@ -202,7 +205,7 @@ class OpenStackDriver(CloudDriver):
             md5, sha256 = _hashes(disk)
             existing = self.find_image(md5)
             if existing:
-                return existing
+                return UploadResult(existing, name, sha256, reused=True)
             glance = self.conn().image
             with open(disk, "rb") as f:
                 created = self._call("images.create", lambda: glance.create_image(
@@ -220,16 +223,16 @@ class OpenStackDriver(CloudDriver):
                                f"checksum {stored.checksum}, not {md5} (deleted)")
         if progress:
             progress(self.bytes_sent)
-        return str(created.id)
+        return UploadResult(str(created.id), name, sha256, reused=False,
+                            bytes_sent=self.bytes_sent)
 
-    def images(self) -> list[dict[str, str]]:
-        """Our Glance images: id, name, format and status ("snapshot"), the SHA-256 of the
-        qcow2 uploaded (as openstacksdk records it), created."""
-        return sorted(({"id": str(i.id), "name": str(i.name),
-                        "snapshot": f"{i.disk_format}, {i.status}",
-                        "digest": str((i.properties or {}).get(SHA256_KEY, "")),
-                        "created": str(i.created_at)}
-                       for i in self._our_images()), key=lambda r: r["created"])
+    def images(self) -> list[StoredImage]:
+        """Our Glance images (their detail: format and status; their digest: the SHA-256
+        of the qcow2 uploaded, as openstacksdk records it)."""
+        return sorted((StoredImage(str(i.id), str(i.name),
+                                   str((i.properties or {}).get(SHA256_KEY, "")),
+                                   f"{i.disk_format}, {i.status}", str(i.created_at))
+                       for i in self._our_images()), key=lambda r: r.created)
 
     def remove_image(self, ref: str) -> None:
         """Delete our Glance image *ref* (id or name)."""
@@ -291,7 +294,7 @@ class OpenStackDriver(CloudDriver):
 
                 image = Path(work) / "disk.qcow2"
                 make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, image)
-            glance_id = self.upload(image, spec.name)
+            glance_id = self.upload(image, spec.name).id
         self.save_record(spec.name, {"image": glance_id, "flavor": flavor.id,
                                      "flavor_name": flavor.name, "network": network,
                                      "source": str(spec.image), "server": None,

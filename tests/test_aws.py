@@ -82,7 +82,7 @@ def test_register_image_request(aws_env: str, sparse: Path, capstan_root: Path) 
     sent: dict[str, Any] = {}
     aws.client("ec2").meta.events.register(
         "provide-client-params.ec2.RegisterImage", lambda params, **_: sent.update(params))
-    ami = aws.upload(sparse, "reg")
+    ami = aws.upload(sparse, "reg").id
     snapshot = our_snapshots(image_facts(capstan_root, sparse).sha256)[0]
     assert ami.startswith("ami-")
     assert (sent["Architecture"], sent["VirtualizationType"], sent["BootMode"]) == \

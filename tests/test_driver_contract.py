@@ -22,6 +22,7 @@ from capstan.drivers import aws, gce, openstack, vbox, vsphere
 from capstan.drivers.base import (
     Capability,
     Driver,
+    ImageStore,
     InstanceSpec,
     InstanceState,
     driver_names,
@@ -213,3 +214,19 @@ class TestDriverContract:
         for call in (driver.get, driver.start, driver.delete):
             with pytest.raises(NotFound):
                 call("contract-nobody")
+
+
+def test_a_driver_keeps_images_exactly_when_it_is_an_image_store(cli) -> None:
+    for name in driver_names():
+        driver = get_driver(name, load())
+        assert (Capability.IMAGES in driver.capabilities) is isinstance(driver, ImageStore), name
+
+
+def test_an_upload_says_what_it_made_and_whether_it_reused_one(cli, image: Path,
+                                                               aws_env: str) -> None:
+    first = json.loads(cli("image", "upload", image, "--name", "st", "-f", "json").out)
+    assert first["Reused"] is False and first["Bytes sent"] > 0 and len(first["SHA256"]) == 64
+    again = json.loads(cli("image", "upload", image, "-f", "json").out)
+    assert (again["ID"], again["SHA256"], again["Reused"], again["Bytes sent"]) == (
+        first["ID"], first["SHA256"], True, 0)
+    assert cli("rmi", "-p", "aws", first["ID"]).code == 0

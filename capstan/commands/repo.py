@@ -71,14 +71,12 @@ class PackagePull(ShowOne):
 
 
 def _cloud(command: Command, name: str | None) -> Any:
-    """The driver *name* when given (it must keep images), else None (the local repository)."""
+    """The image store of driver *name* when given, else None (the local repository)."""
     if name is None:
         return None
-    from capstan.drivers.base import Capability, get_driver
+    from capstan.drivers.base import get_driver
 
-    driver = get_driver(name, app_config(command))
-    driver.require(Capability.IMAGES)
-    return driver
+    return get_driver(name, app_config(command)).image_store()
 
 
 class Images(Lister):
@@ -98,8 +96,7 @@ class Images(Lister):
         cloud = _cloud(self, parsed_args.hypervisor)
         if cloud is not None:
             return (("Name", "ID", "Snapshot", "SHA256", "Created"),
-                    [(i["name"], i["id"], i["snapshot"], i["digest"], i["created"])
-                     for i in cloud.images()])
+                    [(i.name, i.id, i.detail, i.digest, i.created) for i in cloud.images()])
         return (("Name", "Platform", "Size", "Created", "SHA256", "Source"),
                 [(r.name, r.platform, r.size, r.created, r.sha256, r.source)
                  for r in list_images(app_config(self))])
@@ -122,9 +119,10 @@ class ImageUpload(ShowOne):
         image = LocalRepository(app_config(self).root).resolve(parsed_args.image)
         name = parsed_args.name or image.stem
         start = time.monotonic()
-        ami = cloud.upload(image, name)
-        return (("Name", "ID", "Bytes sent", "Seconds"),
-                (name, ami, cloud.bytes_sent, round(time.monotonic() - start, 2)))
+        done = cloud.upload(image, name)
+        return (("Name", "ID", "SHA256", "Reused", "Bytes sent", "Seconds"),
+                (done.name, done.id, done.digest, done.reused, done.bytes_sent,
+                 round(time.monotonic() - start, 2)))
 
 
 class Rmi(Command):
