@@ -180,3 +180,8 @@ def expect_errors(cli: Cli, monkeypatch: pytest.MonkeyPatch,
             result = cli(*argv)
         assert (result.code, result.err.count("\n")) == (code, 1), (argv, result)
         assert text in result.err, (argv, result.err)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--regen-golden", action="store_true",
+                     help="rewrite tests/golden/ instead of comparing (review the diff)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from capstan.drivers.qemu import qmp_execute
+from capstan.drivers.qemu import QemuMachine
 
 pytestmark = pytest.mark.functional
 
@@ -80,8 +80,9 @@ def test_up_ps_idempotent_up_logs_and_clean_down(cli, fleet_dir: Path,
     for name in ps:
         state = json.loads((capstan_root / "instances" / "qemu" / name / "instance.json")
                            .read_text())
-        info = qmp_execute(state["qmp"], "human-monitor-command",
-                           arguments={"command-line": "info network"})
+        with QemuMachine.attach(name, qmp=Path(state["qmp"]), pid=state["pid"]) as machine:
+            info = machine.command("human-monitor-command",
+                                   {"command-line": "info network"})
         segments.add(re.search(r"mcast=([0-9.:]+)", info).group(1))  # type: ignore[union-attr]
     assert len(segments) == 1
 

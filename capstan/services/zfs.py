@@ -19,17 +19,16 @@ import hashlib
 import json
 import shutil
 import socket
-import subprocess
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from capstan.core import proc, qemuopt
 from capstan.core.config import Config
 from capstan.core.errors import BackendError, GuestTimeout
 from capstan.drivers.base import free_port
+from capstan.drivers.qemu.argv import builder_argv
+from capstan.drivers.qemu.machine import QemuMachine
 from capstan.image.cpio import mode_of, newc_stream
 from capstan.image.formats import DiskFormat
 from capstan.image.rofs import DirEntry, Entry, SymlinkEntry
@@ -42,68 +41,31 @@ BUILDER = "osv-zfs-builder"
 DEFAULT_SIZE = 10 << 30  # Capstan's --size default for ZFS images
 
 HANDSHAKE = "Waiting for connection from host..."
-BUILDER_CMDLINE = ("--console=serial --norandom --nomount --noinit --preload-zfs-library "
-                   "/tools/mkfs.so; /tools/cpiod.so --prefix /zfs/zfs; "
-                   "/zfs.so set compression=off osv")
 UPDATE_CMDLINE = "--console=serial /tools/cpiod.so --prefix /"
 DIGESTS = ".zfs-digests.json"
 
 
-def builder_argv(qemu: str, builder: str | None, disk: str, port: int,
-                 accel: str) -> list[str]:
-    """The upload VM, cpiod's port forwarded to *port*: the *builder* kernel with the
-    new image as its disk, or (*builder* None) the image itself, booted from disk."""
-    boot = (["-kernel", builder, "-append", BUILDER_CMDLINE, "-device",
-             "virtio-blk-pci,drive=hd0"] if builder else
-            ["-device", "virtio-blk-pci,drive=hd0,bootindex=0"])
-    return [qemu, "-machine", "pc", "-accel", accel, "-m", "512", "-smp", "1", "-nodefaults",
-            "-display", "none", "-no-user-config", "-serial", "stdio", *boot,
-            "-drive", f"file={qemuopt.path(disk)},if=none,id=hd0,format=qcow2",
-            "-netdev", f"user,id=un0,hostfwd=tcp:127.0.0.1:{port}-:10000",
-            "-device", "virtio-net-pci,netdev=un0,romfile="]
-
-
 def upload(argv: Sequence[str], port: int, entries: Sequence[Entry],
            timeout: float = 300) -> None:
-    """Run the builder *argv*, stream *entries* to *port* after its handshake."""
-    vm = proc.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert vm.stdout is not None
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert vm.stdout is not None
-        for line in vm.stdout:
-            lines.append(line.rstrip())
-            if line.strip() == HANDSHAKE:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready.wait(0.1):
-            if vm.poll() is not None:
-                raise BackendError(f"the ZFS builder exited ({vm.returncode}) before it was "
-                                   f"ready: {_last(lines)}")
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"the ZFS builder was not ready within {timeout:.0f} s: "
-                                   f"{_last(lines)}")
-        with _connect(port, deadline) as sock:
-            for chunk in newc_stream(entries):
-                sock.sendall(chunk)
+    """Run the builder *argv* (a :class:`QemuMachine`), stream *entries* to *port*
+    after its handshake, and wait for it to power off."""
+    with QemuMachine("the ZFS builder", qmp=None) as vm:
         try:
-            code = vm.wait(max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired as err:
-            raise GuestTimeout(f"the ZFS builder did not finish within {timeout:.0f} s: "
-                               f"{_last(lines)}") from err
-        if code != 0:
-            raise BackendError(f"the ZFS builder failed ({code}): {_last(lines)}")
-    finally:
-        if vm.poll() is None:
+            vm.spawn(argv)
+            deadline = time.monotonic() + timeout
+            vm.wait_for_output(HANDSHAKE, timeout)
+            with _connect(port, deadline) as sock:
+                for chunk in newc_stream(entries):
+                    sock.sendall(chunk)
+            try:
+                code = vm.wait(max(1.0, deadline - time.monotonic()))
+            except GuestTimeout as err:
+                raise GuestTimeout(f"the ZFS builder did not finish within {timeout:.0f} s: "
+                                   f"{vm.last_line()}") from err
+            if code != 0:
+                raise BackendError(f"the ZFS builder failed ({code}): {vm.last_line()}")
+        finally:
             vm.kill()
-            vm.wait()
-        reader.join(timeout=5)
 
 
 def _connect(port: int, deadline: float) -> socket.socket:
@@ -113,10 +75,6 @@ def _connect(port: int, deadline: float) -> socket.socket:
         if time.monotonic() > deadline:
             raise GuestTimeout(f"could not connect to the ZFS builder on port {port}")
         time.sleep(0.2)
-
-
-def _last(lines: Sequence[str]) -> str:
-    return next((ln for ln in reversed(lines) if ln.strip()), "no output")
 
 
 def pick_port() -> int:
@@ -208,14 +166,14 @@ def compose_zfs(config: Config, entries: Sequence[Entry], loader_ref: str, outpu
                 f.truncate(total)
             convert(raw, disk, Fmt.QCOW2)
             raw.unlink()
-            upload(builder_argv(qemu.qemu_binary(), str(builder), str(disk), port,
+            upload(builder_argv(qemu.qemu_binary(), str(builder), str(disk.absolute()), port,
                                 qemu.accelerator()), port, entries, timeout)
         else:
             shutil.copyfile(output, disk)
             if changed:
                 write_range(disk, "qcow2", osv_cmdline.area_bytes(UPDATE_CMDLINE),
                             osv_cmdline.AREA_OFFSET)
-                upload(builder_argv(qemu.qemu_binary(), None, str(disk), port,
+                upload(builder_argv(qemu.qemu_binary(), None, str(disk.absolute()), port,
                                     qemu.accelerator()), port, changed, timeout)
             write_range(disk, "qcow2", osv_cmdline.area_bytes(text), osv_cmdline.AREA_OFFSET)
         fmt = disk_format or Fmt.QCOW2

@@ -16,10 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capstan.core import qemuopt
-from capstan.core.config import load
 from capstan.core.errors import InputError, UsageError
 from capstan.drivers.base import InstanceSpec, PortForward, Volume
-from capstan.drivers.qemu import QemuDriver, _State
+from capstan.drivers.qemu.argv import Host, Paths, argv
 
 from hostile_kit import Sandbox, check
 
@@ -202,28 +201,23 @@ def test_escaper_round_trip(value: str) -> None:
     assert qemu_split(f"file={escaped},if=none") == [f"file={value}", "if=none"]
 
 
-def golden_argv(root: Path, volume: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    monkeypatch.setattr(QemuDriver, "qemu_binary", lambda self: "qemu")
-    driver = QemuDriver(load({}, {"CAPSTAN_ROOT": str(root)}))
-    d = driver.home / "v1"
-    state = _State(name="v1", image="/i.qcow2", image_digest="", disk=str(d / "disk.qcow2"),
-                   argv=[], qmp=str(d / "qmp.sock"), console=str(d / "console.sock"),
-                   console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
-                   accel="tcg")
+def golden_argv(root: Path, volume: Path) -> list[str]:
+    d = root / "instances" / "qemu" / "v1"
+    paths = Paths(disk=d / "disk.qcow2", console=d / "console.sock",
+                  console_log=d / "console.log", qmp=d / "qmp.sock")
     spec = InstanceSpec(name="v1", image=Path("/i.qcow2"), memory_mib=64, cpus=1,
                         networking="none", volumes=(Volume(volume, "qcow2"),),
                         private_network="net", private_mac="02:00:00:00:00:01")
-    return driver._argv(spec, state)
+    return argv(spec, paths, Host(qemu="qemu", accel="tcg"))
 
 
-def test_argv_golden_with_hostile_paths(tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_argv_golden_with_hostile_paths(tmp_path: Path) -> None:
     root = Path("/r,oot dir,file=/etc/shadow")
     volume = tmp_path / HOSTILE
     volume.write_bytes(b"")
     v = str(volume).replace(",", ",,")
     d = "/r,,oot dir,,file=/etc/shadow/instances/qemu/v1"
-    assert golden_argv(root, volume, monkeypatch) == [
+    assert golden_argv(root, volume) == [
         "qemu", "-name", "guest=v1", "-machine", "pc", "-accel", "tcg", "-cpu", "max",
         "-m", "64", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
         "-drive", f"file={d}/disk.qcow2,if=none,id=hd0,format=qcow2,aio=threads,"
@@ -241,12 +235,11 @@ def test_argv_golden_with_hostile_paths(tmp_path: Path,
     ]
 
 
-def test_argv_refuses_a_root_with_a_newline(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_argv_refuses_a_root_with_a_newline(tmp_path: Path) -> None:
     volume = tmp_path / "v.img"
     volume.write_bytes(b"")
     with pytest.raises(InputError, match="control character"):
-        golden_argv(Path("/r\noot"), volume, monkeypatch)
+        golden_argv(Path("/r\noot"), volume)
 
 
 def test_run_under_a_root_with_a_newline(cli, sandbox: Sandbox, tmp_path: Path,

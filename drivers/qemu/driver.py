@@ -1,9 +1,11 @@
-"""QEMU/KVM driver: one QEMU process per instance, owned like ``QEMUMachine``.
+"""QEMU/KVM driver: one QEMU process per instance, owned by a :class:`QemuMachine`.
 
 Per instance, ``$CAPSTAN_ROOT/instances/qemu/<name>/`` holds ``disk.qcow2`` (an
 overlay on the image), ``instance.json`` (our state), ``osv.config`` (Capstan's
 view of it), ``console.log`` (every byte from COM1) and ``qemu.log``. QMP and
-the interactive console are unix sockets, so no TCP port is ever needed.
+the interactive console are unix sockets, so no TCP port is ever needed. The
+argv is built by :func:`capstan.drivers.qemu.argv.argv` from what this module
+resolves on the host.
 """
 
 from __future__ import annotations
@@ -15,18 +17,15 @@ import logging
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from filelock import FileLock
 
-from capstan.core import fs, proc, qemuopt
+from capstan.core import fs
 from capstan.core.errors import (
     BackendError,
     CapstanError,
@@ -51,14 +50,15 @@ from capstan.drivers.base import (
     free_port,
     mac_address,
 )
+from capstan.drivers.qemu.argv import Host, Paths, argv, interface
+from capstan.drivers.qemu.machine import QemuMachine, find_pid, pid_alive
 from capstan.services.disks import make_overlay
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["QemuDriver", "bridge_helper", "private_segment", "qmp_execute"]
+__all__ = ["QemuDriver", "bridge_helper"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 _QEMU_PATHS = ("qemu-system-x86_64", "/usr/libexec/qemu-kvm", "/usr/local/bin/qemu-system-x86_64")
 _SOCKET_MAX = 100
 _BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper",
@@ -88,52 +88,6 @@ class _State:
     damaged: bool = field(default=False, repr=False)  # rebuilt from what survives
 
 
-def qmp_execute(sock: str, command: str, timeout: float = 5,
-                arguments: dict[str, Any] | None = None) -> Any:
-    """Run one QMP *command* over the socket *sock* (handshake included)."""
-    import asyncio
-
-    from qemu.qmp import QMPClient
-
-    async def go() -> Any:
-        client = QMPClient("capstan")
-        await asyncio.wait_for(client.connect(sock), timeout)
-        try:
-            return await asyncio.wait_for(client.execute(command, arguments), timeout)
-        finally:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
-
-    try:
-        return asyncio.run(go())
-    except (TimeoutError, OSError, EOFError) as err:
-        raise BackendError(f"QMP {command} on {sock} failed: {err or type(err).__name__}") from err
-    except Exception as err:  # qemu.qmp's own errors (ConnectError, ExecuteError...)
-        raise BackendError(f"QMP {command} failed: {err}") from err
-
-
-def _pid_alive(pid: int | None, marker: str) -> bool:
-    """True when *pid* runs and its argv contains *marker* (guards against reuse)."""
-    if not pid:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    # the marker is a path, found in argv as QEMU reads it (commas doubled)
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and \
-        marker.replace(",", ",,").encode() in cmd
-
-
-def _find_pid(marker: str) -> int | None:
-    """The live process whose argv contains *marker* (a QMP socket path), if any."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _pid_alive(int(entry.name), marker):
-            return int(entry.name)
-    return None
-
-
 def bridge_helper() -> str:
     """``qemu-bridge-helper``: ``$CAPSTAN_QEMU_BRIDGE_HELPER`` or QEMU's usual places."""
     env = os.environ.get("CAPSTAN_QEMU_BRIDGE_HELPER")
@@ -142,25 +96,6 @@ def bridge_helper() -> str:
             return candidate
     raise ToolMissing("no qemu-bridge-helper found: install qemu-system-x86 or set "
                       "CAPSTAN_QEMU_BRIDGE_HELPER")
-
-
-def _interface(name: str) -> str:
-    """*name* if it can name a host network interface (bridge or tap)."""
-    if not _IFNAME.fullmatch(name):
-        raise UsageError(f"invalid network device {name!r}: use letters, digits, '.', '_' "
-                         "and '-' (at most 15)")
-    return name
-
-
-def private_segment(name: str) -> tuple[str, int]:
-    """The multicast group and port of private network *name*.
-
-    Every instance on the network joins the group on the loopback interface,
-    so they share one Ethernet segment that never leaves the host and needs no
-    root, bridge or daemon.
-    """
-    h = hashlib.sha256(name.encode()).digest()
-    return f"239.255.{h[0]}.{h[1] or 1}", 20000 + int.from_bytes(h[2:4], "big") % 40000
 
 
 def _direct_io(path: Path) -> bool:
@@ -219,9 +154,9 @@ class QemuDriver(Driver):
             if not isinstance(state.name, str) or not isinstance(state.qmp, str) or not (
                     state.pid is None or isinstance(state.pid, int)):
                 raise TypeError("wrong types")
-            if not _pid_alive(state.pid, state.qmp):  # killed before it recorded the PID?
+            if not pid_alive(state.pid, state.qmp):  # killed before it recorded the PID?
                 pid = self._pidfile(d)
-                state.pid = pid if _pid_alive(pid, state.qmp) else state.pid
+                state.pid = pid if pid_alive(pid, state.qmp) else state.pid
             return state
         except FileNotFoundError as err:
             raise NotFound(f"no such instance: {name}") from err
@@ -232,8 +167,8 @@ class QemuDriver(Driver):
         run = self._run_dir(d)
         qmp = str(run / "qmp.sock")
         pid = self._pidfile(d)
-        if not _pid_alive(pid, qmp):
-            pid = _find_pid(qmp)
+        if not pid_alive(pid, qmp):
+            pid = find_pid(qmp)
         return _State(name=name, image="", image_digest="", disk=str(d / "disk.qcow2"),
                       argv=[], qmp=qmp, console=str(run / "console.sock"),
                       console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
@@ -311,7 +246,7 @@ class QemuDriver(Driver):
                 state.creator != fs.process_token() and fs.owner_alive(state.creator):
             raise Conflict(f"instance {state.name} is being started by another run "
                            f"(process {state.creator.split('-')[0]})")
-        if _pid_alive(state.pid, state.qmp) or _find_pid(state.qmp):
+        if pid_alive(state.pid, state.qmp) or find_pid(state.qmp):
             raise Conflict(f"instance {state.name} is already running")
 
     def _prepare(self, spec: InstanceSpec, d: Path, staged: Path) -> _State:
@@ -343,92 +278,65 @@ class QemuDriver(Driver):
         return base / hashlib.sha1(str(d).encode()).hexdigest()[:16]  # made by _launch
 
     def _argv(self, spec: InstanceSpec, state: _State) -> list[str]:
-        """QEMU's argv: every value inside an option string escaped (:mod:`qemuopt`)."""
-        accel = state.accel
-        cpu = spec.cpu_model or ("host" if accel == "kvm" else "max")
-        argv = [
-            self.qemu_binary(), "-name", qemuopt.join("", {"guest": spec.name}),
-            "-machine", "pc", "-accel", accel, "-cpu", cpu, "-m", str(spec.memory_mib),
-            "-smp", str(spec.cpus), "-nodefaults", "-no-user-config", "-display", "none",
-            "-drive", qemuopt.join("", {"file": Path(state.disk), "if": "none", "id": "hd0",
-                                        "format": "qcow2", "aio": self.config.qemu_aio_type,
-                                        "cache": "writeback"}),
-            "-device", "virtio-blk-pci,id=blk0,bootindex=0,drive=hd0",
-            "-device", "virtio-rng-pci",
-            "-chardev", qemuopt.join("socket", {
-                "id": "con0", "path": Path(state.console), "server": "on", "wait": "off",
-                "logfile": Path(state.console_log), "logappend": "on"}),
-            "-serial", "chardev:con0",
-            "-qmp", f"unix:{qemuopt.path(state.qmp)},server=on,wait=off",
-        ]
-        for i, vol in enumerate(spec.volumes, start=1):
-            argv += ["-drive", self._volume_drive(vol, i),
-                     "-device", f"virtio-blk-pci,id=blk{i},drive=hd{i}"]
-            state.volumes.append([str(vol.path), str(vol.format)])
-        argv += self._network(spec, state)
-        if spec.private_network:
-            group, port = private_segment(spec.private_network)
-            argv += ["-netdev", f"socket,id=pn0,mcast={group}:{port},localaddr=127.0.0.1",
-                     "-device", f"virtio-net-pci,netdev=pn0,id=nic2,romfile=,"
-                                f"mac={mac_address(spec.private_mac)}"]
-        return argv
+        """QEMU's argv for *spec*: the host's part resolved here (ports allocated
+        and recorded in *state*, volumes checked, MACs chosen), then :func:`argv`."""
+        volumes = tuple(self._volume(vol) for vol in spec.volumes)
+        state.volumes += [[str(vol.path), str(vol.format)] for vol in volumes]
+        helper = None
+        if spec.networking == "nat":
+            forwards = tuple(self._allocate(fwd) for fwd in spec.forwards)
+            state.forwards += forwards
+            state.ports += [str(rule) for rule in forwards]
+        else:
+            forwards = spec.forwards
+            helper = self._host_interface(spec)
+        resolved = replace(spec, volumes=volumes, forwards=forwards,
+                           mac=mac_address(spec.mac) if spec.networking in ("bridge", "tap")
+                           else spec.mac,
+                           private_mac=mac_address(spec.private_mac)
+                           if spec.private_network else spec.private_mac)
+        paths = Paths(disk=Path(state.disk), console=Path(state.console),
+                      console_log=Path(state.console_log), qmp=Path(state.qmp))
+        host = Host(qemu=self.qemu_binary(), accel=state.accel,
+                    aio=self.config.qemu_aio_type, bridge_helper=helper)
+        return argv(resolved, paths, host)
 
     @staticmethod
-    def _volume_drive(vol: Volume, index: int) -> str:
-        """``-drive`` of volume *vol*: its probed format, settings from closed sets."""
+    def _volume(vol: Volume) -> Volume:
+        """*vol* as attached: it exists, and without ``O_DIRECT`` here it gets
+        ``cache=writeback,aio=threads``."""
         if vol.format is None:
             raise CapstanError(f"volume {vol.path} reached the qemu driver unprobed")
         if not vol.path.is_file():
             raise NotFound(f"no such volume: {vol.path}")
-        cache, aio = vol.cache, vol.aio
-        if (cache == "none" or aio == "native") and not _direct_io(vol.path):
+        vol = replace(vol, path=vol.path.absolute())
+        if (vol.cache == "none" or vol.aio == "native") and not _direct_io(vol.path):
             LOG.warning("volume %s cannot use O_DIRECT here: using cache=writeback, "
                         "aio=threads", vol.path)
-            cache, aio = "writeback", "threads"
-        return qemuopt.join("", {"file": vol.path, "if": "none", "id": f"hd{index}",
-                                 "format": vol.format, "cache": cache, "aio": aio})
+            return replace(vol, cache="writeback", aio="threads")
+        return vol
 
-    def _network(self, spec: InstanceSpec, state: _State) -> list[str]:
-        if spec.networking == "none":
-            return []
-        if spec.networking == "nat":
-            netdev = "user,id=un0,net=192.168.122.0/24,host=192.168.122.1"
-            for fwd in spec.forwards:
-                port = self._allocate(fwd)
-                rule = PortForward(port, fwd.guest_port, fwd.protocol, fwd.host_addr)
-                state.forwards.append(rule)
-                state.ports.append(str(rule))
-                netdev += "," + qemuopt.join("", {
-                    "hostfwd": f"{fwd.protocol}:{fwd.host_addr}:{port}-:{fwd.guest_port}"})
-            return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=un0,romfile="]
+    @staticmethod
+    def _host_interface(spec: InstanceSpec) -> Path | None:
+        """Check that *spec*'s bridge or tap device exists; the bridge helper's path
+        (bridge networking). Forwards here are refused by :func:`argv`."""
         if spec.forwards:
-            raise UsageError(f"port forwards need nat networking, not '{spec.networking}' "
-                             "(the guest is reachable on its own address)")
+            return None
         if spec.networking == "bridge":
-            bridge = _interface(spec.bridge or "virbr0")
+            bridge = interface(spec.bridge or "virbr0")
             if not Path(f"/sys/class/net/{bridge}/bridge").is_dir():
                 raise NotFound(f"no bridge '{bridge}': create it (ip link add {bridge} type "
                                "bridge) or name one with -b")
-            netdev = qemuopt.join("bridge", {"id": "hn0", "br": bridge,
-                                             "helper": Path(bridge_helper()).absolute()})
-        elif spec.networking == "tap":
-            if not spec.bridge:
-                raise UsageError("tap networking needs the tap device: -b TAP")
-            tap = _interface(spec.bridge)
+            return Path(bridge_helper()).absolute()
+        if spec.networking == "tap" and spec.bridge:
+            tap = interface(spec.bridge)
             if not Path(f"/sys/class/net/{tap}/tun_flags").is_file():
                 raise NotFound(f"no tap device '{tap}': create it with "
                                f"ip tuntap add dev {tap} mode tap user $USER")
-            netdev = qemuopt.join("tap", {"id": "hn0", "ifname": tap, "script": "no",
-                                          "downscript": "no"})
-        else:
-            raise UsageError(f"networking '{spec.networking}' is not supported by the qemu "
-                             "driver (use nat, bridge, tap or none)")
-        mac = mac_address(spec.mac)
-        return ["-netdev", netdev,
-                "-device", f"virtio-net-pci,netdev=hn0,id=nic1,romfile=,mac={mac}"]
+        return None
 
-    def _allocate(self, fwd: PortForward) -> int:
-        """A host port for *fwd*: free now (bind() fails for any holder) and not
+    def _allocate(self, fwd: PortForward) -> PortForward:
+        """*fwd* with a host port free now (bind() fails for any holder) and not
         recorded by another instance, which may be about to start."""
         taken = self._reserved_ports()
         if (fwd.host_addr, fwd.host_port, fwd.protocol) in taken:
@@ -437,7 +345,7 @@ class QemuDriver(Driver):
         for _ in range(64):
             port = free_port(fwd.host_addr, fwd.protocol, fwd.host_port)
             if (fwd.host_addr, port, fwd.protocol) not in taken:
-                return port
+                return PortForward(port, fwd.guest_port, fwd.protocol, fwd.host_addr)
         raise Conflict(f"no free {fwd.protocol} port on {fwd.host_addr}")
 
     def _write_osv_config(self, spec: InstanceSpec, state: _State, folder: Path) -> None:
@@ -461,10 +369,13 @@ class QemuDriver(Driver):
     # -- lifecycle ----------------------------------------------------------
 
     def start(self, name: str) -> Instance:
-        return self._instance(self._launch(name, outlive=True)[0])
+        state, machine = self._launch(name, outlive=True)
+        machine.close()
+        return self._instance(state)
 
-    def _launch(self, name: str, outlive: bool) -> tuple[_State, subprocess.Popen[bytes]]:
-        """Start QEMU for *name*; unless *outlive*, it dies with the CLI."""
+    def _launch(self, name: str, outlive: bool) -> tuple[_State, QemuMachine]:
+        """Start QEMU for *name* and wait until it is ready (its QMP connection
+        open); unless *outlive*, it dies with the CLI."""
         with self._lock(name):
             state = self._load(name)
             self._claimed(state)
@@ -474,18 +385,18 @@ class QemuDriver(Driver):
             if run != self._dir(name):  # its parent too: /tmp/capstan-UID may be squatted
                 fs.private_dir(run.parent)
                 fs.private_dir(run)
-            for stale in (state.qmp, state.console):
-                Path(stale).unlink(missing_ok=True)
+            Path(state.console).unlink(missing_ok=True)
             LOG.debug("qemu argv: %s", state.argv)
-            fd = os.open(state.qemu_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with open(fd, "ab") as log:  # sockets and console.log: 0600 (umask 177)
-                child = proc.spawn(state.argv, stdout=log, stderr=log, outlive=outlive,
-                                   umask=0o177)
-            state.pid = child.pid
-            fs.atomic_write(self._dir(name) / "qemu.pid", f"{child.pid}\n".encode(), 0o600)
+            machine = QemuMachine(name, qmp=Path(state.qmp), log=Path(state.qemu_log))
+            state.pid = machine.spawn(state.argv, outlive=outlive)
+            fs.atomic_write(self._dir(name) / "qemu.pid", f"{state.pid}\n".encode(), 0o600)
             self._save(state)
-        self._wait_ready(state, child)
-        return state, child
+        try:
+            machine.wait_ready()
+        except BaseException:
+            machine.close()
+            raise
+        return state, machine
 
     def _check_image(self, state: _State) -> None:
         """Refuse to boot *state*'s overlay on any image but the one it was made on."""
@@ -510,25 +421,6 @@ class QemuDriver(Driver):
         for path, fmt in state.volumes:
             attachable(Volume(Path(path), fmt))
 
-    def _wait_ready(self, state: _State, child: subprocess.Popen[bytes],
-                    timeout: float = 30) -> None:
-        """Wait for QMP's greeting: QEMU has then set up every device and forward."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if child.poll() == 0:
-                return  # the guest has already run and powered off
-            if child.poll() is not None:
-                tail = Path(state.qemu_log).read_text(errors="replace").strip().splitlines()
-                reason = tail[-1] if tail else f"exit status {child.returncode}"
-                raise BackendError(f"QEMU failed to start instance {state.name}: {reason}")
-            if Path(state.qmp).exists():
-                with contextlib.suppress(BackendError):
-                    qmp_execute(state.qmp, "query-status", timeout=2)
-                    return
-            time.sleep(0.005)
-        self._kill(state)
-        raise BackendError(f"QEMU did not answer on QMP within {timeout} s")
-
     def run_foreground(self, name: str, out: BinaryIO, timeout: float | None = None) -> int:
         """Start *name*, stream its console to *out* until the guest ends.
 
@@ -540,38 +432,43 @@ class QemuDriver(Driver):
         log = Path(self._load(name).console_log)
         offset = log.stat().st_size if log.exists() else 0  # this run's output starts here
         seen = b""
-        child = None
+        machine = None
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            _, child = self._launch(name, outlive=False)
-            while child.poll() is None:
+            _, machine = self._launch(name, outlive=False)
+            while machine.running():
                 seen += self._pump(log, offset + len(seen), out)
                 if deadline is not None and time.monotonic() > deadline:
-                    self.stop(name)
+                    machine.shutdown()
                     raise GuestTimeout(f"instance {name} did not finish within {timeout} s")
                 time.sleep(0.05)
         except KeyboardInterrupt:  # also while QEMU is starting
             out.write(b"\r\ncapstan: stopping the guest (Ctrl-C again kills it)...\r\n")
             out.flush()
-            try:
-                self.stop(name)
-            except KeyboardInterrupt:
-                self._kill(self._load(name))
+            self._interrupted(name, machine)
             raise
         finally:
             seen += self._pump(log, offset + len(seen), out)
-        assert child is not None
-        return self._verdict(name, child.wait(), seen)
+            if machine is not None:
+                machine.close()
+        assert machine is not None
+        code = machine.exit_code()
+        assert code is not None
+        return self._verdict(name, code, seen)
+
+    def _interrupted(self, name: str, machine: QemuMachine | None) -> None:
+        """Stop *name* after a Ctrl-C; a second one kills it."""
+        if machine is None:  # still starting: find it by its socket
+            machine = self._machine(self._load(name, damaged_ok=True))
+        try:
+            machine.shutdown()
+        except KeyboardInterrupt:
+            machine.kill()
 
     @staticmethod
     def _pump(log: Path, offset: int, out: BinaryIO) -> bytes:
         """Copy what *log* holds past *offset* to *out*."""
-        try:
-            with open(log, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            return b""
+        data = QemuMachine.read_console(log, offset)
         if data:
             out.write(data)
             out.flush()
@@ -587,40 +484,16 @@ class QemuDriver(Driver):
 
     def stop(self, name: str, timeout: float = 30) -> Instance:
         state = self._load(name, damaged_ok=True)
-        if not _pid_alive(state.pid, state.qmp):
-            state.pid = _find_pid(state.qmp)  # started by a run killed before any record
-            if state.pid is None:
-                return self._instance(state)
-        with contextlib.suppress(BackendError):
-            qmp_execute(state.qmp, "system_powerdown")
-            if self._wait_exit(state, timeout):
-                return self._instance(state)
-        LOG.warning("instance %s ignored the ACPI power button: quitting QEMU", name)
-        with contextlib.suppress(BackendError):
-            qmp_execute(state.qmp, "quit")
-            if self._wait_exit(state, 5):
-                return self._instance(state)
-        self._kill(state)
+        with self._machine(state) as machine:
+            machine.shutdown(timeout)
+        state.pid = machine.pid
         return self._instance(state)
 
-    def _wait_exit(self, state: _State, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _pid_alive(state.pid, state.qmp):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def _kill(self, state: _State) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if not _pid_alive(state.pid, state.qmp):
-                return
-            assert state.pid is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(state.pid, sig)
-            if self._wait_exit(state, 5):
-                return
-        raise BackendError(f"could not kill QEMU process {state.pid} of {state.name}")
+    @staticmethod
+    def _machine(state: _State) -> QemuMachine:
+        """The QEMU of *state*, attached to (by its pid, else by its QMP socket)."""
+        return QemuMachine.attach(state.name, qmp=Path(state.qmp), pid=state.pid,
+                                  log=Path(state.qemu_log))
 
     def delete(self, name: str) -> None:
         self.stop(name)
@@ -632,7 +505,7 @@ class QemuDriver(Driver):
 
     def _remove(self, name: str) -> None:
         state = self._load(name, damaged_ok=True)
-        if _pid_alive(state.pid, state.qmp):
+        if pid_alive(state.pid, state.qmp):
             raise Conflict(f"instance {name} is still running")
         for sock in (state.qmp, state.console):
             Path(sock).unlink(missing_ok=True)
@@ -644,7 +517,7 @@ class QemuDriver(Driver):
     # -- queries ------------------------------------------------------------
 
     def _instance(self, state: _State) -> Instance:
-        running = _pid_alive(state.pid, state.qmp)
+        running = pid_alive(state.pid, state.qmp)
         status = InstanceState.RUNNING if running else InstanceState.STOPPED
         return Instance(
             name=state.name, driver=self.name,
@@ -677,12 +550,7 @@ class QemuDriver(Driver):
         from capstan.core.console import pump
 
         state = self._load(name)
-        if not _pid_alive(state.pid, state.qmp):
+        if not pid_alive(state.pid, state.qmp):
             raise Conflict(f"instance {name} is not running")
-        with socket.socket(socket.AF_UNIX) as guest:
-            try:
-                guest.connect(state.console)
-            except OSError as err:
-                raise BackendError(f"cannot attach to the console of {name}: "
-                                   f"{err.strerror}") from err
+        with self._machine(state).open_console(Path(state.console)) as guest:
             pump(guest, stdin, stdout, escape)

@@ -1,0 +1,8 @@
+"""The QEMU driver: ``argv`` (a pure function, golden-tested), ``machine`` (one QEMU
+process and its QMP connection) and ``driver`` (instances on disk)."""
+
+from capstan.drivers.qemu.argv import private_segment
+from capstan.drivers.qemu.driver import QemuDriver, bridge_helper
+from capstan.drivers.qemu.machine import QemuMachine
+
+__all__ = ["QemuDriver", "QemuMachine", "bridge_helper", "private_segment"]
