@@ -168,3 +168,18 @@ def test_instances_does_not_load_qemu_qmp(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, env=env)
     assert "QMP 0 False True" in done.stdout, done
+
+
+def test_relative_root_gives_qemu_absolute_paths(image: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from capstan.core.config import load
+    from capstan.drivers.base import InstanceSpec
+    from capstan.drivers.qemu import QemuDriver
+
+    monkeypatch.chdir(tmp_path)
+    driver = QemuDriver(load({}, {"CAPSTAN_ROOT": "rel-root", "CAPSTAN_QEMU_ACCEL": "tcg"}))
+    driver.create(InstanceSpec(name="r1", image=image, networking="none"))
+    record = tmp_path / "rel-root" / "instances" / "qemu" / "r1" / "instance.json"
+    argv = json.loads(record.read_text())["argv"]
+    assert argv[argv.index("-drive") + 1].startswith(f"file={tmp_path}/rel-root/")
+    assert argv[argv.index("-qmp") + 1].startswith(f"unix:{tmp_path}/rel-root/")

@@ -295,8 +295,9 @@ class QemuDriver(Driver):
                            else spec.mac,
                            private_mac=mac_address(spec.private_mac)
                            if spec.private_network else spec.private_mac)
-        paths = Paths(disk=Path(state.disk), console=Path(state.console),
-                      console_log=Path(state.console_log), qmp=Path(state.qmp))
+        paths = Paths(disk=Path(state.disk).absolute(), console=Path(state.console).absolute(),
+                      console_log=Path(state.console_log).absolute(),
+                      qmp=Path(state.qmp).absolute())  # a relative CAPSTAN_ROOT
         host = Host(qemu=self.qemu_binary(), accel=state.accel,
                     aio=self.config.qemu_aio_type, bridge_helper=helper)
         return argv(resolved, paths, host)
