@@ -35,13 +35,14 @@ class ImageFacts:
 def image_facts(root: Path, path: Path) -> ImageFacts:
     """The facts of *path*, from ``<root>/cache/images.json`` when still valid."""
     from capstan.image.loader import read_head, sniff_format
+    from capstan.services.volumes import other_file
 
     path = path.resolve()
     try:
         st = path.stat()
     except OSError as err:
         raise LocalIOError(f"cannot read image {path}: {err.strerror}") from err
-    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    key = f"2:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"  # 2: standalone checked
     cache = root / "cache" / "images.json"
     entries = _load(cache)
     entry = entries.get(str(path))
@@ -50,7 +51,12 @@ def image_facts(root: Path, path: Path) -> ImageFacts:
             return ImageFacts(**entry["facts"])  # type: ignore[arg-type]
         except TypeError:
             pass  # written by another version: recompute
-    facts = ImageFacts(sniff_format(read_head(path, "image")), sha256_of(path), _cmdline(path))
+    fmt = sniff_format(read_head(path, "image"))
+    other = other_file(path, fmt)
+    if other:  # QEMU would give the guest a host file through the image
+        raise ImageError(f"image {path} reads another file ({other}): an image must stand "
+                         "alone")
+    facts = ImageFacts(fmt, sha256_of(path), _cmdline(path))
     entries.pop(str(path), None)
     entries[str(path)] = {"key": key, "facts": asdict(facts)}
     while len(entries) > _MAX_ENTRIES:

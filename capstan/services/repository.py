@@ -112,6 +112,7 @@ def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = 
         work = repo.images / ".downloads" / name.replace("/", "%")  # ours under the lock
         downloaded = work / target.name
         digest = fetch(image, downloaded, quiet=quiet, unpack=True)
+        _standalone(downloaded, f"image {name}")
         meta: dict[str, object] = {"format_version": "1", "version": "", "description": "",
                                    "build": "", "created": time.strftime("%Y-%m-%d %H:%M")}
         if index:
@@ -131,6 +132,22 @@ def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = 
                        yaml.safe_dump(meta, sort_keys=False).encode())
         shutil.rmtree(work, ignore_errors=True)
     return Pulled(name, "image", target, digest, hit.source, _status(verified))
+
+
+def _standalone(path: Path, what: str) -> None:
+    """Refuse (InputError, *path* deleted) an image that makes QEMU open another host
+    file: a backing file, qcow2 data file or vmdk extent (``/etc/shadow`` as a disk)."""
+    from capstan.image.loader import read_head, sniff_format
+    from capstan.services.volumes import other_file
+
+    try:
+        other = other_file(path, sniff_format(read_head(path, "image")))
+    except ImageError as err:
+        path.unlink(missing_ok=True)
+        raise InputError(f"{what}: {err}") from err
+    if other:
+        path.unlink(missing_ok=True)
+        raise InputError(f"{what} reads another file ({other}): refused")
 
 
 def _status(verified: bool) -> str:

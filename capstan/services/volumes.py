@@ -32,7 +32,7 @@ from capstan.core.yamlfile import load_strict
 from capstan.drivers.base import VOLUME_SETTINGS, Volume
 
 __all__ = ["FORMATS", "VolumeInfo", "attachable", "create", "delete", "list_volumes",
-           "settings"]
+           "other_file", "settings"]
 
 #: accepted ``-f`` values and the qemu-img format each means
 FORMATS = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vdi": "vdi", "vhd": "vpc",
@@ -110,6 +110,21 @@ def attachable(vol: Volume) -> Volume:
         raise ImageError(f"volume {vol.path} reads another file ({other}): a volume must "
                          "stand alone (qemu-img convert it to one file first)")
     return dataclasses.replace(vol, format=fmt)
+
+
+def other_file(path: Path, fmt: str) -> str | None:
+    """A file other than *path* that QEMU opens with the image *path* in format *fmt*
+    (a backing file, qcow2 data file or vmdk extent, found by ``qemu-img info``), if any."""
+    if fmt == "raw":
+        return None
+    try:
+        data = json.loads(proc.run(["qemu-img", "info", "--output=json", "-f", fmt, str(path)],
+                                   timeout=_PROBE_TIMEOUT).stdout)
+    except CommandFailed as err:
+        raise ImageError(f"{path} is not a readable {fmt} image: {err}") from err
+    except ValueError as err:
+        raise ImageError(f"{path}: cannot read qemu-img's report") from err
+    return _other_file(path, data) if isinstance(data, dict) else None
 
 
 def _other_file(path: Path, data: dict[str, Any]) -> str | None:
