@@ -139,6 +139,11 @@ class CapstanApp(App):
         # cliff's epilog names the plugin distribution of a command, scanning every
         # installed distribution (~60 ms); ours are all pycapstan's own.
         cmd.get_epilog = lambda: cmd._epilog or ""  # type: ignore[method-assign]
+        if hasattr(cmd, "produce_output"):  # a Lister or ShowOne (imported only then)
+            from cliff.lister import Lister
+
+            cmd.take_action = _printable_cells(  # type: ignore[method-assign]
+                cmd.take_action, isinstance(cmd, Lister))
         parser = cmd.get_parser(f"{self.NAME} {name}")
         parser.error = _usage_error(name)  # type: ignore[method-assign]
         gc.enable()  # paused for start-up by capstan.__main__
@@ -183,6 +188,25 @@ class CapstanApp(App):
 def one_line(message: str) -> str:
     """*message* on one line: line breaks and other control characters become spaces."""
     return _CONTROL.sub(" ", message).strip()
+
+
+def _printable_cells(take_action: Any, rows: bool) -> Any:
+    """*take_action* whose string cells have control characters escaped (``\\n``,
+    ``\\x1b``): a remote's ``index.yaml`` or a package's title can neither split a
+    table's rows nor send escape sequences to the terminal."""
+
+    def escape(cell: object) -> object:
+        if not isinstance(cell, str):
+            return cell
+        return _CONTROL.sub(lambda m: "".join(repr(c)[1:-1] for c in m.group()), cell)
+
+    def wrapped(parsed_args: argparse.Namespace) -> Any:
+        columns, data = take_action(parsed_args)
+        if rows:
+            return columns, (tuple(map(escape, row)) for row in data)
+        return columns, tuple(map(escape, data))
+
+    return wrapped
 
 
 def _is_requests_error(err: BaseException) -> bool:
