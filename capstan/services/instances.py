@@ -25,6 +25,8 @@ from capstan.services.store import LocalRepository
 __all__ = ["boot_cmdline", "create_instance", "env_token", "instances_using", "make_spec",
            "memory_mib"]
 
+#: a QEMU ``-cpu`` value: a model, then ``+feature``, ``-feature`` or ``prop=value`` items
+_CPU = re.compile(r"(?!help$)[A-Za-z0-9][\w.-]*(,[+-]?[A-Za-z0-9][\w.-]*(=[\w.-]+)?)*", re.ASCII)
 _ENV = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\??)=(.*)", re.DOTALL)
 
 
@@ -80,6 +82,9 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
     """Validate every run option and resolve the image; nothing is started."""
     if cpus < 1:
         raise UsageError(f"invalid cpu count {cpus}: at least 1")
+    if cpu_model is not None and not _CPU.fullmatch(cpu_model):
+        raise UsageError(f"invalid --cpu {cpu_model!r}: use a model with optional features, "
+                         "e.g. max or host,+avx2,pmu=off")
     parsed_forwards = tuple(PortForward.parse(f) for f in forwards)
     parsed_volumes = tuple(_volume(v) for v in volumes)
     if mac is not None:

@@ -44,3 +44,41 @@ def test_running_an_image_that_reads_a_host_file_is_refused(
     image = _chained(tmp_path / "chained.img", sandbox.victim, kind)
     check(cli("run", "bk", "-i", image, "-d"), 65, "reads another file")
     assert not (sandbox.root / "instances" / "qemu" / "bk").exists()
+
+
+def test_remote_and_package_text_cannot_split_rows_or_drive_the_terminal(
+        cli, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote index.yaml's ``created`` and a package's title reach tables escaped."""
+    from capstan.image.loader import probe_loader_path
+
+    top = tmp_path / "bucket"
+    (top / "ns" / "img").mkdir(parents=True)
+    (top / "ns" / "img" / "img.qemu").write_bytes(probe_loader_path().read_bytes())
+    (top / "ns" / "img" / "index.yaml").write_text('created: "2020\\nFAKE | row \\e[2J"\n')
+    for name in ("img.qemu", "index.yaml"):
+        file = top / "ns" / "img" / name
+        Path(f"{file}.sha256").write_text(hashlib.sha256(file.read_bytes()).hexdigest() + "\n")
+    monkeypatch.setenv("CAPSTAN_REPOSITORIES", top.as_uri())
+    assert cli("pull", "ns/img").code == 0
+    pkg = tmp_path / "pkg"
+    (pkg / "meta").mkdir(parents=True)
+    (pkg / "meta" / "package.yaml").write_text(
+        'name: p3\ntitle: "T\\e]0;pwned\\a\\nrow2"\nauthor: a\nversion: "1\\n2"\n')
+    assert cli("package", "import", "-C", pkg).code == 0
+    for argv in (("images", "-f", "value"), ("package", "list", "-f", "value"),
+                 ("package", "describe", "p3", "-f", "value")):
+        result = cli(*argv)
+        assert result.code == 0 and "\x1b" not in result.out and "\x07" not in result.out
+        assert not any(line.startswith(("FAKE", "row2", "2 ")) for line in
+                       result.out.splitlines()), result.out
+    assert "2020\\nFAKE | row \\x1b[2J" in cli("images", "-f", "value").out
+
+
+@pytest.mark.parametrize("cpu", ["help", "max,-drive,file=/etc/shadow", "-S,x", "max\n"])
+def test_cpu_model_is_refused_unless_a_model_and_features(cli, sandbox: Sandbox,
+                                                          tmp_path: Path, cpu: str) -> None:
+    from capstan.image.loader import probe_loader_path
+
+    check(cli("run", "c", "-i", probe_loader_path(), "--dry-run", f"--cpu={cpu}"), 64,
+          "invalid --cpu")
+    assert not (sandbox.root / "instances" / "qemu" / "c").exists()
