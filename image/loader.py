@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -76,7 +78,9 @@ def sniff_format(head: bytes) -> str:
 def read_head(path: Path, kind: str) -> bytes:
     """The first 64 KiB of the *kind* (image, loader) at *path*, with typed errors."""
     try:
-        with open(path, "rb") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a FIFO, a device...
+                raise ImageError(f"{path}: not a regular file, so not a {kind}")
             return f.read(_HEADER)
     except FileNotFoundError as err:
         raise NotFound(f"no such {kind}: {path}") from err

@@ -56,7 +56,7 @@ class LocalRepository:
         if ref == PROBE_LOADER:
             return probe_loader_path()
         if path.exists():
-            raise NotFound(f"{ref} is a directory, not a {kind} file")
+            raise NotFound(f"{ref} is not a regular file, so not a {kind} file")
         try:
             candidate = self.image_file(ref, platform)
         except UsageError:

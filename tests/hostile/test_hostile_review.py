@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -82,3 +83,15 @@ def test_cpu_model_is_refused_unless_a_model_and_features(cli, sandbox: Sandbox,
     check(cli("run", "c", "-i", probe_loader_path(), "--dry-run", f"--cpu={cpu}"), 64,
           "invalid --cpu")
     assert not (sandbox.root / "instances" / "qemu" / "c").exists()
+
+
+@pytest.mark.parametrize("argv", [("base", "import", "{fifo}", "--name", "f"),
+                                  ("image", "info", "{fifo}"),
+                                  ("run", "f", "-i", "{fifo}", "--dry-run")])
+def test_a_fifo_given_as_an_image_is_never_opened(cli, sandbox: Sandbox, tmp_path: Path,
+                                                  argv: tuple[str, ...]) -> None:
+    """``base import FIFO`` blocked for ever in open(); now refused at once."""
+    fifo = tmp_path / "loader.img"
+    os.mkfifo(fifo)
+    check(cli(*(a.format(fifo=fifo) for a in argv)), 65, "not a regular file")
+    assert not (sandbox.root / "repository" / "f").exists()
