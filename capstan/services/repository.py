@@ -290,8 +290,17 @@ def remove_image(config: Config, name: str, *, force: bool = False) -> list[str]
         if users and not force:
             raise Conflict(f"image {name} is used by instance{'s' * (len(users) > 1)} "
                            f"{', '.join(users)}: delete them first, or use --force")
-        trash = temp_path(folder)
         try:
+            nested = [e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+            if nested:  # ns/ holds images ns/a...: remove ns's own files, index last
+                own = sorted((e for e in os.scandir(folder) if e.name not in nested),
+                             key=lambda e: e.name == "index.yaml")
+                if not own:
+                    raise NotFound(f"no such image: {name} (only a namespace)")
+                for entry in own:
+                    os.unlink(entry.path)
+                return users
+            trash = temp_path(folder)
             os.rename(folder, trash)  # gone in one step, then removed
         except OSError as err:
             raise write_error(folder, err) from err

@@ -95,3 +95,15 @@ def test_a_fifo_given_as_an_image_is_never_opened(cli, sandbox: Sandbox, tmp_pat
     os.mkfifo(fifo)
     check(cli(*(a.format(fifo=fifo) for a in argv)), 65, "not a regular file")
     assert not (sandbox.root / "repository" / "f").exists()
+
+
+def test_rmi_of_a_namespace_image_keeps_the_images_below_it(cli, sandbox: Sandbox) -> None:
+    """``rmi ns`` deleted ``ns/a`` too (the whole directory), even in use by an instance."""
+    from capstan.image.loader import probe_loader_path
+
+    for name in ("ns", "ns/a"):
+        assert cli("base", "import", probe_loader_path(), "--name", name).code == 0
+    assert cli("rmi", "ns").code == 0
+    assert cli("images", "-f", "value", "-c", "Name").out.split() == ["ns/a"]
+    check(cli("rmi", "ns"), 65, "no such image: ns")
+    assert cli("images", "-f", "value", "-c", "Name").out.split() == ["ns/a"]
