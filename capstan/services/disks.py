@@ -30,6 +30,7 @@ class ImageFacts:
     format: str
     sha256: str
     cmdline: str | None  # None: not an OSv image (no command-line area)
+    reads: str | None  # another file QEMU opens with it (a backing file...)
 
 
 def image_facts(root: Path, path: Path) -> ImageFacts:
@@ -42,7 +43,7 @@ def image_facts(root: Path, path: Path) -> ImageFacts:
         st = path.stat()
     except OSError as err:
         raise LocalIOError(f"cannot read image {path}: {err.strerror}") from err
-    key = f"2:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"  # 2: standalone checked
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
     cache = root / "cache" / "images.json"
     entries = _load(cache)
     entry = entries.get(str(path))
@@ -52,11 +53,7 @@ def image_facts(root: Path, path: Path) -> ImageFacts:
         except TypeError:
             pass  # written by another version: recompute
     fmt = sniff_format(read_head(path, "image"))
-    other = other_file(path, fmt)
-    if other:  # QEMU would give the guest a host file through the image
-        raise ImageError(f"image {path} reads another file ({other}): an image must stand "
-                         "alone")
-    facts = ImageFacts(fmt, sha256_of(path), _cmdline(path))
+    facts = ImageFacts(fmt, sha256_of(path), _cmdline(path), other_file(path, fmt))
     entries.pop(str(path), None)
     entries[str(path)] = {"key": key, "facts": asdict(facts)}
     while len(entries) > _MAX_ENTRIES:
@@ -100,6 +97,9 @@ def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> Im
     from capstan.image.formats import write_range
 
     facts = image_facts(root, image)
+    if facts.reads:  # the guest would get a host file (/etc/shadow) through the image
+        raise ImageError(f"image {image} reads another file ({facts.reads}): an image "
+                         "must stand alone")
     if cmdline is not None:
         osv_cmdline.validate(cmdline)
     key = hashlib.sha256(f"{image}\0{facts.format}\0{facts.sha256}\0{cmdline}".encode())
