@@ -71,7 +71,13 @@ def _dying_with_parent(argv: list[str]) -> list[str]:
 
 
 def _resolve(argv: Sequence[str]) -> list[str]:
-    return [which(argv[0]) if "/" not in argv[0] else argv[0], *argv[1:]]
+    """*argv* with its program found on PATH, or checked executable when it is a path
+    (``setpriv`` would otherwise report a missing program only as an exit status)."""
+    if "/" not in argv[0]:
+        return [which(argv[0]), *argv[1:]]
+    if not os.access(argv[0], os.X_OK):
+        raise ToolMissing(f"{argv[0]} is not an executable program")
+    return list(argv)
 
 
 def run(

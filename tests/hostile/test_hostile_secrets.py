@@ -301,3 +301,11 @@ def test_kill_9_of_a_foreground_run_stops_qemu(cli, sandbox: Sandbox, image: Pat
     run.wait()
     wait_for(lambda: not _alive(pid), 30, "QEMU to die with the CLI")
     assert states(cli)["fg"][0] == "stopped"
+
+
+def test_a_program_path_that_is_not_executable_is_tool_missing(tmp_path: Path) -> None:
+    from capstan.core import proc
+    from capstan.core.errors import ToolMissing
+
+    with pytest.raises(ToolMissing, match="not an executable program"):
+        proc.run([str(tmp_path / "no-such-qemu"), "--version"])
