@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from capstan.core.errors import InputError
-from capstan.packages.manifest import _ignore_regex, build_mpm, ignored, read_mpm
+from capstan.packages.manifest import ignore_regex, ignored
+from capstan.packages.mpm import build_mpm, read_mpm
 from capstan.packages.runtimes import boot_command, parse_run
 from capstan.services.images import package_cmdline
 
@@ -133,7 +134,7 @@ def test_cmdline_precedence(execute: str | None, boots: list[str], envs: list[st
     ("*.log", "/a.log", False),  # as in Capstan: no leading / matches nothing
 ])
 def test_capstanignore_patterns(pattern: str, path: str, matches: bool) -> None:
-    assert ignored([_ignore_regex(pattern)], path) is matches
+    assert ignored([ignore_regex(pattern)], path) is matches
 
 
 def _package(tmp_path: Path, name: str = "demo") -> Path:

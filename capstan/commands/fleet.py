@@ -50,7 +50,7 @@ class _OutcomeLister(Lister):
     def rows(self, outcomes: Iterable[Any]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         outcomes = list(outcomes)
         self.exit_code = max((o.exit_code for o in outcomes), default=0)
-        return _OUTCOME, [(o.instance, o.service, o.action, o.result, o.detail)
+        return _OUTCOME, [(o.instance, o.service, o.action.value, o.result, o.detail)
                           for o in outcomes]
 
     def run(self, parsed_args: argparse.Namespace) -> int:

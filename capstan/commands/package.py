@@ -123,7 +123,7 @@ class PackageBuild(ShowOne):
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         from capstan.core.fs import sha256_of
-        from capstan.packages.manifest import build_mpm
+        from capstan.packages.mpm import build_mpm
 
         path = build_mpm(parsed_args.package_dir, parsed_args.output)
         return ("Path", "Size", "SHA256"), (str(path), path.stat().st_size, sha256_of(path))
@@ -139,7 +139,8 @@ class PackageImport(ShowOne):
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         from capstan.core.fs import atomic_write, lock, sha256_of, sweep
-        from capstan.packages.manifest import build_mpm, load_manifest
+        from capstan.packages.manifest import load_manifest
+        from capstan.packages.mpm import build_mpm
 
         manifest = load_manifest(parsed_args.package_dir)
         config = app_config(self)
@@ -169,7 +170,7 @@ class PackageCollect(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.packages.manifest import collect
+        from capstan.packages.resolve import collect
 
         config = app_config(self)
         pull = None
@@ -258,7 +259,7 @@ class PackageDescribe(ShowOne):
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         from capstan.core.errors import InputError
-        from capstan.packages.manifest import read_mpm
+        from capstan.packages.mpm import read_mpm
         from capstan.packages.runtimes import boot_command, parse_run
 
         path = Path(parsed_args.package)

@@ -11,6 +11,7 @@ given twice. Every problem is one error line ``WHERE:LINE: message``.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import yaml
 
 from capstan.core.errors import CapstanError, InputError, NotFound
 
-__all__ = ["MAX_ALIASES", "MAX_BYTES", "MAX_DEPTH", "MAX_EXPANDED", "load_cached",
+__all__ = ["MAX_ALIASES", "MAX_BYTES", "MAX_DEPTH", "MAX_EXPANDED", "line_of", "load_cached",
            "load_file", "load_strict", "load_text"]
 
 LOG = logging.getLogger(__name__)
@@ -183,6 +184,18 @@ def load_cached(path: Path, what: str = "cached file") -> dict[str, Any]:
         LOG.warning("ignoring a damaged %s: %s is not a mapping", what, path)
         return {}
     return data
+
+
+def line_of(where: str, key: str) -> str:
+    """``:LINE`` of the top-level *key* in the file *where*, when it can be found."""
+    try:
+        text = Path(where).read_text()
+    except OSError:
+        return ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.match(rf"{re.escape(key)}\s*:", line):
+            return f":{number}"
+    return ""
 
 
 def _read(path: Path, error: type[CapstanError]) -> bytes:

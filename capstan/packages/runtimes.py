@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capstan.core.errors import InputError
+from capstan.core.yamlfile import line_of
 
 __all__ = ["RUNTIMES", "ConfigSet", "RunConfig", "Runtime", "boot_command", "parse_run"]
 
@@ -73,8 +74,6 @@ def parse_run(data: Any, package: str, where: str) -> RunConfig:
         raise InputError(f"{where}: expected a mapping with runtime and config_set")
     unknown = sorted(set(map(str, data)) - {"runtime", "config_set", "config_set_default"})
     if unknown:
-        from capstan.packages.manifest import line_of
-
         raise InputError(f"{where}{line_of(where, unknown[0])}: unknown key '{unknown[0]}'")
     runtime = RUNTIMES.get(str(data.get("runtime", "")))
     if runtime is None:

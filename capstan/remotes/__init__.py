@@ -1,2 +1,2 @@
-"""Remote repositories (GitHub releases, S3/GCS/file buckets: catalog) and verified,
+"""Remote repositories (github, bucket; the configured ones: catalog) and verified,
 resumable downloads (download)."""

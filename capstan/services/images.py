@@ -16,7 +16,7 @@ from capstan.image.rofs import Entry
 from capstan.services.store import LocalRepository
 
 if TYPE_CHECKING:
-    from capstan.packages.manifest import Merged, Resolved
+    from capstan.packages.resolve import Merged, Resolved
     from capstan.packages.runtimes import RunConfig
 
 __all__ = ["PLATFORM_OF", "compose_entries", "compose_package", "compose_tree",
@@ -158,7 +158,8 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
 
     *update* applies to ZFS images only (uploading just what changed); ROFS
     images are always rebuilt, which takes less time than booting a VM."""
-    from capstan.packages.manifest import load_manifest, load_run, merge
+    from capstan.packages.manifest import load_manifest, load_run
+    from capstan.packages.resolve import merge
 
     manifest = load_manifest(package)
     run = load_run(package, manifest.name)

@@ -193,7 +193,7 @@ def test_gzip_bomb_is_refused(cli, sandbox: Sandbox, repo, tmp_path: Path) -> No
 
 def test_too_many_members(cli, sandbox: Sandbox, repo, tmp_path: Path,
                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("capstan.packages.manifest.MAX_MEMBERS", 50)
+    monkeypatch.setattr("capstan.packages.mpm.MAX_MEMBERS", 50)
     archive = repo([(f"/f{i}", tarfile.REGTYPE, b"") for i in range(60)])
     check(cli("package", "describe", archive), 65, "more than 50 members")
 

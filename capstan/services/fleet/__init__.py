@@ -1,0 +1,12 @@
+"""Fleets: many instances declared once in ``capstan-fleet.yaml``.
+
+:mod:`.parse` reads the file, :mod:`.plan` turns it into instances and the action ``up``
+takes on each, :mod:`.reconcile` carries the actions out (``up``, ``down``, ``ps``, ``logs``).
+"""
+
+from capstan.services.fleet.parse import DEFAULT_FILE, Fleet, Service, load_fleet
+from capstan.services.fleet.plan import Action, Member, plan
+from capstan.services.fleet.reconcile import JOBS, Outcome, Row, down, logs, ps, up
+
+__all__ = ["DEFAULT_FILE", "JOBS", "Action", "Fleet", "Member", "Outcome", "Row", "Service",
+           "down", "load_fleet", "logs", "plan", "ps", "up"]
