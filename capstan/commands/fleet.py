@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -135,29 +134,6 @@ class FleetLogs(Command):
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         from capstan.services import fleet
 
-        sources = list(fleet.logs(app_config(self), fleet.load_fleet(parsed_args.file)))
-        width = max((len(name) for name, _, _ in sources), default=0)
-        offsets = dict.fromkeys((name for name, _, _ in sources), 0)
-        partial = dict.fromkeys(offsets, b"")
-        out = sys.stdout.buffer
-        while True:
-            alive = False
-            for name, path, running in sources:
-                alive = running() or alive  # sample before reading: no line is lost
-                try:
-                    with open(path, "rb") as log:
-                        log.seek(offsets[name])
-                        data = log.read()
-                except FileNotFoundError:
-                    continue
-                offsets[name] += len(data)
-                *lines, partial[name] = (partial[name] + data).split(b"\n")
-                for line in lines:
-                    out.write(f"{name:<{width}} | ".encode() + line.rstrip(b"\r") + b"\n")
-            out.flush()
-            if not parsed_args.follow or not alive:
-                for name, rest in partial.items():
-                    if rest:
-                        out.write(f"{name:<{width}} | ".encode() + rest + b"\n")
-                return 0
-            time.sleep(0.2)
+        fleet.logs(app_config(self), fleet.load_fleet(parsed_args.file), sys.stdout.buffer,
+                   follow=parsed_args.follow)
+        return 0

@@ -18,8 +18,7 @@ from capstan.core.names import argument
 from capstan.core.sizes import parse_size
 
 if TYPE_CHECKING:
-    from capstan.image import inspect
-    from capstan.image.formats import DiskFormat
+    from capstan.services.imagefile import DiskFormat, OsvImage, TreeItem
 
 Rows = tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]
 
@@ -30,9 +29,9 @@ def _show(obj: Any) -> tuple[tuple[str, ...], tuple[Any, ...]]:
 
 
 def _disk_format(text: str) -> DiskFormat:
-    from capstan.image.formats import DiskFormat
+    from capstan.services.imagefile import disk_format
 
-    return DiskFormat.parse(text)
+    return disk_format(text)
 
 
 def _add_image(parser: argparse.ArgumentParser, name: str = "image") -> None:
@@ -40,12 +39,11 @@ def _add_image(parser: argparse.ArgumentParser, name: str = "image") -> None:
                         help="image file, or image name in the local repository")
 
 
-def _open_image(command: Command, ref: str) -> inspect.OsvImage:
+def _open_image(command: Command, ref: str) -> OsvImage:
     """Open IMAGE, a file path or a name in the local repository."""
-    from capstan.image.inspect import OsvImage
-    from capstan.services.store import LocalRepository
+    from capstan.services.imagefile import open_image
 
-    return OsvImage(LocalRepository(app_config(command).root).resolve(ref, "qemu"))
+    return open_image(app_config(command), ref)
 
 
 class Compose(Command):
@@ -175,8 +173,8 @@ class ImageTree(Command):
         return 0
 
 
-def _tree_lines(items: list[inspect.TreeItem]) -> Iterator[str]:
-    children: dict[str, list[inspect.TreeItem]] = {}
+def _tree_lines(items: list[TreeItem]) -> Iterator[str]:
+    children: dict[str, list[TreeItem]] = {}
     for item in items[1:]:
         children.setdefault(item.path.rsplit("/", 1)[0] or "/", []).append(item)
 
@@ -241,11 +239,9 @@ class ImageDiff(Lister):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> Rows:
-        from capstan.image.inspect import diff
+        from capstan.services.imagefile import diff
 
-        with _open_image(self, parsed_args.image_a) as a, \
-                _open_image(self, parsed_args.image_b) as b:
-            changes = diff(a, b)
+        changes = diff(app_config(self), parsed_args.image_a, parsed_args.image_b)
         self.differs = bool(changes)
         return ("Change", "Path", "Detail"), ((c.change, c.path, c.detail) for c in changes)
 
@@ -266,19 +262,10 @@ class ImageConvert(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> Any:
-        from capstan.image import formats
-        from capstan.image.compose import publishing
+        from capstan.services.imagefile import convert
 
-        with _open_image(self, parsed_args.image) as img:
-            source, source_fmt = img.path, img.format
-        target: Path = parsed_args.output
-        with publishing(target) as tmp:
-            formats.convert(source, tmp / target.name, parsed_args.disk_format, source_fmt)
-        if parsed_args.disk_format.archive:  # a tarball: describe the disk inside
-            size = formats.info(source, source_fmt).virtual_size
-            return _show(formats.ImageInfo(target, "gce", -(-size // formats.GIB) * formats.GIB,
-                                           target.stat().st_size, None))
-        return _show(formats.info(target, parsed_args.disk_format.driver))
+        return _show(convert(app_config(self), parsed_args.image, parsed_args.output,
+                             parsed_args.disk_format))
 
 
 class ImageExport(ShowOne):
@@ -297,30 +284,13 @@ class ImageExport(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> Any:
-        import tempfile
+        from capstan.services.imagefile import export
 
-        from capstan.image.compose import publishing
-        from capstan.image.ova import export_ova
-        from capstan.services.instances import memory_mib
-
-        target: Path = parsed_args.output
-        mib = memory_mib(parsed_args.memory)
-        with _open_image(self, parsed_args.image) as img:
-            source, source_fmt = img.path, img.format
-            if parsed_args.disk_format == "gce":
-                from capstan.image.formats import GIB, DiskFormat, convert, info
-
-                with publishing(target) as tmp:
-                    convert(source, tmp / target.name, DiskFormat.GCE, source_fmt)
-                size = info(source, source_fmt).virtual_size
-                return (("Path", "Capacity", "Members"),
-                        (str(target), -(-size // GIB) * GIB, "disk.raw"))
-            with publishing(target) as tmp, tempfile.TemporaryDirectory(
-                    prefix=".capstan-ova-", dir=target.parent) as parts:
-                result = export_ova(source, source_fmt, tmp / target.name, Path(parts),
-                                    parsed_args.name or target.stem, mib, parsed_args.cpus)
+        a = parsed_args
+        done = export(app_config(self), a.image, a.output, a.disk_format, name=a.name,
+                      memory=a.memory, cpus=a.cpus)
         return (("Path", "Capacity", "Members"),
-                (str(target), result.capacity, " ".join(result.members)))
+                (str(done.path), done.capacity, " ".join(done.members)))
 
 
 class ImageSbom(ShowOne):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cliff.command import Command
 from cliff.lister import Lister
@@ -17,21 +16,16 @@ from capstan.commands import app_config
 from capstan.core.errors import BackendError, CapstanError, UsageError
 from capstan.core.names import argument, check_name
 
+if TYPE_CHECKING:
+    from capstan.services.instances import Driver
+
 _COLUMNS = ("Name", "Platform", "Status", "Image", "PID", "Ports", "Created")
 
 
-def _driver(command: Command, name: str | None) -> Any:
-    from capstan.core.errors import ConfigError, NotFound
-    from capstan.drivers.base import get_driver
+def _driver(command: Command, name: str | None) -> Driver:
+    from capstan.services.instances import driver_for
 
-    config = app_config(command)
-    if name is None:  # the configured one: an unknown name is a configuration error
-        try:
-            return get_driver(config.hypervisor, config)
-        except NotFound as err:
-            where = config.sources.get("hypervisor", "configuration")
-            raise ConfigError(f"{where}: hypervisor: {err}") from err
-    return get_driver(name, config)
+    return driver_for(app_config(command), name)
 
 
 def _add_hypervisor(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +75,7 @@ class Run(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.services.instances import create_instance, make_spec
+        from capstan.services.instances import create_instance, exists, make_spec
 
         args = parsed_args
         image_ref, name = args.image, args.name
@@ -89,7 +83,7 @@ class Run(Command):
             image_ref = name = self._build_here(args)
             args.execute, args.boot, args.env = None, [], []  # already in the image
         driver = _driver(self, args.hypervisor)
-        if image_ref is None and self._exists(driver, name):
+        if image_ref is None and exists(driver, name):
             # Capstan's step 2: `run NAME` relaunches the instance, disk state included
             if args.execute is not None or args.boot or args.env:
                 raise UsageError(f"instance {name} exists: delete it first to run it with "
@@ -115,17 +109,7 @@ class Run(Command):
         self.app.stdout.write(f"Created instance: {name}\n")
         return self._launch(driver, name, args, created=True)
 
-    @staticmethod
-    def _exists(driver: Any, name: str) -> bool:
-        from capstan.core.errors import NotFound
-
-        try:
-            driver.get(name)
-        except (NotFound, UsageError):
-            return False
-        return True
-
-    def _launch(self, driver: Any, name: str, args: argparse.Namespace,
+    def _launch(self, driver: Driver, name: str, args: argparse.Namespace,
                 created: bool = False) -> int:
         """Start *name* detached or in the foreground (a run that cannot start a new
         instance leaves nothing behind)."""
@@ -140,12 +124,10 @@ class Run(Command):
             pid = f" (pid {inst.pid})" if inst.pid else ""
             self.app.stdout.write(f"Started instance: {name}{pid}{ports}\n")
             return 0
+        from capstan.services.instances import run_foreground
+
         self.app.stdout.flush()
-        try:
-            return int(driver.run_foreground(name, sys.stdout.buffer, args.timeout))
-        finally:
-            if args.rm:
-                driver.delete(name)
+        return run_foreground(driver, name, sys.stdout.buffer, args.timeout, remove=args.rm)
 
     def _build_here(self, args: argparse.Namespace) -> str:
         """Capstan's run without an image: build the Capstanfile or compose the package
@@ -163,10 +145,10 @@ class Run(Command):
                 build(config, here, name)
             return name
         if (here / "meta" / "package.yaml").is_file():
-            from capstan.packages.manifest import load_manifest
             from capstan.services.images import compose_package
+            from capstan.services.packages import manifest_of
 
-            name = load_manifest(here).name
+            name = manifest_of(here).name
             compose_package(config, here, name=name, execute=args.execute, boots=args.boot,
                             envs=args.env, pull_missing=True, s3=self.app.options.s3)
             self.app.stdout.write(f"Composed package {name}\n")
@@ -204,7 +186,7 @@ class _EachInstance(Command):
         _add_hypervisor(parser)
         return parser
 
-    def act(self, driver: Any, name: str, args: argparse.Namespace) -> None:
+    def act(self, driver: Driver, name: str, args: argparse.Namespace) -> None:
         raise NotImplementedError
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -231,7 +213,7 @@ class Start(_EachInstance):
 
     verb = "Started"
 
-    def act(self, driver: Any, name: str, args: argparse.Namespace) -> None:
+    def act(self, driver: Driver, name: str, args: argparse.Namespace) -> None:
         driver.start(name)
 
 
@@ -246,7 +228,7 @@ class Stop(_EachInstance):
                             help="seconds to wait for a graceful power-off (30)")
         return parser
 
-    def act(self, driver: Any, name: str, args: argparse.Namespace) -> None:
+    def act(self, driver: Driver, name: str, args: argparse.Namespace) -> None:
         driver.get(name)
         driver.stop(name, args.timeout)
 
@@ -256,7 +238,7 @@ class Delete(_EachInstance):
 
     verb = "Deleted"
 
-    def act(self, driver: Any, name: str, args: argparse.Namespace) -> None:
+    def act(self, driver: Driver, name: str, args: argparse.Namespace) -> None:
         driver.delete(name)
 
 
@@ -272,6 +254,7 @@ class Logs(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.services.instances import follow_logs, instance_log
 
         driver = _driver(self, parsed_args.hypervisor)
         out = sys.stdout.buffer
@@ -279,18 +262,8 @@ class Logs(Command):
             out.write(driver.read_log(parsed_args.name))
             out.flush()
             return 0
-        path = driver.log_path(parsed_args.name)
-        with open(path, "rb") if path.exists() else open("/dev/null", "rb") as log:
-            while True:
-                data = log.read()
-                if data:
-                    out.write(data)
-                    out.flush()
-                if not driver.get(parsed_args.name).state.live:
-                    out.write(log.read())
-                    out.flush()
-                    return 0
-                time.sleep(0.1)
+        follow_logs([instance_log(driver, parsed_args.name)], out, follow=True, prefix=False)
+        return 0
 
 
 class Console(Command):

@@ -12,11 +12,7 @@ from cliff.lister import Lister
 from cliff.show import ShowOne
 
 from capstan.commands import app_config
-from capstan.core.names import argument, check_name
-
-_TEMPLATE_KEYS = {"bootcmd": "<command>", "main": "<name>", "classpath": "<list>",
-                  "xms": "<value>", "xmx": "<value>", "jvm_args": "<list>", "args": "<list>",
-                  "node_args": "<list>", "python_args": "<list>", "shell": "<value>"}
+from capstan.core.names import argument
 
 
 def _dir(parser: argparse.ArgumentParser) -> None:
@@ -41,45 +37,15 @@ class PackageInit(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.packages.manifest import init_manifest
+        from capstan.services import packages
 
         a = parsed_args
-        path = init_manifest(a.path, a.name, a.title, a.author, a.pkg_version, a.require,
-                             a.platform, a.force)
+        path = packages.init(a.path, a.name, a.title, a.author, a.pkg_version, a.require,
+                             a.platform, a.runtime, a.force)
         self.app.stdout.write(f"Initialized package {a.name} in {path.parent}\n")
         if a.runtime:
-            _write_template(a.path, a.runtime, False, a.force)
             self.app.stdout.write(f"Wrote {a.path / 'meta' / 'run.yaml'}\n")
         return 0
-
-
-def _template(runtime: str, plain: bool) -> str:
-    from capstan.core.errors import NotFound
-    from capstan.packages.runtimes import RUNTIMES
-
-    rt = RUNTIMES.get(runtime)
-    if rt is None:
-        raise NotFound(f"unknown runtime '{runtime}' (one of {', '.join(RUNTIMES)})")
-    lines = [f"runtime: {rt.name}", "config_set:", "  myconfig1:"]
-    for key in rt.keys:
-        lines += ["    # REQUIRED" if key in ("bootcmd", "main") else "    # OPTIONAL",
-                  f"    {key}: {_TEMPLATE_KEYS[key]}"]
-    lines += ["    # OPTIONAL: environment variables (soft defaults)", "    env:",
-              "      KEY: <value>", "config_set_default: myconfig1", ""]
-    text = "\n".join(lines)
-    return "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("#")) + \
-        "\n" if plain else text
-
-
-def _write_template(package: Path, runtime: str, plain: bool, force: bool) -> None:
-    from capstan.core.errors import Conflict, NotFound
-
-    if not (package / "meta" / "package.yaml").is_file():
-        raise NotFound(f"{package.absolute()} is not a package (no meta/package.yaml)")
-    path = package / "meta" / "run.yaml"
-    if path.exists() and not force:
-        raise Conflict(f"{path} already exists: use --force to overwrite it")
-    path.write_text(_template(runtime, plain))
 
 
 class RuntimeList(Lister):
@@ -88,10 +54,10 @@ class RuntimeList(Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan.packages.runtimes import RUNTIMES
+        from capstan.services import packages
 
         return (("Runtime", "Description", "Dependencies"),
-                [(r.name, r.description, " ".join(r.depends)) for r in RUNTIMES.values()])
+                [(r.name, r.description, " ".join(r.depends)) for r in packages.runtimes()])
 
 
 class RuntimeInit(Command):
@@ -106,8 +72,10 @@ class RuntimeInit(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.services import packages
+
         a = parsed_args
-        _write_template(a.package_dir, a.runtime, a.plain, a.force)
+        packages.write_run_template(a.package_dir, a.runtime, plain=a.plain, force=a.force)
         self.app.stdout.write("meta/run.yaml stub added to your package: customize it\n")
         return 0
 
@@ -122,11 +90,10 @@ class PackageBuild(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.core.fs import sha256_of
-        from capstan.packages.mpm import build_mpm
+        from capstan.services import packages
 
-        path = build_mpm(parsed_args.package_dir, parsed_args.output)
-        return ("Path", "Size", "SHA256"), (str(path), path.stat().st_size, sha256_of(path))
+        built = packages.build(parsed_args.package_dir, parsed_args.output)
+        return ("Path", "Size", "SHA256"), (str(built.path), built.size, built.sha256)
 
 
 class PackageImport(ShowOne):
@@ -138,19 +105,10 @@ class PackageImport(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.core.fs import atomic_write, lock, sha256_of, sweep
-        from capstan.packages.manifest import load_manifest
-        from capstan.packages.mpm import build_mpm
+        from capstan.services import packages
 
-        manifest = load_manifest(parsed_args.package_dir)
-        config = app_config(self)
-        packages = config.root / "packages"
-        packages.mkdir(parents=True, exist_ok=True)
-        with lock(config.root, "package", manifest.name):
-            sweep(packages)
-            path = build_mpm(parsed_args.package_dir, packages / f"{manifest.name}.mpm")
-            atomic_write(packages / f"{manifest.name}.yaml", manifest.to_yaml().encode())
-        return ("Name", "Path", "SHA256"), (manifest.name, str(path), sha256_of(path))
+        built = packages.import_package(app_config(self), parsed_args.package_dir)
+        return ("Name", "Path", "SHA256"), (built.name, str(built.path), built.sha256)
 
 
 def _compose_args(parser: argparse.ArgumentParser) -> None:
@@ -170,7 +128,7 @@ class PackageCollect(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.packages.resolve import collect
+        from capstan.services import packages
 
         config = app_config(self)
         pull = None
@@ -180,8 +138,8 @@ class PackageCollect(Command):
             def pull(name: str) -> None:
                 pull_package(config, name, s3=self.app.options.s3)
 
-        done = collect(parsed_args.package_dir, config.root,
-                       parsed_args.package_dir / "mpm-pkg", parsed_args.require, pull=pull)
+        done = packages.collect_here(config, parsed_args.package_dir, parsed_args.require,
+                                     pull=pull)
         for path, earlier, later in done.collisions:
             self.app.stderr.write(f"capstan: {path} from {later} replaces {earlier}'s\n")
         self.app.stdout.write(f"Collected {len(done.packages)} packages into {done.tree}\n")
@@ -214,7 +172,7 @@ class PackageCompose(ShowOne):
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         from capstan.core.errors import UsageError
         from capstan.core.sizes import parse_size
-        from capstan.image.formats import DiskFormat
+        from capstan.services.imagefile import disk_format
         from capstan.services.images import compose_package
 
         a = parsed_args
@@ -224,7 +182,7 @@ class PackageCompose(ShowOne):
             app_config(self), a.package_dir, name=a.name, output=a.output, loader=a.loader,
             execute=a.execute, boots=a.boot, envs=a.env,
             size=parse_size(a.size) if a.size != "0" else 0,
-            disk_format=DiskFormat.parse(a.disk_format) if a.disk_format else None,
+            disk_format=disk_format(a.disk_format) if a.disk_format else None,
             fs=a.fs, require=a.require, pull_missing=a.pull_missing, s3=self.app.options.s3,
             update=a.update)
         return (("Image", "Packages", "Command line", "Collisions"),
@@ -238,15 +196,11 @@ class PackageList(Lister):
     def take_action(
         self, parsed_args: argparse.Namespace
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
-        from capstan.core.yamlfile import load_strict
-        from capstan.packages.manifest import parse_manifest
+        from capstan.services import packages
 
-        folder = app_config(self).root / "packages"
-        rows = []
-        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-            m = parse_manifest(load_strict(path), str(path))
-            rows.append((m.name, m.title, m.version, m.created, " ".join(m.require)))
-        return ("Name", "Description", "Version", "Created", "Requires"), rows
+        return (("Name", "Description", "Version", "Created", "Requires"),
+                [(m.name, m.title, m.version, m.created, " ".join(m.require))
+                 for m in packages.list_packages(app_config(self))])
 
 
 class PackageDescribe(ShowOne):
@@ -258,33 +212,13 @@ class PackageDescribe(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.core.errors import InputError
-        from capstan.packages.mpm import read_mpm
-        from capstan.packages.runtimes import boot_command, parse_run
+        from capstan.services import packages
 
-        path = Path(parsed_args.package)
-        if not path.is_file():
-            name = check_name(parsed_args.package, "package")
-            path = app_config(self).root / "packages" / f"{name}.mpm"
-        archive = read_mpm(path)
-        m = archive.manifest
-        if m is None:
-            raise InputError(f"{path}: not a valid package: no meta/package.yaml")
-        boots = ""
-        if archive.run_yaml is not None:
-            run = parse_run(archive.run_yaml, m.name, f"{path}:meta/run.yaml")
-            table = {m.name: run}
-            lines = []
-            for cs in run.config_sets:
-                try:
-                    lines.append(f"{cs}: {boot_command(table, m.name, cs)}")
-                except InputError:  # inherits from another package
-                    base = run.config_sets[cs].base or run.runtime.base
-                    lines.append(f"{cs}: (inherits from {base})")
-            boots = "\n".join(lines)
+        found = packages.describe(app_config(self), parsed_args.package)
+        m = found.manifest
         return (("Name", "Title", "Author", "Version", "Requires", "Boot", "Files"),
-                (m.name, m.title, m.author, m.version, " ".join(m.require), boots,
-                 sum(1 for i in archive.members if not i.name.startswith("meta"))))
+                (m.name, m.title, m.author, m.version, " ".join(m.require), found.boots,
+                 found.files))
 
 
 class PackageDelete(Command):

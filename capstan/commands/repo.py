@@ -74,9 +74,9 @@ def _cloud(command: Command, name: str | None) -> Any:
     """The image store of driver *name* when given, else None (the local repository)."""
     if name is None:
         return None
-    from capstan.drivers.base import get_driver
+    from capstan.services.repository import image_store
 
-    return get_driver(name, app_config(command)).image_store()
+    return image_store(app_config(command), name)
 
 
 class Images(Lister):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from capstan.core.config import Config
-from capstan.core.errors import ImageError, UsageError
+from capstan.core.errors import ConfigError, ImageError, NotFound, UsageError
 from capstan.core.sizes import parse_size
 from capstan.drivers.base import (
     Driver,
@@ -15,6 +18,7 @@ from capstan.drivers.base import (
     InstanceSpec,
     PortForward,
     Volume,
+    get_driver,
     mac_address,
     required_capabilities,
 )
@@ -22,8 +26,9 @@ from capstan.image import cmdline as osv_cmdline
 from capstan.services.disks import image_facts
 from capstan.services.store import LocalRepository
 
-__all__ = ["boot_cmdline", "create_instance", "env_token", "instances_using", "make_spec",
-           "memory_mib"]
+__all__ = ["Driver", "LogSource", "boot_cmdline", "create_instance", "driver_for", "env_token",
+           "exists", "follow_logs", "instance_log", "instances_using", "make_spec",
+           "memory_mib", "run_foreground"]
 
 #: a QEMU ``-cpu`` value: a model, then ``+feature``, ``-feature`` or ``prop=value`` items
 _CPU = re.compile(r"(?!help$)[A-Za-z0-9][\w.-]*(,[+-]?[A-Za-z0-9][\w.-]*(=[\w.-]+)?)*", re.ASCII)
@@ -135,3 +140,92 @@ def instances_using(config: Config, folder: Path) -> list[str]:
     top = folder.resolve()
     return [inst.name for inst in QemuDriver(config).list()
             if inst.image and Path(inst.image).resolve().parent == top]
+
+
+def driver_for(config: Config, name: str | None) -> Driver:
+    """The driver *name*, or the configured one (an unknown configured name is a
+    configuration error)."""
+    if name is None:
+        try:
+            return get_driver(config.hypervisor, config)
+        except NotFound as err:
+            where = config.sources.get("hypervisor", "configuration")
+            raise ConfigError(f"{where}: hypervisor: {err}") from err
+    return get_driver(name, config)
+
+
+def exists(driver: Driver, name: str) -> bool:
+    """Whether *driver* has an instance *name*."""
+    try:
+        driver.get(name)
+    except (NotFound, UsageError):
+        return False
+    return True
+
+
+def run_foreground(driver: Driver, name: str, out: BinaryIO, timeout: float | None,
+                   *, remove: bool = False) -> int:
+    """Start *name* and stream its console to *out* until the guest ends; its status
+    (see :meth:`~capstan.drivers.base.Driver.run_foreground`). *remove* deletes the
+    instance afterwards, whatever happened."""
+    try:
+        return int(driver.run_foreground(name, out, timeout))
+    finally:
+        if remove:
+            driver.delete(name)
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """A console log to follow: its instance, its file, and whether it still grows."""
+
+    name: str
+    path: Path
+    running: Callable[[], bool]
+
+
+def instance_log(driver: Driver, name: str) -> LogSource:
+    """The console log of *name* (a missing instance is NotFound when followed)."""
+    return LogSource(name, driver.log_path(name),
+                     lambda: driver.get(name).state.live)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            return log.read()
+    except FileNotFoundError:
+        return b""
+
+
+def follow_logs(sources: Sequence[LogSource], out: BinaryIO, *, follow: bool,
+                prefix: bool, interval: float = 0.1) -> None:
+    """Copy the logs of *sources* to *out*; with *follow*, until none is running.
+
+    With *prefix* every line starts with its instance's name (a last line without
+    its newline is written at the end); else the bytes are copied as they are.
+    """
+    width = max((len(s.name) for s in sources), default=0)
+    offsets = dict.fromkeys((s.name for s in sources), 0)
+    partial = dict.fromkeys(offsets, b"")
+    while True:
+        alive = False
+        for source in sources:
+            alive = source.running() or alive  # sample before reading: nothing is lost
+            data = _read_from(source.path, offsets[source.name])
+            offsets[source.name] += len(data)
+            if not prefix:
+                out.write(data)
+                continue
+            *lines, partial[source.name] = (partial[source.name] + data).split(b"\n")
+            for line in lines:
+                out.write(f"{source.name:<{width}} | ".encode() + line.rstrip(b"\r") + b"\n")
+        out.flush()
+        if not follow or not alive:
+            for name, rest in partial.items():
+                if rest:
+                    out.write(f"{name:<{width}} | ".encode() + rest + b"\n")
+            out.flush()
+            return
+        time.sleep(interval)

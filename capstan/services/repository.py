@@ -15,7 +15,13 @@ import yaml
 from filelock import FileLock
 
 from capstan.core.config import Config
-from capstan.core.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
+from capstan.core.errors import (
+    Conflict,
+    ImageError,
+    InputError,
+    LocalIOError,
+    NotFound,
+)
 from capstan.core.fs import (
     atomic_output,
     atomic_write,
@@ -29,12 +35,14 @@ from capstan.core.fs import (
 )
 from capstan.core.names import check_name, is_valid
 from capstan.core.yamlfile import load_cached, load_file
+from capstan.drivers.base import ImageStore, get_driver
 from capstan.remotes.catalog import BucketRemote, Found, remotes
 from capstan.remotes.download import fetch
 from capstan.services.store import LocalRepository
 
-__all__ = ["ImageRow", "Pulled", "import_base", "list_images", "pull_image", "pull_package",
-           "push_image", "push_package", "remove_image", "remove_package", "search"]
+__all__ = ["ImageRow", "Pulled", "image_store", "import_base", "list_images", "pull_image",
+           "pull_package", "push_image", "push_package", "remove_image", "remove_package",
+           "search"]
 
 LOG = logging.getLogger(__name__)
 
@@ -397,3 +405,9 @@ def _publish(bucket: BucketRemote, source: Path, key: str) -> str:
         stamp.unlink(missing_ok=True)
     bucket.put(source, key)
     return digest
+
+
+def image_store(config: Config, name: str) -> ImageStore:
+    """Driver *name* as an image store (a cloud's AMIs, images; UnsupportedOperation if it
+    keeps none)."""
+    return get_driver(name, config).image_store()

@@ -10,10 +10,11 @@ their dependencies' names and addresses from their environment.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from filelock import FileLock
 
@@ -23,7 +24,7 @@ from capstan.core.fs import atomic_write
 from capstan.drivers.base import Capability, Driver, Instance, get_driver
 from capstan.services.fleet.parse import Fleet
 from capstan.services.fleet.plan import Action, Member, decide, plan
-from capstan.services.instances import create_instance
+from capstan.services.instances import LogSource, create_instance, follow_logs
 
 __all__ = ["JOBS", "Outcome", "Row", "down", "logs", "ps", "up"]
 
@@ -287,9 +288,11 @@ def ps(config: Config, fleet: Fleet) -> list[Row]:
     return rows
 
 
-def logs(config: Config, fleet: Fleet) -> Iterator[tuple[str, Path, Callable[[], bool]]]:
-    """(instance, console log, is-running) for each instance ``up`` made."""
+def logs(config: Config, fleet: Fleet, out: BinaryIO, *, follow: bool = False) -> None:
+    """The console logs of the instances ``up`` made, each line prefixed with its
+    instance, to *out* (with *follow*, until every one has stopped)."""
     drivers = _Drivers(config)
+    sources = []
     for name, entry in _load(config, fleet).instances.items():
         driver = drivers(entry.get("driver"))
 
@@ -297,4 +300,5 @@ def logs(config: Config, fleet: Fleet) -> Iterator[tuple[str, Path, Callable[[],
             inst = _current(driver, name)
             return inst is not None and inst.state.live
 
-        yield name, driver.log_path(name), running
+        sources.append(LogSource(name, driver.log_path(name), running))
+    follow_logs(sources, out, follow=follow, prefix=True, interval=0.2)

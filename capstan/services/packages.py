@@ -1,0 +1,146 @@
+"""Packages: init, runtime templates, build, import, collect, list and describe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from capstan.core.config import Config
+from capstan.core.errors import Conflict, InputError, NotFound
+from capstan.core.fs import atomic_write, lock, sha256_of, sweep
+from capstan.core.names import check_name
+from capstan.core.yamlfile import load_strict
+from capstan.packages.manifest import Manifest, init_manifest, load_manifest, parse_manifest
+from capstan.packages.mpm import build_mpm, read_mpm
+from capstan.packages.resolve import Collected, collect
+from capstan.packages.runtimes import RUNTIMES, Runtime, boot_command, parse_run
+
+__all__ = ["Built", "Described", "build", "collect_here", "describe", "import_package",
+           "init", "list_packages", "manifest_of", "runtimes", "write_run_template"]
+
+_TEMPLATE_KEYS = {"bootcmd": "<command>", "main": "<name>", "classpath": "<list>",
+                  "xms": "<value>", "xmx": "<value>", "jvm_args": "<list>", "args": "<list>",
+                  "node_args": "<list>", "python_args": "<list>", "shell": "<value>"}
+
+
+@dataclass(frozen=True)
+class Built:
+    """A package archive just written."""
+
+    name: str
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Described:
+    """What ``package describe`` shows of an archive."""
+
+    manifest: Manifest
+    boots: str  # one ``config set: boot command`` line each
+    files: int
+
+
+def init(package: Path, name: str, title: str, author: str, version: str = "",
+         require: Sequence[str] = (), platform: str = "", runtime: str | None = None,
+         force: bool = False) -> Path:
+    """Write ``meta/package.yaml`` (and, for *runtime*, a ``meta/run.yaml`` template)."""
+    path = init_manifest(package, name, title, author, version, require, platform, force)
+    if runtime:
+        write_run_template(package, runtime, plain=False, force=force)
+    return path
+
+
+def manifest_of(package: Path) -> Manifest:
+    """``<package>/meta/package.yaml``, validated."""
+    return load_manifest(package)
+
+
+def runtimes() -> list[Runtime]:
+    """The runtimes ``meta/run.yaml`` can use."""
+    return list(RUNTIMES.values())
+
+
+def _template(runtime: str, plain: bool) -> str:
+    rt = RUNTIMES.get(runtime)
+    if rt is None:
+        raise NotFound(f"unknown runtime '{runtime}' (one of {', '.join(RUNTIMES)})")
+    lines = [f"runtime: {rt.name}", "config_set:", "  myconfig1:"]
+    for key in rt.keys:
+        lines += ["    # REQUIRED" if key in ("bootcmd", "main") else "    # OPTIONAL",
+                  f"    {key}: {_TEMPLATE_KEYS[key]}"]
+    lines += ["    # OPTIONAL: environment variables (soft defaults)", "    env:",
+              "      KEY: <value>", "config_set_default: myconfig1", ""]
+    text = "\n".join(lines)
+    return "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("#")) + \
+        "\n" if plain else text
+
+
+def write_run_template(package: Path, runtime: str, *, plain: bool, force: bool) -> Path:
+    """Write a ``meta/run.yaml`` template for *runtime* (*plain*: without comments)."""
+    if not (package / "meta" / "package.yaml").is_file():
+        raise NotFound(f"{package.absolute()} is not a package (no meta/package.yaml)")
+    path = package / "meta" / "run.yaml"
+    if path.exists() and not force:
+        raise Conflict(f"{path} already exists: use --force to overwrite it")
+    path.write_text(_template(runtime, plain))
+    return path
+
+
+def build(package: Path, output: Path | None = None) -> Built:
+    """Build *package* into ``<name>.mpm`` (reproducible), or into *output*."""
+    path = build_mpm(package, output)
+    return Built(load_manifest(package).name, path, path.stat().st_size, sha256_of(path))
+
+
+def import_package(config: Config, package: Path) -> Built:
+    """Build *package* into the local repository (archive and manifest)."""
+    manifest = load_manifest(package)
+    packages = config.root / "packages"
+    packages.mkdir(parents=True, exist_ok=True)
+    with lock(config.root, "package", manifest.name):
+        sweep(packages)
+        path = build_mpm(package, packages / f"{manifest.name}.mpm")
+        atomic_write(packages / f"{manifest.name}.yaml", manifest.to_yaml().encode())
+    return Built(manifest.name, path, path.stat().st_size, sha256_of(path))
+
+
+def collect_here(config: Config, package: Path, require: Sequence[str],
+                 pull: Callable[[str], None] | None = None) -> Collected:
+    """Merge *package* and its dependencies into ``<package>/mpm-pkg``."""
+    return collect(package, config.root, package / "mpm-pkg", require, pull=pull)
+
+
+def list_packages(config: Config) -> list[Manifest]:
+    """The manifests of the local repository's packages, by name."""
+    folder = config.root / "packages"
+    return [parse_manifest(load_strict(path), str(path))
+            for path in (sorted(folder.glob("*.yaml")) if folder.is_dir() else [])]
+
+
+def describe(config: Config, ref: str) -> Described:
+    """A package archive (a file, or a name in the local repository) and its boot
+    commands."""
+    path = Path(ref)
+    if not path.is_file():
+        path = config.root / "packages" / f"{check_name(ref, 'package')}.mpm"
+    archive = read_mpm(path)
+    m = archive.manifest
+    if m is None:
+        raise InputError(f"{path}: not a valid package: no meta/package.yaml")
+    boots = ""
+    if archive.run_yaml is not None:
+        run = parse_run(archive.run_yaml, m.name, f"{path}:meta/run.yaml")
+        table = {m.name: run}
+        lines = []
+        for cs in run.config_sets:
+            try:
+                lines.append(f"{cs}: {boot_command(table, m.name, cs)}")
+            except InputError:  # inherits from another package
+                base = run.config_sets[cs].base or run.runtime.base
+                lines.append(f"{cs}: (inherits from {base})")
+        boots = "\n".join(lines)
+    return Described(m, boots, sum(1 for i in archive.members
+                                   if not i.name.startswith("meta")))
