@@ -96,6 +96,9 @@ def read_loader(path: Path) -> Loader:
     fmt = sniff_format(head)
     if fmt == "raw":
         return _from_raw(path, path)
+    backing = formats.info(path, fmt).backing_file
+    if backing:  # qemu-img would read another host file into the image
+        raise ImageError(f"{path}: a loader with a backing file ({backing!r}) is refused")
     with tempfile.TemporaryDirectory(prefix="capstan-loader-") as tmp:
         raw = Path(tmp) / "loader.raw"
         formats.convert(path, raw, formats.DiskFormat.RAW, source_fmt=fmt)

@@ -269,3 +269,14 @@ def test_names_that_are_not_text_are_listed_escaped(cli, tmp_path: Path) -> None
     rows = cli("image", "ls", "-f", "value", "-c", "Path", out).out.splitlines()
     assert {"/bad\\xff\\x80", "/ok", "/two\\nlines"} <= set(rows), rows
     assert not any("\n" in row or ("two" in row and row != "/two\\nlines") for row in rows)
+
+
+def test_a_loader_with_a_backing_file_is_refused(cli, sandbox: Sandbox, app_tree: Path,  # type: ignore[no-untyped-def]
+                                                 tmp_path: Path) -> None:
+    """A qcow2 'loader' backed by a host file would copy that file into the image."""
+    lq = tmp_path / "lq.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(sandbox.victim),
+                    "-F", "raw", str(lq)], check=True)
+    out = tmp_path / "out.qcow2"
+    check(cli("compose", "-l", lq, "-o", out, app_tree), 65, "backing file")
+    assert not out.exists()
