@@ -22,16 +22,19 @@ _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|P
                           r"|API_?KEY|ACCESS_?KEY|^AWS_", re.IGNORECASE)
 
 _WORD = r"(?:password|passwd|passphrase|secret|token|api_?key|access_?key|private_?key)"
+# Name characters around a secret word: bounded, and a match starts only where a name does,
+# so a long run of name characters costs linear time (unbounded, it was cubic: a ReDoS).
+_AFFIX = r"[\w.-]{0,128}"
 _HEADER = r"(?:authorization|proxy-authorization|x-amz-security-token|x-amz-signature|cookie)"
 
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # a header or key in a dict's repr: 'Authorization': b'AWS4-HMAC-SHA256 ...'
-    (re.compile(rf"""(?i)(['"]?[\w.-]*(?:{_HEADER}|{_WORD})[\w.-]*['"]?\s*[:=]\s*b?)"""
+    (re.compile(rf"""(?i)((?<![\w.-])['"]?{_AFFIX}(?:{_HEADER}|{_WORD}){_AFFIX}['"]?\s*[:=]\s*b?)"""
                 r"""(['"])(?:\\.|(?!\2).)*\2"""), rf"\1\2{MASK}\2"),
     # a header line: Authorization: Bearer ...
     (re.compile(rf"(?im)^(\s*{_HEADER}\s*:\s*)\S.*$"), rf"\1{MASK}"),
     # NAME=value (also --env=DB_PASSWORD=..., query parameters, YAML-ish NAME: value)
-    (re.compile(rf"""(?i)([\w.-]*{_WORD}[\w.-]*\??(?:=|:[ \t]+))"""
+    (re.compile(rf"""(?i)((?<![\w.-]){_AFFIX}{_WORD}{_AFFIX}\??(?:=|:[ \t]+))"""
                 r"""(?!['"])(?:\\.|[^\s\\'",;&)}\]])+"""), rf"\1{MASK}"),
     (re.compile(r"(?i)\b((?:X-Amz-)?(?:Credential|Signature|Security-Token)=)[^\s,&'\"]+"),
      rf"\1{MASK}"),

@@ -309,3 +309,11 @@ def test_a_program_path_that_is_not_executable_is_tool_missing(tmp_path: Path) -
 
     with pytest.raises(ToolMissing, match="not an executable program"):
         proc.run([str(tmp_path / "no-such-qemu"), "--version"])
+
+
+def test_redaction_is_linear_on_long_names() -> None:
+    """A hostile string (e.g. from a damaged cache, logged in a warning) cannot stall the CLI."""
+    from capstan.core.secrets import redact
+
+    assert redact("a" * 200_000 + "token") == "a" * 200_000 + "token"  # took minutes before
+    assert redact("x" * 50 + "_PASSWORD=hunter2") == "x" * 50 + "_PASSWORD=***"
