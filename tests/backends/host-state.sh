@@ -26,7 +26,8 @@ done
 ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}' | sort
 
 # Processes the tests start (guests, daemons, simulators), counted by name.
-ps -eo comm= | grep -E '^(qemu-system-|libvirtd$|virtlogd$|vcsim$)' | sort | uniq -c |
+# grep finds nothing on an idle host; under pipefail that must not end the snapshot.
+ps -eo comm= | { grep -E '^(qemu-system-|libvirtd$|virtlogd$|vcsim$)' || true; } | sort | uniq -c |
     awk '{print "process " $2 " x" $1}'
 echo "moto_server processes: $(pgrep -fc 'moto[._]server' || true)"
 for d in /run/pycapstan-libvirtd /tmp/govcsim-*; do
