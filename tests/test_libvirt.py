@@ -90,7 +90,7 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         (users / f"worker-{os.getpid()}").touch()
     yield SYSTEM
     with lock:
-        (users / f"worker-{os.getpid()}").unlink()
+        (users / f"worker-{os.getpid()}").unlink(missing_ok=True)
         if not any(users.glob("worker-*")) and (users / "started-here").exists():
             subprocess.run([BACKENDS / "stop-libvirtd.sh"], check=False, capture_output=True)
             (users / "started-here").unlink()
