@@ -111,13 +111,15 @@ class Capability(enum.Enum):
     GRACEFUL_STOP = "graceful_stop"  # an ACPI power-off before a hard one
     REMOTE = "remote"  # instances live on another host or in a cloud
     IMAGES = "images"  # an image store (images/rmi/image upload -p)
+    DIRECT_KERNEL = "direct_kernel"  # --kernel K: the VMM loads the kernel (microVMs)
 
 
 def required_capabilities(spec: InstanceSpec) -> frozenset[Capability]:
     """The capabilities a driver needs to create *spec*."""
     wanted = {Capability.PORT_FORWARD: bool(spec.forwards),
               Capability.VOLUMES: bool(spec.volumes),
-              Capability.PRIVATE_NETWORK: spec.private_network is not None}
+              Capability.PRIVATE_NETWORK: spec.private_network is not None,
+              Capability.DIRECT_KERNEL: spec.kernel is not None}
     return frozenset(cap for cap, needed in wanted.items() if needed)
 
 
@@ -127,6 +129,7 @@ _WHAT = {
     Capability.PRIVATE_NETWORK: "private networks", Capability.DETACH: "detached runs (-d)",
     Capability.GRACEFUL_STOP: "graceful stops", Capability.REMOTE: "remote instances",
     Capability.IMAGES: "images (they are files in the local repository)",
+    Capability.DIRECT_KERNEL: "direct kernel boot (--kernel, --machine microvm)",
 }
 _FORWARD = re.compile(
     r"(?:(?P<addr>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d{1,5}):(?P<guest>\d{1,5})"
@@ -241,8 +244,10 @@ class InstanceSpec:
     private_mac: str | None = None
     forwards: tuple[PortForward, ...] = ()
     volumes: tuple[Volume, ...] = ()
-    cmdline: str | None = None
+    cmdline: str | None = None  # with a kernel: what the VMM passes, else written to the disk
     cpu_model: str | None = None
+    machine: str = "pc"  # pc, or microvm (virtio-mmio, no PCI, no ACPI; needs a kernel)
+    kernel: Path | None = None  # booted directly (PVH), the disk holding only the root
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

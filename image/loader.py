@@ -15,11 +15,12 @@ from capstan.image import cmdline, formats
 from capstan.image.mbr import PARTITION_ALIGN, TABLE, align_up
 
 __all__ = [
-    "PROBE_LOADER", "Loader", "probe_kernel_path", "probe_loader_path", "read_head", "read_loader",
-    "sniff_format",
+    "PROBE_KERNEL", "PROBE_LOADER", "Loader", "probe_kernel_path", "probe_loader_path",
+    "read_head", "read_loader", "sniff_format",
 ]
 
 PROBE_LOADER = "probe-loader"
+PROBE_KERNEL = "probe-kernel"
 KERNEL_OFFSET = 65536
 CHUNK = 32768
 _HEADER = 65536

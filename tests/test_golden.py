@@ -86,6 +86,18 @@ QEMU_CASES: dict[str, tuple[InstanceSpec, Host]] = {
             Host(qemu="qemu-system-x86_64", accel="tcg")),
     "cpu-model": (InstanceSpec(name="c1", image=IMAGE, cpu_model="Skylake-Server,-hle"),
                   Host(qemu="qemu-system-x86_64", accel="kvm")),
+    "microvm": (
+        InstanceSpec(name="m1", image=IMAGE, memory_mib=256, cpus=1, machine="microvm",
+                     kernel=Path("/var/lib/capstan/kernels/loader, stripped.elf"),
+                     cmdline="--nopci --rootfs=rofs runscript /run/default;",
+                     forwards=(PortForward(8080, 80),),
+                     volumes=(Volume(Path("/data/v.img"), "raw"),),
+                     private_network="backend", private_mac="02:00:00:00:00:01"),
+        Host(qemu="qemu-system-x86_64", accel="tcg")),
+    "microvm-tap": (
+        InstanceSpec(name="m2", image=IMAGE, machine="microvm", networking="tap",
+                     bridge="tap0", mac=MAC, kernel=Path("/k.elf"), cmdline="--nopci /hello"),
+        Host(qemu="qemu-system-x86_64", accel="kvm")),
 }
 
 

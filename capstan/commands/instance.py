@@ -62,6 +62,12 @@ class Run(Command):
                             metavar="PATH[:format=F][:cache=C][:aio=A]", help="extra disk")
         parser.add_argument("--cpu", dest="cpu_model",
                             help="QEMU -cpu model (default: host under KVM, max under TCG)")
+        parser.add_argument("--machine", default="pc", choices=("pc", "microvm"),
+                            help="QEMU machine (pc); microvm: virtio-mmio, no PCI or ACPI, "
+                                 "needs --kernel")
+        parser.add_argument("--kernel", metavar="KERNEL",
+                            help="boot this kernel ELF directly (PVH; 'probe-kernel': the "
+                                 "shipped probe), the command line given by QEMU")
         parser.add_argument("-d", "--detach", action="store_true",
                             help="run in the background")
         parser.add_argument("--rm", action="store_true",
@@ -101,7 +107,8 @@ class Run(Command):
                          cpus=args.cpus, networking=args.networking, bridge=args.bridge,
                          mac=args.mac, forwards=args.forward,
                          volumes=args.volume, execute=args.execute, boots=args.boot,
-                         envs=args.env, cpu_model=args.cpu_model)
+                         envs=args.env, cpu_model=args.cpu_model, machine=args.machine,
+                         kernel=args.kernel)
         if args.dry_run:
             self.app.stdout.write("".join(f"would {line}\n" for line in driver.dry_run(spec)))
             return 0

@@ -23,6 +23,7 @@ from capstan.drivers.base import (
     required_capabilities,
 )
 from capstan.image import cmdline as osv_cmdline
+from capstan.image.loader import PROBE_KERNEL, probe_kernel_path
 from capstan.services.disks import image_facts
 from capstan.services.store import LocalRepository
 
@@ -30,6 +31,7 @@ __all__ = ["Driver", "LogSource", "boot_cmdline", "create_instance", "driver_for
            "exists", "follow_logs", "instance_log", "instances_using", "make_spec",
            "memory_mib", "run_foreground"]
 
+KERNEL_LESS_BOOT = "--rootfs=rofs runscript /run/default;"
 #: a QEMU ``-cpu`` value: a model, then ``+feature``, ``-feature`` or ``prop=value`` items
 _CPU = re.compile(r"(?!help$)[A-Za-z0-9][\w.-]*(,[+-]?[A-Za-z0-9][\w.-]*(=[\w.-]+)?)*", re.ASCII)
 _ENV = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\??)=(.*)", re.DOTALL)
@@ -83,8 +85,14 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
               boots: Sequence[str] = (), envs: Sequence[str] = (),
               options: Sequence[str] = (), cpu_model: str | None = None,
               private_network: str | None = None,
-              private_mac: str | None = None) -> InstanceSpec:
-    """Validate every run option and resolve the image; nothing is started."""
+              private_mac: str | None = None, machine: str = "pc",
+              kernel: str | None = None) -> InstanceSpec:
+    """Validate every run option and resolve the image; nothing is started.
+
+    With *kernel* (``microvm``) the command line is the VMM's: ``--nopci``, then
+    the image's own (``--rootfs=rofs runscript /run/default;`` for a kernel-less
+    image) as changed by *execute*, *boots*, *envs* and *options*.
+    """
     if cpus < 1:
         raise UsageError(f"invalid cpu count {cpus}: at least 1")
     if cpu_model is not None and not _CPU.fullmatch(cpu_model):
@@ -96,8 +104,16 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
         mac = mac_address(mac)
     mib = memory_mib(memory)
     image = LocalRepository(config.root).resolve(image_ref, "qemu")
+    kernel_path = _kernel(kernel, machine)
     text = None
-    if execute is not None or boots or envs or options:
+    if kernel_path is not None:
+        base = image_facts(config.root, image).cmdline or KERNEL_LESS_BOOT
+        direct = boot_cmdline(base, execute, boots, envs, options) or base
+        if "--nopci" not in osv_cmdline.split(direct)[0]:
+            direct = f"--nopci {direct}"
+        osv_cmdline.validate(direct)
+        text = direct
+    elif execute is not None or boots or envs or options:
         current = image_facts(config.root, image).cmdline
         if current is None:
             raise ImageError(f"{image}: not an OSv image with a command-line area (a "
@@ -108,7 +124,25 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
                         networking=networking, bridge=bridge, mac=mac,
                         forwards=parsed_forwards,
                         volumes=parsed_volumes, cmdline=text, cpu_model=cpu_model,
-                        private_network=private_network, private_mac=private_mac)
+                        private_network=private_network, private_mac=private_mac,
+                        machine=machine, kernel=kernel_path)
+
+
+def _kernel(ref: str | None, machine: str) -> Path | None:
+    """The kernel file of ``--kernel`` (``probe-kernel``: the one shipped), checked
+    against *machine*."""
+    if ref is None:
+        if machine == "microvm":
+            raise UsageError("--machine microvm boots a kernel directly: give --kernel K "
+                             "(OSv's loader-stripped.elf, or probe-kernel)")
+        return None
+    if machine != "microvm":
+        raise UsageError("--kernel boots without the disk's loader: use it with "
+                         "--machine microvm")
+    path = probe_kernel_path() if ref == PROBE_KERNEL else Path(ref)
+    if not path.is_file():
+        raise NotFound(f"kernel {ref}: no such file")
+    return path.absolute()
 
 
 def create_instance(driver: Driver, spec: InstanceSpec) -> Instance:

@@ -22,6 +22,10 @@ __all__ = ["Host", "Paths", "argv", "builder_argv", "interface", "private_segmen
 
 _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 NETWORKINGS = ("nat", "bridge", "tap", "none")
+MACHINES = ("pc", "microvm")
+# QEMU microvm as OSv boots on it: no ACPI (OSv then powers off by a triple fault, hence
+# -no-reboot), no PCI; the virtio-mmio transports are listed on the kernel command line
+MICROVM = "microvm,acpi=off,pcie=off,auto-kernel-cmdline=on"
 
 
 def _absolute(path: Path, what: str) -> str:
@@ -72,17 +76,29 @@ def private_segment(name: str) -> tuple[str, int]:
 
 
 def argv(spec: InstanceSpec, paths: Paths, host: Host) -> list[str]:
-    """QEMU's argv for *spec*: its forwards already allocated, its volumes probed."""
+    """QEMU's argv for *spec*: its forwards already allocated, its volumes probed.
+
+    On ``microvm`` the kernel is loaded by QEMU (PVH) with the command line as
+    ``-append``, and every virtio device sits on virtio-mmio (``-device``).
+    """
     cpu = spec.cpu_model or ("host" if host.accel == "kvm" else "max")
+    bus = _bus(spec)
     args = [
         host.qemu, "-name", qemuopt.join("", {"guest": spec.name}),
-        "-machine", "pc", "-accel", host.accel, "-cpu", cpu, "-m", str(spec.memory_mib),
+        "-machine", MICROVM if bus == "device" else "pc", "-accel", host.accel,
+        "-cpu", cpu, "-m", str(spec.memory_mib),
         "-smp", str(spec.cpus), "-nodefaults", "-no-user-config", "-display", "none",
+    ]
+    if spec.kernel is not None:
+        args += ["-no-reboot", "-kernel", _absolute(spec.kernel, "kernel"),
+                 "-append", spec.cmdline or ""]
+    args += [
         "-drive", qemuopt.join("", {"file": _absolute(paths.disk, "file"), "if": "none",
                                     "id": "hd0", "format": "qcow2", "aio": host.aio,
                                     "cache": "writeback"}),
-        "-device", "virtio-blk-pci,id=blk0,bootindex=0,drive=hd0",
-        "-device", "virtio-rng-pci",
+        "-device", "virtio-blk-pci,id=blk0,bootindex=0,drive=hd0" if bus == "pci" else
+        "virtio-blk-device,id=blk0,drive=hd0",
+        "-device", f"virtio-rng-{bus}",
         "-chardev", qemuopt.join("socket", {
             "id": "con0", "path": _absolute(paths.console, "path"), "server": "on",
             "wait": "off", "logfile": _absolute(paths.console_log, "logfile"),
@@ -92,14 +108,33 @@ def argv(spec: InstanceSpec, paths: Paths, host: Host) -> list[str]:
     ]
     for i, vol in enumerate(spec.volumes, start=1):
         args += ["-drive", volume_drive(vol, i),
-                 "-device", f"virtio-blk-pci,id=blk{i},drive=hd{i}"]
+                 "-device", f"virtio-blk-{bus},id=blk{i},drive=hd{i}"]
     args += network(spec, host)
     if spec.private_network:
         group, port = private_segment(spec.private_network)
         args += ["-netdev", f"socket,id=pn0,mcast={group}:{port},localaddr=127.0.0.1",
-                 "-device", f"virtio-net-pci,netdev=pn0,id=nic2,romfile=,"
-                            f"mac={_mac(spec.private_mac)}"]
+                 "-device", _nic(bus, "netdev=pn0,id=nic2", _mac(spec.private_mac))]
     return args
+
+
+def _bus(spec: InstanceSpec) -> str:
+    """``pci`` (machine pc) or ``device`` (virtio-mmio, machine microvm): the suffix
+    of the virtio device names."""
+    if spec.machine not in MACHINES:
+        raise UsageError(f"machine '{spec.machine}' is not supported by the qemu driver "
+                         f"(use {' or '.join(MACHINES)})")
+    if spec.machine == "microvm":
+        if spec.kernel is None:
+            raise UsageError("machine microvm has no firmware to boot a disk: give --kernel")
+        return "device"
+    return "pci"
+
+
+def _nic(bus: str, props: str, mac: str | None = None) -> str:
+    """The virtio-net ``-device`` on *bus* with *props* (a PCI NIC without its option
+    ROM)."""
+    text = f"virtio-net-pci,{props},romfile=" if bus == "pci" else f"virtio-net-device,{props}"
+    return text + (f",mac={mac}" if mac else "")
 
 
 def _mac(text: str | None) -> str:
@@ -130,7 +165,7 @@ def network(spec: InstanceSpec, host: Host) -> list[str]:
         for fwd in spec.forwards:
             netdev += "," + qemuopt.join("", {"hostfwd": f"{fwd.protocol}:{fwd.host_addr}:"
                                                          f"{fwd.host_port}-:{fwd.guest_port}"})
-        return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=un0,romfile="]
+        return ["-netdev", netdev, "-device", _nic(_bus(spec), "netdev=un0")]
     if spec.forwards:
         raise UsageError(f"port forwards need nat networking, not '{spec.networking}' "
                          "(the guest is reachable on its own address)")
@@ -146,7 +181,7 @@ def network(spec: InstanceSpec, host: Host) -> list[str]:
         netdev = qemuopt.join("tap", {"id": "hn0", "ifname": interface(spec.bridge),
                                       "script": "no", "downscript": "no"})
     return ["-netdev", netdev,
-            "-device", f"virtio-net-pci,netdev=hn0,id=nic1,romfile=,mac={_mac(spec.mac)}"]
+            "-device", _nic(_bus(spec), "netdev=hn0,id=nic1", _mac(spec.mac))]
 
 
 BUILDER_CMDLINE = ("--console=serial --norandom --nomount --noinit --preload-zfs-library "

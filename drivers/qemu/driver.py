@@ -113,7 +113,7 @@ class QemuDriver(Driver):
     name = "qemu"
     capabilities = frozenset({Capability.CONSOLE, Capability.LOGS, Capability.PORT_FORWARD,
                               Capability.VOLUMES, Capability.DETACH, Capability.GRACEFUL_STOP,
-                              Capability.PRIVATE_NETWORK})
+                              Capability.PRIVATE_NETWORK, Capability.DIRECT_KERNEL})
 
     @property
     def home(self) -> Path:
@@ -253,7 +253,10 @@ class QemuDriver(Driver):
         """Write the instance *d* into *staged*: paths in its state name *d*."""
         image = spec.image.absolute()
         disk = d / "disk.qcow2"
-        facts = make_overlay(self.config.root, image, spec.cmdline, staged / disk.name)
+        # with a kernel the command line goes to -append; the disk may be kernel-less,
+        # its byte 512 the filesystem
+        facts = make_overlay(self.config.root, image, None if spec.kernel else spec.cmdline,
+                             staged / disk.name)
         run = self._run_dir(d)
         state = _State(
             name=spec.name, image=str(image), image_digest=facts.sha256, disk=str(disk),

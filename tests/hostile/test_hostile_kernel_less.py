@@ -1,9 +1,10 @@
 """Hostile kernel-less images: a run's command line never lands in the filesystem, and
-damaged filesystems are refused in one line."""
+damaged filesystems are refused in one line; a --kernel that is not a file is refused."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from pathlib import Path
 
@@ -41,3 +42,23 @@ def test_damaged_kernel_less_images_are_refused(cli, sandbox: Sandbox, tmp_path:
     data[offset:offset + len(value)] = value
     image.write_bytes(data)
     check(cli("image", "ls", "-R", image), 65, text)
+
+
+@pytest.mark.parametrize("kind", ["dir", "fifo", "victim-link-dir"])
+def test_kernel_that_is_not_a_file(cli, sandbox: Sandbox, tmp_path: Path, kind: str) -> None:
+    image = _kernel_less(tmp_path / "kl.raw")
+    kernel = tmp_path / "k"
+    if kind == "dir":
+        kernel.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(kernel)  # never opened: a FIFO would block the run
+    else:
+        kernel.symlink_to(sandbox.outside / "dir")
+    check(cli("run", "-i", image, "--machine", "microvm", "--kernel", kernel, "--dry-run",
+              "k"), 65, "no such file")
+
+
+def test_direct_command_line_is_still_validated(cli, sandbox: Sandbox, tmp_path: Path) -> None:
+    image = _kernel_less(tmp_path / "kl.raw")
+    check(cli("run", "-i", image, "--machine", "microvm", "--kernel", "probe-kernel",
+              "-e", "/x " + "y" * 1100, "--dry-run", "k"), 65, "at most 1023")
