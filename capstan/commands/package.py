@@ -40,8 +40,9 @@ class PackageInit(Command):
         from capstan.services import packages
 
         a = parsed_args
-        path = packages.init(a.path, a.name, a.title, a.author, a.pkg_version, a.require,
-                             a.platform, a.runtime, a.force)
+        manifest = packages.Manifest(a.name, a.title, a.author, a.pkg_version,
+                                     tuple(a.require), platform=a.platform)
+        path = packages.init(a.path, manifest, runtime=a.runtime, force=a.force)
         self.app.stdout.write(f"Initialized package {a.name} in {path.parent}\n")
         if a.runtime:
             self.app.stdout.write(f"Wrote {a.path / 'meta' / 'run.yaml'}\n")

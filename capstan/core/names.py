@@ -28,6 +28,7 @@ KINDS: dict[str, int] = {"package": 128, "image": 255, "instance": 64, "volume":
                          "fleet": 40, "service": 40}
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _MAX_SEGMENTS = 8
+_SHOWN_MAX = 72  # characters of a name quoted in a message
 _RULE = "letters, digits, '.', '_', '+' and '-', starting with a letter or digit"
 
 
@@ -42,14 +43,18 @@ def problem(name: object, kind: Kind) -> str | None:
     segments = name.split("/") if kind == "image" else [name]
     if len(segments) > _MAX_SEGMENTS:
         return f"more than {_MAX_SEGMENTS - 1} namespaces"
-    for segment in segments:
-        if segment in ("", ".", ".."):
-            return "empty, '.' and '..' segments are not allowed"
-        if not _SEGMENT.fullmatch(segment):
-            if "/" in segment:  # only when kind is not image
-                return "'/' is allowed only in an image's namespace (ns/name)"
-            return f"use {_RULE}"
-    return None
+    return next(filter(None, map(_segment_problem, segments)), None)
+
+
+def _segment_problem(segment: str) -> str | None:
+    """Why *segment* (one ``/``-separated part of a name) is invalid, or None."""
+    if segment in ("", ".", ".."):
+        return "empty, '.' and '..' segments are not allowed"
+    if _SEGMENT.fullmatch(segment):
+        return None
+    if "/" in segment:  # only when kind is not image
+        return "'/' is allowed only in an image's namespace (ns/name)"
+    return f"use {_RULE}"
 
 
 def is_valid(name: object, kind: Kind) -> bool:
@@ -60,7 +65,7 @@ def is_valid(name: object, kind: Kind) -> bool:
 def _shown(name: object) -> str:
     """*name* quoted on one line: control characters escaped, long names cut."""
     text = ascii(name) if isinstance(name, str) else repr(name)
-    return text if len(text) <= 72 else text[:69] + "...'"
+    return text if len(text) <= _SHOWN_MAX else text[:_SHOWN_MAX - 3] + "...'"
 
 
 def check_name(name: object, kind: Kind, where: str | None = None) -> str:

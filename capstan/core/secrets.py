@@ -17,6 +17,7 @@ from collections.abc import Mapping
 __all__ = ["MASK", "RedactingFilter", "redact", "secret_name"]
 
 MASK = "***"
+_MIN_SECRET = 6  # shorter values of secret-named variables are not searched for
 
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE"
                           r"|API_?KEY|ACCESS_?KEY|^AWS_", re.IGNORECASE)
@@ -55,7 +56,7 @@ def secret_name(name: str) -> bool:
 
 def _secret_values(environ: Mapping[str, str]) -> list[str]:
     """Values of secret-named variables long enough to be recognised, longest first."""
-    return sorted({v for k, v in environ.items() if secret_name(k) and len(v) >= 6},
+    return sorted({v for k, v in environ.items() if secret_name(k) and len(v) >= _MIN_SECRET},
                   key=len, reverse=True)
 
 

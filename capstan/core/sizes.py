@@ -9,6 +9,7 @@ from capstan.core.errors import UsageError
 __all__ = ["format_size", "parse_size"]
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_KIB = 1 << 10
 _UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -27,7 +28,7 @@ def format_size(size: int) -> str:
     """*size* in bytes as a short human string (``4.0M``)."""
     value = float(size)
     for unit in ("B", "K", "M", "G"):
-        if value < 1024:
+        if value < _KIB:
             return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
+        value /= _KIB
     return f"{value:.1f}T"

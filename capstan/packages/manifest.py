@@ -10,7 +10,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,16 @@ def parse_manifest(data: Any, where: str) -> Manifest:
         raise InputError(f"{where}: 'constraints' must map package names to version ranges")
     for pkg, rule in constraints.items():
         version_constraint(str(rule), f"{where}: constraints.{pkg}")
+    require = _checked_fields(data, where)
+    return Manifest(str(data["name"]), str(data["title"]), str(data["author"]),
+                    str(data.get("version") or ""), tuple(require),
+                    str(data.get("created") or ""), str(data.get("platform") or ""),
+                    dict(data.get("binary") or {}),
+                    {str(k): str(v) for k, v in constraints.items()})
+
+
+def _checked_fields(data: dict[Any, Any], where: str) -> list[str]:
+    """Check the required and scalar fields of manifest *data*; its ``require`` list."""
     for key in ("name", "title", "author"):
         if not data.get(key):
             raise InputError(f"{where}: '{key}' must be provided for the package")
@@ -86,11 +96,7 @@ def parse_manifest(data: Any, where: str) -> Manifest:
             raise InputError(f"{where}: '{key}' must be a string")
     for key, value in [("name", str(data["name"])), *(("require", r) for r in require)]:
         check_name(value, "package", f"{where}: {key}")
-    return Manifest(str(data["name"]), str(data["title"]), str(data["author"]),
-                    str(data.get("version") or ""), tuple(require),
-                    str(data.get("created") or ""), str(data.get("platform") or ""),
-                    dict(data.get("binary") or {}),
-                    {str(k): str(v) for k, v in constraints.items()})
+    return require
 
 
 def version_key(version: str) -> int:
@@ -194,16 +200,15 @@ def walk_package(root: Path, rules: Sequence[re.Pattern[str]]) -> list[tuple[str
 
 
 
-def init_manifest(package: Path, name: str, title: str, author: str, version: str = "",
-                  require: Sequence[str] = (), platform: str = "", force: bool = False) -> Path:
-    """Write ``meta/package.yaml`` (refusing to overwrite one unless *force*)."""
+def init_manifest(package: Path, manifest: Manifest, *, force: bool = False) -> Path:
+    """Write *manifest* as ``meta/package.yaml``, created now (refusing to overwrite one
+    unless *force*)."""
     path = package / "meta" / "package.yaml"
     if path.exists() and not force:
         raise Conflict(f"{path} exists: use --force to overwrite it")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
-        raise UsageError(f"invalid package name '{name}'")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", manifest.name):
+        raise UsageError(f"invalid package name '{manifest.name}'")
     path.parent.mkdir(parents=True, exist_ok=True)
-    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    manifest = Manifest(name, title, author, version, tuple(require), created, platform)
+    manifest = replace(manifest, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     path.write_text(manifest.to_yaml())
     return path

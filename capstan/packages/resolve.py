@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ from capstan.packages.manifest import (
 from capstan.packages.mpm import read_mpm
 from capstan.packages.runtimes import RunConfig, boot_command, parse_run
 
-__all__ = ["BOOTSTRAP", "Collected", "Merged", "Resolved", "collect", "merge", "resolve"]
+__all__ = ["BOOTSTRAP", "Collected", "MergeOptions", "Merged", "Resolved", "collect", "merge",
+           "resolve"]
 
 BOOTSTRAP = "osv.bootstrap"
 
@@ -90,10 +91,9 @@ def resolve(root: Path, names: Sequence[str], *, pull: Any = None,
 
 
 @dataclass
-class Merged:
-    """The merged tree of a package compose, in memory (files point into the archives)."""
+class _MergeOutcome:
+    """What a package compose or collect merged."""
 
-    tree: Tree
     packages: list[Resolved]
     run_configs: dict[str, RunConfig]
     collisions: list[tuple[str, str, str]]  # path, earlier package, later package
@@ -101,39 +101,46 @@ class Merged:
 
 
 @dataclass
-class Collected:
+class Merged(_MergeOutcome):
+    """The merged tree of a package compose, in memory (files point into the archives)."""
+
+    tree: Tree
+
+
+@dataclass
+class Collected(_MergeOutcome):
     """The merged tree of a package collect, written on the host (Capstan's mpm-pkg)."""
 
     tree: Path
-    packages: list[Resolved]
-    run_configs: dict[str, RunConfig]
-    collisions: list[tuple[str, str, str]]  # path, earlier package, later package
-    scripts: dict[str, str]
 
 
-def merge(package: Path, root: Path, extra: Iterable[str] = (), *, pull: Any = None,
-          bootstrap: bool = True, check: Any = None) -> Merged:
-    """Merge the dependencies and the application into an in-memory tree.
+@dataclass(frozen=True)
+class MergeOptions:
+    """What a merge takes besides the package's own requirements.
 
-    *check*, when given, sees the resolved packages before any archive is read.
+    *extra*: more packages to require; *pull*: fetches a missing package (else a
+    missing package is an error); *bootstrap*: require ``osv.bootstrap``; *check*:
+    sees the resolved packages before any archive is read.
     """
+
+    extra: tuple[str, ...] = ()
+    pull: Callable[[str], None] | None = None
+    bootstrap: bool = True
+    check: Callable[[list[Resolved]], None] | None = None
+
+
+def merge(package: Path, root: Path, options: MergeOptions = MergeOptions()) -> Merged:
+    """Merge the dependencies and the application into an in-memory tree."""
     manifest = load_manifest(package)
     app_run = load_run(package, manifest.name)
     runtime_deps = list(app_run.runtime.depends) if app_run else []
-    wanted = [*([BOOTSTRAP] if bootstrap else []), *runtime_deps, *manifest.require, *extra]
-    resolved = resolve(root, wanted, pull=pull, constraints=manifest.constraints)
-    if check is not None:
-        check(resolved)
+    wanted = [*([BOOTSTRAP] if options.bootstrap else []), *runtime_deps, *manifest.require,
+              *options.extra]
+    resolved = resolve(root, wanted, pull=options.pull, constraints=manifest.constraints)
+    if options.check is not None:
+        options.check(resolved)
     files = Tree()
-    runs: dict[str, RunConfig] = {}
-    order: list[str] = []
-    for dep in resolved:
-        archive = read_mpm(dep.path)
-        if archive.run_yaml is not None:
-            runs[dep.name] = parse_run(archive.run_yaml, dep.name, f"{dep.path}:meta/run.yaml")
-            order.append(dep.name)
-        for entry in archive.entries():
-            files.add(entry, dep.name)
+    runs, order = _add_archives(files, resolved)
     rules = [*ignore_rules(package), ignore_regex(f"/{manifest.name}.mpm")]
     for rel, path in walk_package(package, rules):
         if not rel.startswith("/meta"):
@@ -144,6 +151,30 @@ def merge(package: Path, root: Path, extra: Iterable[str] = (), *, pull: Any = N
         runs[manifest.name] = app_run
         order.append(manifest.name)
     files.add(DirEntry("/run"), manifest.name)
+    scripts = _add_boot_scripts(files, runs, order)
+    return Merged(packages=resolved, run_configs=runs, collisions=files.collisions,
+                  scripts=scripts, tree=files)
+
+
+def _add_archives(files: Tree, resolved: Sequence[Resolved]
+                  ) -> tuple[dict[str, RunConfig], list[str]]:
+    """Add every file of the *resolved* archives to *files*; their run configurations,
+    and the names of the packages that have one, in order."""
+    runs: dict[str, RunConfig] = {}
+    order: list[str] = []
+    for dep in resolved:
+        archive = read_mpm(dep.path)
+        if archive.run_yaml is not None:
+            runs[dep.name] = parse_run(archive.run_yaml, dep.name, f"{dep.path}:meta/run.yaml")
+            order.append(dep.name)
+        for entry in archive.entries():
+            files.add(entry, dep.name)
+    return runs, order
+
+
+def _add_boot_scripts(files: Tree, runs: dict[str, RunConfig], order: Sequence[str]
+                      ) -> dict[str, str]:
+    """Add ``/run/<config set>`` for each config set of the packages in *order*; their text."""
     scripts: dict[str, str] = {}
     for pkg in order:
         for name in runs[pkg].config_sets:
@@ -155,18 +186,18 @@ def merge(package: Path, root: Path, extra: Iterable[str] = (), *, pull: Any = N
             scripts[name] = text
             body = text.encode()
             files.add(FileEntry(f"/run/{name}", len(body), data=body, mode=0o700), pkg)
-    return Merged(files, resolved, runs, files.collisions, scripts)
+    return scripts
 
 
-def collect(package: Path, root: Path, target: Path, extra: Iterable[str] = (), *,
-            pull: Any = None, bootstrap: bool = True, check: Any = None) -> Collected:
+def collect(package: Path, root: Path, target: Path,
+            options: MergeOptions = MergeOptions()) -> Collected:
     """Merge as :func:`merge` does and write the tree to *target* (Capstan's mpm-pkg).
 
     The tree is written into a new scratch directory beside *target* through directory
     descriptors, then published in one step: a half-written mpm-pkg is never seen, and
     the scratch of a killed collect is swept by the next one.
     """
-    merged = merge(package, root, extra, pull=pull, bootstrap=bootstrap, check=check)
+    merged = merge(package, root, options)
     sweep(target.parent)
     scratch = temp_dir(target)
     try:
@@ -178,5 +209,5 @@ def collect(package: Path, root: Path, target: Path, extra: Iterable[str] = (), 
         raise LocalIOError(f"cannot replace {target}: {err.strerror}") from err
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return Collected(target, merged.packages, merged.run_configs, merged.collisions,
-                     merged.scripts)
+    return Collected(packages=merged.packages, run_configs=merged.run_configs,
+                     collisions=merged.collisions, scripts=merged.scripts, tree=target)

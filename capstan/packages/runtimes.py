@@ -95,20 +95,8 @@ def parse_run(data: Any, package: str, where: str) -> RunConfig:
 def _config_set(name: str, raw: Any, runtime: Runtime, where: str) -> ConfigSet:
     if not isinstance(raw, dict):
         raise InputError(f"{where}: expected a mapping")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in ("env", "base"):
-            continue
-        kind = runtime.keys.get(str(key))
-        if kind is None:
-            raise InputError(f"{where}: unknown key '{key}' for runtime {runtime.name}")
-        if kind is list and isinstance(value, str):
-            value = [value]
-        if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, kind):
-            raise InputError(f"{where}: '{key}' must be a {kind.__name__}")
-        values[str(key)] = [str(v) for v in value] if isinstance(value, list) else value
+    values = {str(key): _value(str(key), value, runtime, where)
+              for key, value in raw.items() if key not in ("env", "base")}
     env = raw.get("env") or {}
     if not isinstance(env, dict):
         raise InputError(f"{where}: 'env' must be a mapping")
@@ -122,6 +110,20 @@ def _config_set(name: str, raw: Any, runtime: Runtime, where: str) -> ConfigSet:
     cs = ConfigSet(name, values, env, base)
     _validate(cs, runtime, where)
     return cs
+
+
+def _value(key: str, value: Any, runtime: Runtime, where: str) -> Any:
+    """Config-set *key*'s *value*, checked against *runtime* and normalised."""
+    kind = runtime.keys.get(key)
+    if kind is None:
+        raise InputError(f"{where}: unknown key '{key}' for runtime {runtime.name}")
+    if kind is list and isinstance(value, str):
+        value = [value]
+    if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, kind):
+        raise InputError(f"{where}: '{key}' must be a {kind.__name__}")
+    return [str(v) for v in value] if isinstance(value, list) else value
 
 
 def _validate(cs: ConfigSet, runtime: Runtime, where: str) -> None:

@@ -159,7 +159,7 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
     *update* applies to ZFS images only (uploading just what changed); ROFS
     images are always rebuilt, which takes less time than booting a VM."""
     from capstan.packages.manifest import load_manifest, load_run
-    from capstan.packages.resolve import merge
+    from capstan.packages.resolve import MergeOptions, merge
 
     manifest = load_manifest(package)
     run = load_run(package, manifest.name)
@@ -172,8 +172,9 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
             pull_package(config, pkg, s3=s3, quiet=True)
 
     pins: list[bytes] = []  # capstan.lock's new text, written once the image is
-    merged = merge(package, config.root, require, pull=pull,
-                   check=lambda resolved: pins.append(_check_lock(package, resolved)))
+    merged = merge(package, config.root, MergeOptions(
+        extra=tuple(require), pull=pull,
+        check=lambda resolved: pins.append(_check_lock(package, resolved))))
     for path, earlier, later in merged.collisions:
         LOG.warning("%s from %s replaces the one from %s", path, later, earlier)
     entries = merged.tree.entries()

@@ -13,10 +13,10 @@ from capstan.core.names import check_name
 from capstan.core.yamlfile import load_strict
 from capstan.packages.manifest import Manifest, init_manifest, load_manifest, parse_manifest
 from capstan.packages.mpm import build_mpm, read_mpm
-from capstan.packages.resolve import Collected, collect
+from capstan.packages.resolve import Collected, MergeOptions, collect
 from capstan.packages.runtimes import RUNTIMES, Runtime, boot_command, parse_run
 
-__all__ = ["Built", "Described", "build", "collect_here", "describe", "import_package",
+__all__ = ["Built", "Described", "Manifest", "build", "collect_here", "describe", "import_package",
            "init", "list_packages", "manifest_of", "runtimes", "write_run_template"]
 
 _TEMPLATE_KEYS = {"bootcmd": "<command>", "main": "<name>", "classpath": "<list>",
@@ -43,11 +43,11 @@ class Described:
     files: int
 
 
-def init(package: Path, name: str, title: str, author: str, version: str = "",
-         require: Sequence[str] = (), platform: str = "", runtime: str | None = None,
+def init(package: Path, manifest: Manifest, *, runtime: str | None = None,
          force: bool = False) -> Path:
-    """Write ``meta/package.yaml`` (and, for *runtime*, a ``meta/run.yaml`` template)."""
-    path = init_manifest(package, name, title, author, version, require, platform, force)
+    """Write *manifest* as ``meta/package.yaml`` (and, for *runtime*, a ``meta/run.yaml``
+    template)."""
+    path = init_manifest(package, manifest, force=force)
     if runtime:
         write_run_template(package, runtime, plain=False, force=force)
     return path
@@ -110,7 +110,8 @@ def import_package(config: Config, package: Path) -> Built:
 def collect_here(config: Config, package: Path, require: Sequence[str],
                  pull: Callable[[str], None] | None = None) -> Collected:
     """Merge *package* and its dependencies into ``<package>/mpm-pkg``."""
-    return collect(package, config.root, package / "mpm-pkg", require, pull=pull)
+    return collect(package, config.root, package / "mpm-pkg",
+                   MergeOptions(extra=tuple(require), pull=pull))
 
 
 def list_packages(config: Config) -> list[Manifest]:
