@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -69,7 +70,7 @@ class BucketRemote(Remote):
             except requests.RequestException as err:
                 raise RemoteError(f"cannot reach repository {self.url}: "
                                   f"{reason(err)}") from err
-            if reply.status_code != 200:
+            if reply.status_code != HTTPStatus.OK:
                 raise RemoteError(f"repository {self.url} answered HTTP {reply.status_code}")
             try:
                 doc = ET.fromstring(reply.content)
@@ -141,7 +142,7 @@ class BucketRemote(Remote):
                     reply = self.http.get(art.url, timeout=(10, 30))
                 except requests.RequestException as err:
                     raise RemoteError(f"cannot fetch {art.url}: {reason(err)}") from err
-                if reply.status_code != 200:
+                if reply.status_code != HTTPStatus.OK:
                     raise RemoteError(f"{art.url} answered HTTP {reply.status_code}")
                 text = reply.text
         finally:

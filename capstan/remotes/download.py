@@ -18,6 +18,7 @@ import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -104,15 +105,16 @@ def _http_get(artifact: Artifact, part: Path, http: Any, quiet: bool) -> str:
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         with http.get(artifact.url, headers=headers, stream=True, timeout=_TIMEOUT) as reply:
-            if reply.status_code == 416 and have:  # nothing left to fetch: start over
+            # nothing left to fetch: start over
+            if reply.status_code == HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE and have:
                 part.unlink()
                 return _http_get(artifact, part, http, quiet)
-            if reply.status_code == 404:
+            if reply.status_code == HTTPStatus.NOT_FOUND:
                 raise NotFound(f"{artifact.name}: not found at {artifact.url}")
-            if reply.status_code not in (200, 206):
+            if reply.status_code not in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
                 raise RemoteError(f"{artifact.name}: {artifact.url} answered HTTP "
                                   f"{reply.status_code} {reply.reason}")
-            mode = "ab" if reply.status_code == 206 else "wb"
+            mode = "ab" if reply.status_code == HTTPStatus.PARTIAL_CONTENT else "wb"
             done = have if mode == "ab" else 0
             with _Sha256Worker() as h:
                 if done:

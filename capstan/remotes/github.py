@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -49,15 +50,15 @@ class GitHubRemote(Remote):
         except requests.RequestException as err:
             raise RemoteError(f"cannot reach the GitHub API at {self.api}: "
                               f"{reason(err)}") from err
-        if reply.status_code == 304 and cached:
+        if reply.status_code == HTTPStatus.NOT_MODIFIED and cached:
             return cached["body"], cached.get("next")
         if reply.status_code in (403, 429) and reply.headers.get("X-RateLimit-Remaining") == "0":
             raise RemoteError("GitHub API rate limit exceeded (resets at epoch "
                               f"{reply.headers.get('X-RateLimit-Reset', '?')}): set GITHUB_TOKEN "
                               "or github_token for 5,000 requests an hour")
-        if reply.status_code == 404:
+        if reply.status_code == HTTPStatus.NOT_FOUND:
             raise NotFound(f"no such release or repository: {url}")
-        if reply.status_code != 200:
+        if reply.status_code != HTTPStatus.OK:
             raise RemoteError(f"GitHub API {url} answered HTTP {reply.status_code}")
         try:
             body = reply.json()
