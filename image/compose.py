@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,7 +20,7 @@ from capstan.image.rofs import Entry, RofsLayout, write_rofs
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["KERNEL_LESS_START", "ComposeResult", "compose", "publishing", "write_raw"]
+__all__ = ["KERNEL_LESS_START", "ComposeResult", "DiskSpec", "compose", "publishing", "write_raw"]
 
 KERNEL_LESS_START = 512
 
@@ -42,51 +42,57 @@ class ComposeResult:
     file_bytes: int
 
 
-def write_raw(out: BinaryIO, loader: Loader | None, entries: Sequence[Entry], text: str,
-              min_size: int = 0, alignment: int = 512) -> tuple[int, RofsLayout]:
+@dataclass(frozen=True)
+class DiskSpec:
+    """The disk around the files: *loader* (None: OSv's kernel-less layout), the
+    command line *cmdline*, the format, and a minimum virtual *size* (0: just enough)."""
+
+    loader: Loader | None
+    cmdline: str = ""
+    disk_format: DiskFormat = DiskFormat.QCOW2
+    size: int = 0
+
+
+def write_raw(out: BinaryIO, entries: Sequence[Entry], disk: DiskSpec) -> tuple[int, RofsLayout]:
     """Write the raw disk into *out*; return its virtual size and the ROFS layout.
 
-    With no *loader* the disk has OSv's kernel-less layout (osv-image-format.md,
+    With no loader the disk has OSv's kernel-less layout (osv-image-format.md,
     section 10): a sector holding only entry 2 and ``55 AA``, the filesystem
-    from byte 512, and no command line (*text* is ignored: the VMM gives it).
+    from byte 512, and no command line (the VMM gives it). The size is aligned
+    to the format's alignment.
     """
+    loader, min_size = disk.loader, disk.size
     start = loader.partition_start if loader else KERNEL_LESS_START
     layout = write_rofs(entries, out, base=start)
-    needed = mbr.align_up(start + layout.size, alignment)
+    needed = mbr.align_up(start + layout.size, disk.disk_format.alignment)
     if min_size and min_size < needed:
         raise InputError(
             f"size {min_size} bytes is too small for this content: "
             f"at least {needed} bytes ({-(-needed // (1024 * 1024))}M) are needed")
-    virtual = mbr.align_up(max(needed, min_size), alignment)
+    virtual = mbr.align_up(max(needed, min_size), disk.disk_format.alignment)
     sector0 = bytearray(loader.data[:512] if loader else bytes(510) + b"\x55\xaa")
     mbr.set_partition(sector0, 2, start, layout.size)
     out.seek(0)
     if loader is None:
         out.write(sector0)
     else:
-        out.write(bytes(sector0) + cmdline.area_bytes(text))
+        out.write(bytes(sector0) + cmdline.area_bytes(disk.cmdline))
         out.write(loader.data[32768:])
     out.truncate(virtual)
     return virtual, layout
 
 
-def compose(
-    entries: Sequence[Entry],
-    loader: Loader | None,
-    output: Path,
-    text: str,
-    disk_format: DiskFormat = DiskFormat.QCOW2,
-    size: int = 0,
-) -> ComposeResult:
+def compose(entries: Sequence[Entry], disk: DiskSpec, output: Path) -> ComposeResult:
     """Write an OSv image of *entries* to *output*, all or nothing; kernel-less
-    (no command line) when *loader* is None."""
+    (no command line) when the *disk* has no loader."""
+    loader, disk_format = disk.loader, disk.disk_format
     if loader is None:
-        text = ""
-    cmdline.validate(text)
+        disk = replace(disk, cmdline="")
+    cmdline.validate(disk.cmdline)
     with publishing(output) as tmp:
         raw = tmp / (output.name if disk_format is DiskFormat.RAW else "disk.raw")
         with open(raw, "w+b") as f:
-            virtual, layout = write_raw(f, loader, entries, text, size, disk_format.alignment)
+            virtual, layout = write_raw(f, entries, disk)
         if disk_format is not DiskFormat.RAW:
             formats.convert(raw, tmp / output.name, disk_format)
             raw.unlink()
@@ -94,7 +100,7 @@ def compose(
     return ComposeResult(
         path=output, disk_format=disk_format.label, virtual_size=virtual,
         partition_start=loader.partition_start if loader else KERNEL_LESS_START,
-        partition_size=layout.size, cmdline=text,
+        partition_size=layout.size, cmdline=disk.cmdline,
         loader=str(loader.source) if loader else "none (kernel-less)", files=layout.files,
         directories=layout.directories, symlinks=layout.symlinks,
         file_bytes=layout.file_bytes,

@@ -38,7 +38,7 @@ def sha256(path: Path) -> str:
 def test_section_14_worked_example(tmp_path: Path) -> None:
     ld = loader.read_loader(fake_release_loader(tmp_path / "osv-loader.qemu"))
     out = tmp_path / "image.raw"
-    result = compose.compose(example_entries(), ld, out, CMDLINE, DiskFormat.RAW)
+    result = compose.compose(example_entries(), compose.DiskSpec(ld, CMDLINE, DiskFormat.RAW), out)
     data = out.read_bytes()
     assert result.virtual_size == len(data) == 4_198_400
     assert data[0x1CE:0x1DE] == bytes.fromhex("008203008382" "0b00" "00200000" "08000000")
@@ -53,18 +53,19 @@ def test_section_14_worked_example(tmp_path: Path) -> None:
 def test_size_pads_with_zeros_and_too_small_says_the_minimum(tmp_path: Path) -> None:
     ld = loader.read_loader(loader.probe_loader_path())
     out = tmp_path / "big.raw"
-    result = compose.compose(example_entries(), ld, out, CMDLINE, DiskFormat.RAW, 8 << 20)
+    result = compose.compose(example_entries(),
+                             compose.DiskSpec(ld, CMDLINE, DiskFormat.RAW, 8 << 20), out)
     assert result.virtual_size == out.stat().st_size == 8 << 20
     with pytest.raises(Exception, match=r"at least 2101248 bytes"):
-        compose.compose(example_entries(), ld, tmp_path / "small.raw", CMDLINE,
-                        DiskFormat.RAW, 1 << 20)
+        compose.compose(example_entries(), compose.DiskSpec(ld, CMDLINE, DiskFormat.RAW, 1 << 20),
+                        tmp_path / "small.raw")
     assert not (tmp_path / "small.raw").exists()
 
 
 def test_vhd_is_fixed_and_mib_aligned(tmp_path: Path) -> None:
     ld = loader.read_loader(loader.probe_loader_path())
     out = tmp_path / "d.vhd"
-    compose.compose(example_entries(), ld, out, CMDLINE, DiskFormat.VHD)
+    compose.compose(example_entries(), compose.DiskSpec(ld, CMDLINE, DiskFormat.VHD), out)
     assert out.stat().st_size == (3 << 20) + 512
     assert out.read_bytes()[-512:].startswith(b"conectix")
 

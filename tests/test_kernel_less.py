@@ -19,7 +19,8 @@ from test_rofs_golden import build, example_entries
 
 def test_layout_is_a_bare_sector_then_the_filesystem(tmp_path: Path) -> None:
     out = tmp_path / "kl.raw"
-    result = compose.compose(example_entries(), None, out, "ignored", DiskFormat.RAW)
+    result = compose.compose(example_entries(), compose.DiskSpec(None, "ignored", DiskFormat.RAW),
+                             out)
     data = out.read_bytes()
     rofs = build(example_entries())[0]
     assert result.virtual_size == len(data) == 512 + len(rofs) == 4608
@@ -75,7 +76,7 @@ def test_refused_options(cli, app_tree: Path, tmp_path: Path, args: tuple[str, .
 def test_no_command_line_is_ever_written_into_it(tmp_path: Path, capstan_root: Path) -> None:
     """Byte 512 is the filesystem: a run's command line must not land there."""
     out = tmp_path / "kl.raw"
-    compose.compose(example_entries(), None, out, "", DiskFormat.RAW)
+    compose.compose(example_entries(), compose.DiskSpec(None, "", DiskFormat.RAW), out)
     assert image_facts(capstan_root, out).cmdline is None
     with OsvImage(out) as img:
         assert img.kernel_less and img.cmdline == ""

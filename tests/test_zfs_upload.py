@@ -84,8 +84,8 @@ def test_compose_zfs_with_a_stand_in_builder(app_tree: Path, tmp_path: Path,
 
     out = tmp_path / "zfs.qcow2"
     zfs.compose_zfs(load({}, {"CAPSTAN_ROOT": str(capstan_root)}), tree.collect(app_tree),
-                    str(probe_loader_path()), out, "runscript /run/default;",
-                    size=256 << 20)
+                    zfs.ZfsSpec(str(probe_loader_path()), "runscript /run/default;",
+                                size=256 << 20), out)
     with OsvImage(out) as img:
         assert img.cmdline == "--rootfs=zfs runscript /run/default;"
         assert img.partition is not None and img.partition.start == 2 << 20
@@ -102,8 +102,8 @@ def test_update_uploads_only_what_changed(app_tree: Path, tmp_path: Path,
     out = tmp_path / "zfs.qcow2"
 
     def compose(text: str = "runscript /run/default;") -> int:
-        return zfs.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()),
-                               out, text, size=256 << 20, update=True)
+        return zfs.compose_zfs(config, tree.collect(app_tree), zfs.ZfsSpec(
+            str(probe_loader_path()), text, size=256 << 20, update=True), out)
 
     assert compose() == len(tree.collect(app_tree))  # no image yet: a full build
     (app_tree / "hello").write_bytes(b"changed")
@@ -125,8 +125,8 @@ def test_update_uploads_only_what_changed(app_tree: Path, tmp_path: Path,
     (app_tree / "lib" / "zero").unlink()  # cpiod cannot delete: a full build
     assert compose() == len(tree.collect(app_tree))
     assert stand_in[-1][0] is not None
-    assert zfs.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()), out,
-                           "x", size=512 << 20, update=True) > 0  # another size: full
+    assert zfs.compose_zfs(config, tree.collect(app_tree), zfs.ZfsSpec(
+        str(probe_loader_path()), "x", size=512 << 20, update=True), out) > 0  # another size
 
 
 def test_failed_update_keeps_the_image_and_its_record(app_tree: Path, tmp_path: Path,
@@ -135,15 +135,15 @@ def test_failed_update_keeps_the_image_and_its_record(app_tree: Path, tmp_path: 
     config = load({}, {"CAPSTAN_ROOT": str(capstan_root)})
     out = tmp_path / "zfs.qcow2"
     record = tmp_path / "zfs.qcow2.zfs-digests.json"
-    zfs.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()), out,
-                    "runscript /run/default;", size=256 << 20)
+    zfs.compose_zfs(config, tree.collect(app_tree), zfs.ZfsSpec(
+        str(probe_loader_path()), "runscript /run/default;", size=256 << 20), out)
     before = (out.read_bytes(), record.read_bytes())
     (app_tree / "hello").write_bytes(b"changed")
     monkeypatch.setattr(zfs, "builder_argv", lambda *_: [
         sys.executable, str(RECEIVER), "0", str(tmp_path), "crash"])
     with pytest.raises(BackendError, match="exited"):
-        zfs.compose_zfs(config, tree.collect(app_tree), str(probe_loader_path()), out,
-                        "runscript /run/default;", update=True)
+        zfs.compose_zfs(config, tree.collect(app_tree), zfs.ZfsSpec(
+            str(probe_loader_path()), "runscript /run/default;", update=True), out)
     assert (out.read_bytes(), record.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".zfs")) == []
 

@@ -79,7 +79,7 @@ class Compose(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.services.images import compose_tree
+        from capstan.services.images import ComposeOptions, compose_tree
 
         if parsed_args.fs == "zfs":
             raise UsageError("--fs zfs needs the ZFS builder VM, which this version "
@@ -90,11 +90,10 @@ class Compose(Command):
             raise UsageError("give an IMAGE_NAME or --output FILE, not both")
         result = compose_tree(
             app_config(self), Path(parsed_args.path), name=parsed_args.name,
-            output=parsed_args.output, loader=parsed_args.loader,
-            command_line=parsed_args.command_line, size=parsed_args.size,
-            disk_format=parsed_args.disk_format, base_files=parsed_args.base_files,
-            kernel_less=parsed_args.kernel_less,
-        )
+            output=parsed_args.output, options=ComposeOptions(
+                loader=parsed_args.loader, command_line=parsed_args.command_line,
+                size=parsed_args.size, disk_format=parsed_args.disk_format,
+                base_files=parsed_args.base_files, kernel_less=parsed_args.kernel_less))
         boot = ("Kernel-less: boot it with a kernel; the command line comes from the VMM"
                 if parsed_args.kernel_less else f"Command line set to: '{result.cmdline}'")
         self.app.stdout.write(

@@ -152,12 +152,13 @@ class Run(Command):
                 build(config, here, name)
             return name
         if (here / "meta" / "package.yaml").is_file():
-            from capstan.services.images import compose_package
+            from capstan.services.images import PackageOptions, compose_package
             from capstan.services.packages import manifest_of
 
             name = manifest_of(here).name
-            compose_package(config, here, name=name, execute=args.execute, boots=args.boot,
-                            envs=args.env, pull_missing=True, s3=self.app.options.s3)
+            compose_package(config, here, name=name, options=PackageOptions(
+                execute=args.execute, boots=tuple(args.boot), envs=tuple(args.env),
+                pull_missing=True, s3=self.app.options.s3))
             self.app.stdout.write(f"Composed package {name}\n")
             return name
         raise InputError("missing Capstanfile or package metadata here: give an image "

@@ -174,18 +174,19 @@ class PackageCompose(ShowOne):
         from capstan.core.errors import UsageError
         from capstan.core.sizes import parse_size
         from capstan.services.imagefile import disk_format
-        from capstan.services.images import compose_package
+        from capstan.services.images import PackageOptions, compose_package
 
         a = parsed_args
         if (a.name is None) == (a.output is None):
             raise UsageError("give an image name or -o FILE")
         result, collected = compose_package(
-            app_config(self), a.package_dir, name=a.name, output=a.output, loader=a.loader,
-            execute=a.execute, boots=a.boot, envs=a.env,
-            size=parse_size(a.size) if a.size != "0" else 0,
-            disk_format=disk_format(a.disk_format) if a.disk_format else None,
-            fs=a.fs, require=a.require, pull_missing=a.pull_missing, s3=self.app.options.s3,
-            update=a.update)
+            app_config(self), a.package_dir, name=a.name, output=a.output,
+            options=PackageOptions(
+                loader=a.loader, execute=a.execute, boots=tuple(a.boot), envs=tuple(a.env),
+                size=parse_size(a.size) if a.size != "0" else 0,
+                disk_format=disk_format(a.disk_format) if a.disk_format else None,
+                fs=a.fs, require=tuple(a.require), pull_missing=a.pull_missing,
+                s3=self.app.options.s3, update=a.update))
         return (("Image", "Packages", "Command line", "Collisions"),
                 (str(result.path), " ".join(p.name for p in collected.packages),
                  result.cmdline, len(collected.collisions)))

@@ -84,7 +84,7 @@ def build(config: Config, project: Path, name: str | None = None,
           output: Path | None = None) -> Any:
     """Run the build command and compose the image into the repository (or *output*)."""
     from capstan.image.inspect import OsvImage
-    from capstan.services.images import compose_entries
+    from capstan.services.images import ComposeOptions, compose_entries
     from capstan.services.store import LocalRepository
 
     spec = load(project / "Capstanfile")
@@ -123,4 +123,5 @@ def build(config: Config, project: Path, name: str | None = None,
                 files.add(entry, where)
         image_name = None if output else (name or project.absolute().name)
         return compose_entries(config, files.entries(), name=image_name, output=output,
-                               loader=str(base), command_line=spec.cmdline)
+                               options=ComposeOptions(loader=str(base),
+                                                      command_line=spec.cmdline))

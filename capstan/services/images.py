@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,16 +12,17 @@ from capstan.core.config import Config
 from capstan.core.errors import InputError, LocalIOError, UsageError
 from capstan.image import cmdline, compose, tree
 from capstan.image.formats import DiskFormat
-from capstan.image.loader import Loader, read_loader
+from capstan.image.loader import read_loader
 from capstan.image.rofs import Entry
 from capstan.services.store import LocalRepository
 
 if TYPE_CHECKING:
     from capstan.packages.resolve import Merged, Resolved
     from capstan.packages.runtimes import RunConfig
+    from capstan.services.zfs import ZfsSpec
 
-__all__ = ["PLATFORM_OF", "compose_entries", "compose_package", "compose_tree",
-           "package_cmdline"]
+__all__ = ["PLATFORM_OF", "ComposeOptions", "PackageOptions", "compose_entries",
+           "compose_package", "compose_tree", "package_cmdline"]
 
 LOG = logging.getLogger(__name__)
 
@@ -32,55 +34,47 @@ PLATFORM_OF = {
 DEFAULT_BOOT = "runscript /run/default;"
 
 
-def compose_tree(
-    config: Config,
-    source: Path,
-    *,
-    name: str | None = None,
-    output: Path | None = None,
-    loader: str | None = None,
-    command_line: str | None = None,
-    size: int = 0,
-    disk_format: DiskFormat | None = None,
-    base_files: bool = True,
-    kernel_less: bool = False,
-) -> compose.ComposeResult:
+@dataclass(frozen=True)
+class ComposeOptions:
+    """How to compose an image: *loader*, *disk_format* (None: the configured ones),
+    *command_line* (None: run ``/run/default``), minimum *size* (0: just enough),
+    *base_files* (add ``/etc/fstab``, ``/dev``, ...) and *kernel_less*: OSv's kernel-less
+    layout, for direct kernel boot (microVMs), with no loader and no command line (the
+    VMM gives both), raw unless *disk_format* says qcow2."""
+
+    loader: str | None = None
+    command_line: str | None = None
+    size: int = 0
+    disk_format: DiskFormat | None = None
+    base_files: bool = True
+    kernel_less: bool = False
+
+
+def compose_tree(config: Config, source: Path, *, name: str | None = None,
+                 output: Path | None = None, options: ComposeOptions = ComposeOptions()
+                 ) -> compose.ComposeResult:
     """Compose the tree (or file) *source* into image *name* or file *output*."""
     return compose_entries(config, tree.collect(source), name=name, output=output,
-                           loader=loader, command_line=command_line, size=size,
-                           disk_format=disk_format, base_files=base_files,
-                           kernel_less=kernel_less)
+                           options=options)
 
 
-def compose_entries(
-    config: Config,
-    entries: Sequence[Entry],
-    *,
-    name: str | None = None,
-    output: Path | None = None,
-    loader: str | None = None,
-    command_line: str | None = None,
-    size: int = 0,
-    disk_format: DiskFormat | None = None,
-    base_files: bool = True,
-    kernel_less: bool = False,
-) -> compose.ComposeResult:
-    """Compose *entries* (an in-memory tree) into image *name* or file *output*.
-
-    *kernel_less*: OSv's kernel-less layout, for direct kernel boot (microVMs):
-    no loader and no command line (the VMM gives both); raw unless *disk_format*
-    says qcow2.
-    """
+def compose_entries(config: Config, entries: Sequence[Entry], *, name: str | None = None,
+                    output: Path | None = None, options: ComposeOptions = ComposeOptions()
+                    ) -> compose.ComposeResult:
+    """Compose *entries* (an in-memory tree) into image *name* or file *output*."""
     if (name is None) == (output is None):
         raise UsageError("give either an image name or --output FILE")
-    if kernel_less:
-        return _compose_kernel_less(config, entries, name, output, loader, command_line,
-                                    size, disk_format, base_files)
-    fmt = disk_format or DiskFormat.parse(config.disk_format)
     repo = LocalRepository(config.root)
-    ld = read_loader(repo.resolve(loader or config.loader, kind="loader"))
-    if base_files:
+    if options.kernel_less:
+        disk = _kernel_less_disk(options)
+        if options.base_files:
+            entries = tree.with_base(entries)
+        return _write(repo, entries, disk, name=name, output=output)
+    fmt = options.disk_format or DiskFormat.parse(config.disk_format)
+    ld = read_loader(repo.resolve(options.loader or config.loader, kind="loader"))
+    if options.base_files:
         entries = tree.with_base(entries)
+    command_line = options.command_line
     if command_line is None:
         if not any(e.path == "/run/default" for e in entries):
             raise UsageError("no command line: pass -c/--command_line, or put a "
@@ -88,41 +82,37 @@ def compose_entries(
         command_line = DEFAULT_BOOT
     text = cmdline.with_rootfs(command_line, "rofs")
     cmdline.validate(text)
-    return _write(repo, entries, ld, name, output, text, fmt, size)
+    return _write(repo, entries, compose.DiskSpec(ld, text, fmt, options.size), name=name,
+                  output=output)
 
 
-def _compose_kernel_less(config: Config, entries: Sequence[Entry], name: str | None,
-                         output: Path | None, loader: str | None, command_line: str | None,
-                         size: int, disk_format: DiskFormat | None,
-                         base_files: bool) -> compose.ComposeResult:
-    if loader is not None:
+def _kernel_less_disk(options: ComposeOptions) -> compose.DiskSpec:
+    """The disk of a kernel-less compose, once *options* are checked for one."""
+    if options.loader is not None:
         raise UsageError("a kernel-less image has no loader: drop -l/--loader-image")
-    if command_line is not None:
+    if options.command_line is not None:
         raise UsageError("a kernel-less image holds no command line: give it to the VMM "
                          "at run time (capstan run --kernel K -e CMDLINE)")
-    fmt = disk_format or DiskFormat.RAW
+    fmt = options.disk_format or DiskFormat.RAW
     if fmt not in (DiskFormat.RAW, DiskFormat.QCOW2):
         raise UsageError(f"a kernel-less image is for direct kernel boot (QEMU microvm, "
                          f"Firecracker, Cloud Hypervisor): raw or qcow2, not {fmt.label}")
-    if base_files:
-        entries = tree.with_base(entries)
-    return _write(LocalRepository(config.root), entries, None, name, output, "", fmt, size)
+    return compose.DiskSpec(None, "", fmt, options.size)
 
 
-def _write(repo: LocalRepository, entries: Sequence[Entry], ld: Loader | None,
-           name: str | None, output: Path | None, text: str, fmt: DiskFormat,
-           size: int) -> compose.ComposeResult:
+def _write(repo: LocalRepository, entries: Sequence[Entry], disk: compose.DiskSpec, *,
+           name: str | None, output: Path | None) -> compose.ComposeResult:
     """Compose to *output*, or as image *name* of *repo* (locked, then indexed)."""
     if output is not None:
-        return compose.compose(entries, ld, output, text, fmt, size)
+        return compose.compose(entries, disk, output)
     assert name is not None
-    target = repo.image_file(name, PLATFORM_OF[fmt])
+    target = repo.image_file(name, PLATFORM_OF[disk.disk_format])
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise LocalIOError(f"cannot create {target.parent}: {err.strerror}") from err
     with repo.lock(name):
-        result = compose.compose(entries, ld, target, text, fmt, size)
+        result = compose.compose(entries, disk, target)
         repo.write_index(name, image=target)
     return result
 
@@ -146,44 +136,56 @@ def package_cmdline(run: RunConfig | None, execute: str | None, boots: Sequence[
     return " ".join([*(env_token(e) for e in envs), text])
 
 
-def compose_package(config: Config, package: Path, *, name: str | None = None,
-                    output: Path | None = None, loader: str | None = None,
-                    execute: str | None = None, boots: Sequence[str] = (),
-                    envs: Sequence[str] = (), size: int = 0,
-                    disk_format: DiskFormat | None = None, fs: str = "rofs",
-                    require: Sequence[str] = (), pull_missing: bool = False,
-                    s3: bool = False, update: bool = False
-                    ) -> tuple[compose.ComposeResult, Merged]:
-    """Merge *package* with its dependencies in memory and compose the merged tree.
+@dataclass(frozen=True)
+class PackageOptions:
+    """How to compose a package: the *loader*, the boot (*execute* verbatim, else the
+    *boots* config sets, with *envs* in front), *size* and *disk_format* as for
+    :class:`ComposeOptions`, the filesystem *fs* (``rofs`` or ``zfs``), *require*d extra
+    packages, *pull_missing* ones (from S3 when *s3*), and *update*: ZFS images only,
+    upload just what changed (ROFS images are always rebuilt, which takes less time than
+    booting a VM)."""
 
-    *update* applies to ZFS images only (uploading just what changed); ROFS
-    images are always rebuilt, which takes less time than booting a VM."""
+    loader: str | None = None
+    execute: str | None = None
+    boots: tuple[str, ...] = ()
+    envs: tuple[str, ...] = ()
+    size: int = 0
+    disk_format: DiskFormat | None = None
+    fs: str = "rofs"
+    require: tuple[str, ...] = ()
+    pull_missing: bool = False
+    s3: bool = False
+    update: bool = False
+
+
+def compose_package(config: Config, package: Path, *, name: str | None = None,
+                    output: Path | None = None, options: PackageOptions = PackageOptions()
+                    ) -> tuple[compose.ComposeResult, Merged]:
+    """Merge *package* with its dependencies in memory and compose the merged tree."""
     from capstan.packages.manifest import load_manifest, load_run
     from capstan.packages.resolve import MergeOptions, merge
 
     manifest = load_manifest(package)
     run = load_run(package, manifest.name)
-    text = package_cmdline(run, execute, boots, envs)
-    pull = None
-    if pull_missing:
-        from capstan.services.repository import pull_package
-
-        def pull(pkg: str) -> None:
-            pull_package(config, pkg, s3=s3, quiet=True)
-
+    text = package_cmdline(run, options.execute, options.boots, options.envs)
     pins: list[bytes] = []  # capstan.lock's new text, written once the image is
     merged = merge(package, config.root, MergeOptions(
-        extra=tuple(require), pull=pull,
+        extra=options.require, pull=_puller(config, options),
         check=lambda resolved: pins.append(_check_lock(package, resolved))))
     for path, earlier, later in merged.collisions:
         LOG.warning("%s from %s replaces the one from %s", path, later, earlier)
     entries = merged.tree.entries()
-    if fs == "zfs":
-        result = _compose_zfs(config, entries, name, output, loader, text, size,
-                              disk_format, update)
+    if options.fs == "zfs":
+        from capstan.services.zfs import ZfsSpec
+
+        target = output or LocalRepository(config.root).image_file(str(name), "qemu")
+        result = _compose_zfs(config, entries, target, ZfsSpec(
+            options.loader or "osv-loader-with-zfs", text, options.size, options.disk_format,
+            update=options.update))
     else:
-        result = compose_entries(config, entries, name=name, output=output, loader=loader,
-                                 command_line=text, size=size, disk_format=disk_format)
+        result = compose_entries(config, entries, name=name, output=output, options=(
+            ComposeOptions(loader=options.loader, command_line=text, size=options.size,
+                           disk_format=options.disk_format)))
     if pins:
         from capstan.core.fs import atomic_write
 
@@ -197,17 +199,25 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
     return result, merged
 
 
-def _compose_zfs(config: Config, entries: Sequence[Entry], name: str | None,
-                 output: Path | None, loader: str | None, text: str, size: int,
-                 disk_format: DiskFormat | None, update: bool) -> compose.ComposeResult:
+def _puller(config: Config, options: PackageOptions) -> Callable[[str], None] | None:
+    """What pulls a missing package, when *options* ask for it."""
+    if not options.pull_missing:
+        return None
+    from capstan.services.repository import pull_package
+
+    def pull(pkg: str) -> None:
+        pull_package(config, pkg, s3=options.s3, quiet=True)
+
+    return pull
+
+
+def _compose_zfs(config: Config, entries: Sequence[Entry], target: Path,
+                 spec: ZfsSpec) -> compose.ComposeResult:
     from capstan.image.inspect import OsvImage
     from capstan.services.zfs import compose_zfs
 
-    repo = LocalRepository(config.root)
-    target = output or repo.image_file(str(name), "qemu")
     target.parent.mkdir(parents=True, exist_ok=True)
-    uploaded = compose_zfs(config, entries, loader or "osv-loader-with-zfs", target, text,
-                           size, disk_format, update=update)
+    uploaded = compose_zfs(config, entries, spec, target)
     LOG.info("uploaded %d of %d entries into %s", uploaded, len(entries), target)
     with OsvImage(target) as img:
         part = img.partition
@@ -215,7 +225,7 @@ def _compose_zfs(config: Config, entries: Sequence[Entry], name: str | None,
     return compose.ComposeResult(
         path=target, disk_format=info.format, virtual_size=info.virtual_size,
         partition_start=part.start if part else 0, partition_size=part.size if part else 0,
-        cmdline=img.cmdline, loader=loader or "osv-loader-with-zfs", files=len(entries),
+        cmdline=img.cmdline, loader=spec.loader, files=len(entries),
         directories=0, symlinks=0, file_bytes=0)
 
 

@@ -21,6 +21,7 @@ import shutil
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from capstan.image.formats import DiskFormat
 from capstan.image.rofs import DirEntry, Entry, SymlinkEntry
 from capstan.image.sources import Contents
 
-__all__ = ["BUILDER", "HANDSHAKE", "builder_argv", "compose_zfs", "digests", "pick_port",
+__all__ = ["BUILDER", "HANDSHAKE", "ZfsSpec", "builder_argv", "compose_zfs", "digests", "pick_port",
            "upload"]
 
 BUILDER = "osv-zfs-builder"
@@ -122,61 +123,51 @@ def _changed(output: Path, now: dict[str, Any], entries: Sequence[Entry],
     return [e for e in entries if files.get(e.path) != now["entries"][e.path]]
 
 
-def compose_zfs(config: Config, entries: Sequence[Entry], loader_ref: str, output: Path,
-                text: str, size: int = 0, disk_format: DiskFormat | None = None,
-                timeout: float = 600, update: bool = False) -> int:
+@dataclass(frozen=True)
+class ZfsSpec:
+    """A ZFS image to build: its *loader* (a repository reference), command line
+    *cmdline*, minimum *size* (0: 10 GiB), *disk_format* (None: qcow2), the builder's
+    *timeout* in seconds, and *update*: an existing qcow2 image is updated in place
+    instead when it can be."""
+
+    loader: str
+    cmdline: str
+    size: int = 0
+    disk_format: DiskFormat | None = None
+    timeout: float = 600
+    update: bool = False
+
+
+def compose_zfs(config: Config, entries: Sequence[Entry], spec: ZfsSpec, output: Path) -> int:
     """Build an OSv image whose root is ZFS at *output*, filled by the builder VM
     (reference 11.3); return how many entries were uploaded.
 
     Needs a ZFS-capable loader (e.g. ``osv-loader-with-zfs``) and the builder
     ``osv-zfs-builder`` in the repository (``capstan pull osv-zfs-builder``).
-    With *update*, an existing qcow2 *output* is updated in place instead when it can be.
     """
     from capstan.core.fs import atomic_write, sha256_of
-    from capstan.drivers.qemu import QemuDriver
     from capstan.image import cmdline as osv_cmdline
-    from capstan.image import mbr
     from capstan.image.compose import publishing
     from capstan.image.formats import DiskFormat as Fmt
-    from capstan.image.formats import convert, write_range
-    from capstan.image.loader import read_loader
+    from capstan.image.formats import convert
     from capstan.services.store import LocalRepository
 
-    text = osv_cmdline.with_rootfs(text, "zfs")
-    osv_cmdline.validate(text)
+    spec = replace(spec, cmdline=osv_cmdline.with_rootfs(spec.cmdline, "zfs"))
+    osv_cmdline.validate(spec.cmdline)
     repo = LocalRepository(config.root)
-    loader_path = repo.resolve(loader_ref, kind="loader")
-    now = {"layout": f"loader sha256 {sha256_of(loader_path)}, size {size}",
+    loader_path = repo.resolve(spec.loader, kind="loader")
+    now = {"layout": f"loader sha256 {sha256_of(loader_path)}, size {spec.size}",
            "entries": digests(entries)}
-    changed = _changed(output, now, entries, disk_format) if update else None
-    qemu = QemuDriver(config)
+    changed = _changed(output, now, entries, spec.disk_format) if spec.update else None
     with publishing(output) as tmp:
         disk = tmp / "disk.qcow2"
-        port = pick_port()
         if changed is None:
             builder = repo.resolve(BUILDER, kind="ZFS builder (capstan pull osv-zfs-builder)")
-            loader = read_loader(loader_path)
-            start = loader.partition_start
-            total = mbr.align_up(max(size or DEFAULT_SIZE, start + (64 << 20)), 1 << 20)
-            raw = tmp / "disk.raw"
-            sector0 = bytearray(loader.data[:512])
-            mbr.set_partition(sector0, 2, start, total - start)
-            with open(raw, "wb") as f:
-                f.write(bytes(sector0) + osv_cmdline.area_bytes(text) + loader.data[32768:])
-                f.truncate(total)
-            convert(raw, disk, Fmt.QCOW2)
-            raw.unlink()
-            upload(builder_argv(qemu.qemu_binary(), str(builder), str(disk.absolute()), port,
-                                qemu.accelerator()), port, entries, timeout)
+            _empty_disk(loader_path, disk, spec)
+            _run_builder(config, builder, disk, entries, spec.timeout)
         else:
-            shutil.copyfile(output, disk)
-            if changed:
-                write_range(disk, "qcow2", osv_cmdline.area_bytes(UPDATE_CMDLINE),
-                            osv_cmdline.AREA_OFFSET)
-                upload(builder_argv(qemu.qemu_binary(), None, str(disk.absolute()), port,
-                                    qemu.accelerator()), port, changed, timeout)
-            write_range(disk, "qcow2", osv_cmdline.area_bytes(text), osv_cmdline.AREA_OFFSET)
-        fmt = disk_format or Fmt.QCOW2
+            _update_disk(config, output, disk, changed, spec)
+        fmt = spec.disk_format or Fmt.QCOW2
         if fmt is Fmt.QCOW2:
             disk.rename(tmp / output.name)
         else:
@@ -185,3 +176,51 @@ def compose_zfs(config: Config, entries: Sequence[Entry], loader_ref: str, outpu
     # after the image: a record newer than its image would hide changes from an update
     atomic_write(_record(output), json.dumps(now).encode())
     return len(entries) if changed is None else len(changed)
+
+
+def _empty_disk(loader_path: Path, disk: Path, spec: ZfsSpec) -> None:
+    """Write at *disk* a qcow2 disk of the loader, the command line and an empty
+    partition for the builder to fill."""
+    from capstan.image import cmdline as osv_cmdline
+    from capstan.image import mbr
+    from capstan.image.formats import DiskFormat as Fmt
+    from capstan.image.formats import convert
+    from capstan.image.loader import read_loader
+
+    loader = read_loader(loader_path)
+    start = loader.partition_start
+    total = mbr.align_up(max(spec.size or DEFAULT_SIZE, start + (64 << 20)), 1 << 20)
+    raw = disk.with_name("disk.raw")
+    sector0 = bytearray(loader.data[:512])
+    mbr.set_partition(sector0, 2, start, total - start)
+    with open(raw, "wb") as f:
+        f.write(bytes(sector0) + osv_cmdline.area_bytes(spec.cmdline) + loader.data[32768:])
+        f.truncate(total)
+    convert(raw, disk, Fmt.QCOW2)
+    raw.unlink()
+
+
+def _update_disk(config: Config, output: Path, disk: Path, changed: Sequence[Entry],
+                 spec: ZfsSpec) -> None:
+    """Copy *output* to *disk*, upload the *changed* entries into it (booting the image
+    itself with cpiod as its command), then give it back its command line."""
+    from capstan.image import cmdline as osv_cmdline
+    from capstan.image.formats import write_range
+
+    shutil.copyfile(output, disk)
+    if changed:
+        write_range(disk, "qcow2", osv_cmdline.area_bytes(UPDATE_CMDLINE),
+                    osv_cmdline.AREA_OFFSET)
+        _run_builder(config, None, disk, changed, spec.timeout)
+    write_range(disk, "qcow2", osv_cmdline.area_bytes(spec.cmdline), osv_cmdline.AREA_OFFSET)
+
+
+def _run_builder(config: Config, builder: Path | None, disk: Path, entries: Sequence[Entry],
+                 timeout: float) -> None:
+    """Boot the *builder* (None: *disk* itself) on *disk* and upload *entries*."""
+    from capstan.drivers.qemu import QemuDriver
+
+    qemu = QemuDriver(config)
+    port = pick_port()
+    upload(builder_argv(qemu.qemu_binary(), None if builder is None else str(builder),
+                        str(disk.absolute()), port, qemu.accelerator()), port, entries, timeout)

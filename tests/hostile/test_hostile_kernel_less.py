@@ -18,7 +18,7 @@ from test_rofs_golden import example_entries
 
 
 def _kernel_less(path: Path) -> Path:
-    compose.compose(example_entries(), None, path, "", DiskFormat.RAW)
+    compose.compose(example_entries(), compose.DiskSpec(None, "", DiskFormat.RAW), path)
     return path
 
 
