@@ -182,6 +182,16 @@ def expect_errors(cli: Cli, monkeypatch: pytest.MonkeyPatch,
         assert text in result.err, (argv, result.err)
 
 
+FUNCTIONAL = Path(__file__).resolve().parent / "functional"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/functional/ ``functional`` (beside its backend's marker)."""
+    for item in items:
+        if item.path.resolve().is_relative_to(FUNCTIONAL):
+            item.add_marker(pytest.mark.functional)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--regen-golden", action="store_true",
                      help="rewrite tests/golden/ instead of comparing (review the diff)")

@@ -22,7 +22,7 @@ from capstan.services.disks import image_facts
 
 from conftest import expect_errors, wait_for
 
-pytestmark = pytest.mark.functional
+pytestmark = pytest.mark.aws
 
 
 @pytest.fixture

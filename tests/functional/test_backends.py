@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-KVM_ACCESS = Path(__file__).resolve().parent / "backends" / "kvm-access.sh"
+pytestmark = pytest.mark.kvm
+
+KVM_ACCESS = Path(__file__).resolve().parents[1] / "backends" / "kvm-access.sh"
 
 
 def _kvm_gid() -> int:

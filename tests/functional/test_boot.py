@@ -10,7 +10,7 @@ from capstan.image.formats import DiskFormat
 
 from guest import boot, expected_report
 
-pytestmark = pytest.mark.functional
+pytestmark = pytest.mark.qemu
 
 
 @pytest.mark.parametrize("fmt", [f.label for f in DiskFormat if not f.archive])

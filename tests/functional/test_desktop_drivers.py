@@ -17,7 +17,9 @@ import pytest
 
 from guest import boot
 
-FAKES = Path(__file__).parent / "fakes"
+pytestmark = [pytest.mark.vbox, pytest.mark.vmware]
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
 
 
 @pytest.fixture

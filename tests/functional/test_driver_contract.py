@@ -71,7 +71,7 @@ def test_a_spec_the_driver_cannot_do_is_refused_before_create(cli, image, capsta
     assert not (capstan_root / "instances" / "vsphere").exists()
 
 
-TOY = Path(__file__).parent / "toy_driver"
+TOY = Path(__file__).resolve().parents[1] / "toy_driver"
 
 
 @pytest.fixture
@@ -85,6 +85,7 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> None:
         str(TOY), os.environ.get("PYTHONPATH")])))
 
 
+@pytest.mark.toy
 def test_a_driver_registered_by_entry_point_alone_shows_up_everywhere(
         cli, image: Path, toy: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAPSTAN_TOY_FLAVOUR", "fancy")
@@ -108,6 +109,7 @@ def test_a_driver_registered_by_entry_point_alone_shows_up_everywhere(
     assert json.loads(cli("instances", "-p", "toy", "-f", "json").out) == []
 
 
+@pytest.mark.toy
 def test_a_driver_setting_is_checked_when_its_driver_loads(
         cli, image: Path, toy: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAPSTAN_TOY_FLAVOUR", "ugly")
@@ -119,6 +121,7 @@ def test_a_driver_setting_is_checked_when_its_driver_loads(
     assert cli("config", "print").code == 78
 
 
+@pytest.mark.toy
 def test_a_driver_module_is_imported_only_when_a_command_needs_it(toy: None) -> None:
     code = ("import sys\nfrom capstan.shell import main\n"
             "code = main(['images'])\n"
@@ -140,7 +143,7 @@ def test_config_print_masks_every_secret(cli, monkeypatch: pytest.MonkeyPatch) -
     assert rows["aws_upload"] == "ebs" and rows["libvirt_uri"] == "qemu:///system"
 
 
-FAKES = Path(__file__).parent / "fakes"
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
 #: driver -> the fixture that gives it a backend (real, simulated or a recording fake)
 BACKENDS = {
     "qemu": None,  # real, TCG
@@ -153,6 +156,8 @@ BACKENDS = {
     "vmw": "hosted_fakes",  # the recording vmrun
     "toy": "toy",  # the driver of tests/toy_driver
 }
+#: driver -> its test marker where the two names differ
+MARKS = {"vmw": "vmware"}
 
 
 @pytest.fixture
@@ -167,7 +172,8 @@ def hosted_fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 class TestDriverContract:
     """The same lifecycle checks against every driver."""
 
-    @pytest.fixture(params=sorted(BACKENDS))
+    @pytest.fixture(params=[pytest.param(name, marks=getattr(pytest.mark, MARKS.get(name, name)))
+                            for name in sorted(BACKENDS)])
     def driver(self, request: pytest.FixtureRequest) -> Driver:
         backend = BACKENDS[request.param]
         if backend is not None:
@@ -222,6 +228,7 @@ def test_a_driver_keeps_images_exactly_when_it_is_an_image_store(cli) -> None:
         assert (Capability.IMAGES in driver.capabilities) is isinstance(driver, ImageStore), name
 
 
+@pytest.mark.aws
 def test_an_upload_says_what_it_made_and_whether_it_reused_one(cli, image: Path,
                                                                aws_env: str) -> None:
     first = json.loads(cli("image", "upload", image, "--name", "st", "-f", "json").out)

@@ -12,7 +12,7 @@ import pytest
 
 from capstan.drivers.qemu import QemuMachine
 
-pytestmark = pytest.mark.functional
+pytestmark = pytest.mark.qemu
 
 FLEET = """\
 name: demo

@@ -23,7 +23,7 @@ from capstan.image import cmdline as osv_cmdline
 from conftest import expect_errors, wait_for
 from fakes.gce_compute import GIB, FakeCompute
 
-pytestmark = pytest.mark.functional
+pytestmark = pytest.mark.gce
 
 BUCKET = "capstan-images"
 

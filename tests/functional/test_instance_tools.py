@@ -15,7 +15,7 @@ import pytest
 
 from conftest import states, wait_for
 
-pytestmark = pytest.mark.functional
+pytestmark = pytest.mark.qemu
 
 
 def _log(capstan_root: Path, name: str) -> str:

@@ -16,6 +16,8 @@ from capstan.services.disks import image_facts
 from guest import boot_kernel
 from test_rofs_golden import build, example_entries
 
+pytestmark = pytest.mark.qemu
+
 
 def test_layout_is_a_bare_sector_then_the_filesystem(tmp_path: Path) -> None:
     out = tmp_path / "kl.raw"

@@ -23,6 +23,8 @@ from capstan.drivers.libvirt_driver import NS, domain_xml
 
 from conftest import wait_for
 
+pytestmark = pytest.mark.libvirt
+
 SYSTEM = "qemu:///system"
 
 
@@ -66,7 +68,7 @@ def test_network_and_volume_sources() -> None:
 # -- against libvirtd -----------------------------------------------------------
 
 
-BACKENDS = Path(__file__).resolve().parent / "backends"
+BACKENDS = Path(__file__).resolve().parents[1] / "backends"
 
 
 def _answers() -> bool:

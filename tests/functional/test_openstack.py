@@ -19,7 +19,7 @@ from capstan.image import cmdline as osv_cmdline
 from conftest import expect_errors
 from fakes.openstack_cloud import PASSWORD, FakeOpenStack
 
-pytestmark = [pytest.mark.functional,
+pytestmark = [pytest.mark.openstack,
               pytest.mark.filterwarnings("ignore:::openstack")]  # the SDK's own deprecations
 
 

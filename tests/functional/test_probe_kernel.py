@@ -11,6 +11,8 @@ from capstan.image.loader import probe_kernel_path
 
 from guest import boot_kernel
 
+pytestmark = pytest.mark.qemu
+
 HEAD = bytes(range(0xA0, 0xB0))
 
 

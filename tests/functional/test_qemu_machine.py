@@ -17,6 +17,8 @@ import pytest
 from capstan.core.errors import BackendError, GuestTimeout
 from capstan.drivers.qemu import QemuMachine
 
+pytestmark = pytest.mark.qemu
+
 QEMU = shutil.which("qemu-system-x86_64")
 need_qemu = pytest.mark.skipif(QEMU is None, reason="no qemu-system-x86_64")
 

@@ -20,6 +20,8 @@ from capstan.image.loader import probe_loader_path
 from conftest import expect_errors
 from repo_server import Release, RepoServer
 
+pytestmark = pytest.mark.qemu
+
 PROBE = probe_loader_path().read_bytes()
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import states, wait_for
 
-pytestmark = pytest.mark.functional
+pytestmark = pytest.mark.qemu
 
 
 def test_foreground_run_streams_console_and_exits_zero(cli, image: Path) -> None:

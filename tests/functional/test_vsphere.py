@@ -15,7 +15,9 @@ import pytest
 
 from capstan.core.fs import sha256_of
 
-VCSIM = Path(__file__).resolve().parent / "backends" / "vcsim"
+pytestmark = pytest.mark.vsphere
+
+VCSIM = Path(__file__).resolve().parents[1] / "backends" / "vcsim"
 
 
 @pytest.fixture(scope="module")

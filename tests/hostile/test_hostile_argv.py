@@ -307,6 +307,7 @@ def test_run_volume_and_forward_options_property(cli, text: str) -> None:
 
 
 @pytest.mark.functional
+@pytest.mark.qemu
 def test_boot_with_commas_in_the_root_and_the_volume(cli, image: Path, sandbox: Sandbox,
                                                      tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -332,6 +333,7 @@ def test_boot_with_commas_in_the_root_and_the_volume(cli, image: Path, sandbox: 
 
 
 @pytest.mark.functional
+@pytest.mark.qemu
 def test_qcow2_volume_is_attached_as_qcow2(cli, image: Path, sandbox: Sandbox,
                                            tmp_path: Path) -> None:
     vol = tmp_path / "data.qcow2"
@@ -347,6 +349,7 @@ def test_qcow2_volume_is_attached_as_qcow2(cli, image: Path, sandbox: Sandbox,
 
 
 @pytest.mark.functional
+@pytest.mark.qemu
 def test_volume_replaced_before_a_restart_is_probed_again(cli, image: Path, sandbox: Sandbox,
                                                           tmp_path: Path) -> None:
     vol = tmp_path / "v.qcow2"

@@ -268,6 +268,7 @@ def test_the_filter_redacts_arguments_and_tracebacks() -> None:
 
 
 @pytest.mark.functional
+@pytest.mark.qemu
 def test_kill_9_during_qemu_img_convert_leaves_no_child(sandbox: Sandbox, image: Path,
                                                          tmp_path: Path) -> None:
     tools = tmp_path / "bin"
@@ -291,6 +292,7 @@ def test_kill_9_during_qemu_img_convert_leaves_no_child(sandbox: Sandbox, image:
 
 
 @pytest.mark.functional
+@pytest.mark.qemu
 def test_kill_9_of_a_foreground_run_stops_qemu(cli, sandbox: Sandbox, image: Path) -> None:
     run = subprocess.Popen([sys.executable, "-m", "capstan", "run", "-i", str(image), "-e",
                             "/x @deaf", "fg"], stdout=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ from capstan.drivers.qemu.argv import Host, Paths, argv
 from capstan.drivers.vmware import vmx
 from capstan.image.ova import descriptor
 
-GOLDEN = Path(__file__).with_name("golden")
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 ROOT = Path("/var/lib/capstan/instances/qemu")
 IMAGE = Path("/var/lib/capstan/repository/app/app.qemu")
 MAC = "52:54:00:12:34:56"

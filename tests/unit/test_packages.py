@@ -18,7 +18,7 @@ from capstan.packages.mpm import build_mpm, read_mpm
 from capstan.packages.runtimes import boot_command, parse_run
 from capstan.services.images import package_cmdline
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run_config(package: str, data: dict[str, object]):  # type: ignore[no-untyped-def]

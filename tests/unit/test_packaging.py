@@ -23,7 +23,7 @@ import capstan
 import capstan.drivers.base
 import capstan.image.probe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Source directory -> the package directory it becomes in the wheel.
 MAPPING = {"capstan": "capstan", "drivers": "capstan/drivers", "image": "capstan/image",
            "etc": "capstan/etc"}

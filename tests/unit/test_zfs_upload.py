@@ -15,7 +15,7 @@ from capstan.image.loader import probe_loader_path
 from capstan.services import zfs
 from capstan.services.zfs import builder_argv, pick_port, upload
 
-RECEIVER = Path(__file__).with_name("cpio_receiver.py")
+RECEIVER = Path(__file__).resolve().parents[1] / "cpio_receiver.py"
 
 
 def test_tree_arrives_whole(app_tree: Path, tmp_path: Path) -> None:
