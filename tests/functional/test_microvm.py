@@ -9,7 +9,7 @@ import pytest
 
 from conftest import states
 
-pytestmark = pytest.mark.functional
+pytestmark = pytest.mark.qemu
 
 
 @pytest.fixture
