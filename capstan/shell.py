@@ -129,12 +129,11 @@ class CapstanApp(App):
         raise HelpExit()
 
     def run_subcommand(self, argv: list[str]) -> int:
+        argv = _group_help(argv, {name for name, _ in self.command_manager})
         try:
             factory, name, sub_argv = self.command_manager.find_command(argv)
         except ValueError:
-            self.stderr.write(f"capstan: '{one_line(argv[0])}' is not a capstan command; "
-                              "see 'capstan --help'\n")
-            return EXIT_USAGE
+            return self._unknown(argv)
         cmd = factory(self, self.options, cmd_name=name)
         # cliff's epilog names the plugin distribution of a command, scanning every
         # installed distribution (~60 ms); ours are all pycapstan's own.
@@ -176,6 +175,23 @@ class CapstanApp(App):
         except Exception as err:  # a bug: say so in one line, trace with --debug
             return self._fail(err, EXIT_INTERNAL, internal=True)
 
+    def _groups(self) -> set[str]:
+        """The words that start multi-word commands (``package``, ``image``, ...)."""
+        return {name.split()[0] for name, _ in self.command_manager if " " in name}
+
+    def _unknown(self, argv: list[str]) -> int:
+        """Name the unknown command as typed, its group included (Capstan's
+        ``'package update' is not a capstan command``)."""
+        words = argv[:2] if argv[0] in self._groups() and len(argv) > 1 else argv[:1]
+        typed = one_line(" ".join(words))
+        if words == argv[:1] and argv[0] in self._groups():
+            self.stderr.write(f"capstan: '{typed}' needs a command; see "
+                              f"'capstan {typed} help'\n")
+        else:
+            self.stderr.write(f"capstan: '{typed}' is not a capstan command; "
+                              "see 'capstan --help'\n")
+        return EXIT_USAGE
+
     def _fail(self, err: BaseException, code: int, internal: bool = False) -> int:
         if self.options.debug:
             self.LOG.error("traceback:", exc_info=err)
@@ -207,6 +223,18 @@ def _printable_cells(take_action: Any, rows: bool) -> Any:
         return columns, tuple(map(escape, data))
 
     return wrapped
+
+
+def _group_help(argv: list[str], commands: set[str]) -> list[str]:
+    """``package help [CMD]`` (and ``package h``, ``package --help``) as Capstan
+    spells it, in cliff's form ``help package [CMD]``; help on an unknown CMD is
+    the unknown command ``package CMD``."""
+    groups = {name.split()[0] for name in commands if " " in name}
+    if len(argv) < 2 or argv[0] not in groups or argv[1] not in ("help", "h", "--help", "-h"):
+        return argv
+    if len(argv) > 2 and f"{argv[0]} {argv[2]}" not in commands:
+        return [argv[0], *argv[2:]]
+    return ["help", argv[0], *argv[2:3]]
 
 
 def _is_requests_error(err: BaseException) -> bool:

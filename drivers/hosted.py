@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from capstan.core import proc
+from capstan.core import proc, timestamps
 from capstan.core.errors import CommandFailed, Conflict, NotFound, ToolMissing, UsageError
 from capstan.core.fs import atomic_write
 from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState
@@ -105,7 +105,7 @@ class HostedDriver(Driver):
         atomic_write(folder / "instance.json", json.dumps({
             "image": str(spec.image.absolute()),
             "digest": image_facts(self.config.root, spec.image).sha256,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created": timestamps.now(),
             "ports": [str(f) for f in forwards]}).encode())
         return self.get(spec.name)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
 
-from capstan.core import proc, qemuopt
+from capstan.core import proc, qemuopt, timestamps
 from capstan.core.checks import has_module, install_command
 from capstan.core.config import Config
 from capstan.core.errors import (
@@ -286,7 +286,7 @@ class LibvirtDriver(Driver):
 
             meta = {"image": str(spec.image.absolute()),
                     "digest": image_facts(self.config.root, spec.image).sha256,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "created": timestamps.now(),
                     "ports": " ".join(map(str, forwards)), **disk}
             log = None if self.remote else str(home / "console.log")
             xml = domain_xml(spec, domain_type=self.domain_type(), disk=disk,

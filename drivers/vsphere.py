@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlparse
 
-from capstan.core import proc
+from capstan.core import proc, timestamps
 from capstan.core.checks import has_module
 from capstan.core.config import Config
 from capstan.core.errors import (
@@ -228,7 +228,7 @@ class VSphereDriver(Driver):
             overlay = Path(tmp) / "overlay.qcow2"
             facts = make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)
             meta = {"image": str(spec.image.absolute()), "digest": facts.sha256,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                    "created": timestamps.now()}
             disk = Path(tmp) / f"{spec.name}.vmdk"
             proc.run(["qemu-img", "convert", "-q", "-O", "vmdk", "-o",
                       "subformat=monolithicFlat,adapter_type=lsilogic", str(overlay),

@@ -126,6 +126,9 @@ class PackageCollect(Command):
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         _compose_args(parser)
+        parser.add_argument("--remote", action="store_true",
+                            help="collect as a remote compose does: osv.compose-remote "
+                                 "instead of osv.bootstrap")
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -140,7 +143,7 @@ class PackageCollect(Command):
                 pull_package(config, name, s3=self.app.options.s3)
 
         done = packages.collect_here(config, parsed_args.package_dir, parsed_args.require,
-                                     pull=pull)
+                                     pull=pull, remote=parsed_args.remote)
         for path, earlier, later in done.collisions:
             self.app.stderr.write(f"capstan: {path} from {later} replaces {earlier}'s\n")
         self.app.stdout.write(f"Collected {len(done.packages)} packages into {done.tree}\n")
@@ -200,9 +203,12 @@ class PackageList(Lister):
     ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
         from capstan.services import packages
 
-        return (("Name", "Description", "Version", "Created", "Requires"),
-                [(m.name, m.title, m.version, m.created, " ".join(m.require))
-                 for m in packages.list_packages(app_config(self))])
+        rows, problems = packages.list_packages(app_config(self))
+        for problem in problems:  # reported; the valid packages are still listed
+            self.app.stderr.write(f"capstan: warning: skipping {problem}\n")
+        return (("Name", "Description", "Version", "Created", "Platform", "Requires"),
+                [(r.name, r.title, r.version, r.created, r.platform, " ".join(r.require))
+                 for r in rows])
 
 
 class PackageDescribe(ShowOne):

@@ -70,6 +70,33 @@ class PackagePull(ShowOne):
                                  insecure=parsed_args.insecure))
 
 
+class PackageUpdate(Lister):
+    """Pull the local packages whose remote version is newer (Capstan's rules)"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("pattern", nargs="?", default="", metavar="NAME",
+                            help="only packages whose name contains NAME")
+        parser.add_argument("--created", action="store_true",
+                            help="also update when the remote package was created later")
+        _insecure(parser)
+        return parser
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        from capstan.services.updates import UpdateOptions, update_packages
+
+        a = parsed_args
+        rows = update_packages(app_config(self), UpdateOptions(
+            a.pattern, a.created, self.app.options.s3, a.insecure))
+        updated = sum(r.status.startswith("updated") for r in rows)
+        self.app.stderr.write(f"Updated {updated} packages (out of {len(rows)} that were "
+                              "found locally)\n")
+        return (("Name", "Local version", "Remote version", "Status"),
+                [(r.name, r.local, r.remote, r.status) for r in rows])
+
+
 def _cloud(command: Command, name: str | None) -> Any:
     """The image store of driver *name* when given, else None (the local repository)."""
     if name is None:
@@ -97,9 +124,10 @@ class Images(Lister):
         if cloud is not None:
             return (("Name", "ID", "Snapshot", "SHA256", "Created"),
                     [(i.name, i.id, i.detail, i.digest, i.created) for i in cloud.images()])
-        return (("Name", "Platform", "Size", "Created", "SHA256", "Source"),
-                [(r.name, r.platform, r.size, r.created, r.sha256, r.source)
-                 for r in list_images(app_config(self))])
+        return (("Name", "Description", "Version", "Created", "Platform", "Hypervisor", "Size",
+                 "SHA256", "Source"),
+                [(r.name, r.description, r.version, r.created, r.platform, r.hypervisor,
+                  r.size, r.sha256, r.source) for r in list_images(app_config(self))])
 
 
 class ImageUpload(ShowOne):
@@ -199,6 +227,33 @@ class BaseImport(ShowOne):
 
         return _row(import_base(app_config(self), parsed_args.file, parsed_args.name,
                                 parsed_args.description, parsed_args.image_version))
+
+
+class Import(Command):
+    """Import an image file (qcow2, raw, VDI or VMDK) into the local repository"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", metavar="IMAGE_NAME", type=argument("image"))
+        parser.add_argument("file", metavar="IMAGE_FILE", type=Path)
+        parser.add_argument("-v", "--version", dest="image_version", default="",
+                            help="version recorded in index.yaml")
+        parser.add_argument("-c", "--created", default="",
+                            help="creation time (RFC 3339 or YYYY-MM-DD HH:MM; default: now)")
+        parser.add_argument("-d", "--description", default="")
+        parser.add_argument("-b", "--build", default="", help="how the image was built")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from capstan.services.imagedir import ImportMeta, import_image
+
+        a = parsed_args
+        self.app.stdout.write(f"Importing {a.name}...\n")
+        done = import_image(app_config(self).root, a.name, a.file,
+                            ImportMeta(a.image_version, a.created, a.description, a.build))
+        self.app.stdout.write(f"Importing into {done.path} ({done.format}, sha256 "
+                              f"{done.sha256})\n")
+        return 0
 
 
 class Push(ShowOne):

@@ -6,9 +6,10 @@ resolution and merging in :mod:`capstan.packages.resolve`.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import os
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,14 +17,18 @@ from typing import Any
 
 import yaml
 
+from capstan.core import timestamps
 from capstan.core.errors import Conflict, InputError, NotFound, UsageError
 from capstan.core.names import check_name
 from capstan.core.yamlfile import line_of, load_strict
 from capstan.packages.runtimes import RunConfig, parse_run
 
 __all__ = ["Manifest", "ignore_regex", "ignore_rules", "ignored", "init_manifest",
-           "load_manifest", "load_run", "parse_manifest", "satisfies", "walk_package"]
+           "load_manifest", "load_run", "manifest_or_default", "parse_manifest", "satisfies",
+           "walk_package"]
 
+LOG = logging.getLogger(__name__)
+ANONYMOUS = ("App", "App", "Anonymous")  # Capstan's default manifest: name, title, author
 _KEYS = ("name", "title", "author", "version", "require", "binary", "created", "platform",
          "constraints")
 _VERSION = re.compile(r"\d{1,3}(\.\d{1,3}){0,2}")
@@ -55,7 +60,9 @@ class Manifest:
             data["require"] = list(self.require)
         if self.binary:
             data["binary"] = self.binary
-        data["created"] = self.created or "N/A"
+        when = timestamps.parse(self.created)
+        if self.created:  # RFC 3339 when it is a time; omitted, not "N/A", when unknown
+            data["created"] = self.created if when is None else timestamps.rfc3339(when)
         if self.platform:
             data["platform"] = self.platform
         if self.constraints:
@@ -78,7 +85,7 @@ def parse_manifest(data: Any, where: str) -> Manifest:
     require = _checked_fields(data, where)
     return Manifest(str(data["name"]), str(data["title"]), str(data["author"]),
                     str(data.get("version") or ""), tuple(require),
-                    str(data.get("created") or ""), str(data.get("platform") or ""),
+                    _created(data.get("created")), str(data.get("platform") or ""),
                     dict(data.get("binary") or {}),
                     {str(k): str(v) for k, v in constraints.items()})
 
@@ -97,6 +104,13 @@ def _checked_fields(data: dict[Any, Any], where: str) -> list[str]:
     for key, value in [("name", str(data["name"])), *(("require", r) for r in require)]:
         check_name(value, "package", f"{where}: {key}")
     return require
+
+
+def _created(value: object) -> str:
+    """``created`` as text; a time YAML parsed itself as RFC 3339."""
+    if isinstance(value, dt.datetime):
+        return timestamps.rfc3339(value)
+    return str(value or "")
 
 
 def version_key(version: str) -> int:
@@ -133,6 +147,19 @@ def load_manifest(package: Path) -> Manifest:
         raise NotFound(f"{package.absolute()} is not a package: no meta/package.yaml "
                        "(run 'capstan package init')")
     return parse_manifest(load_strict(path), str(path))
+
+
+def manifest_or_default(package: Path) -> Manifest:
+    """``<package>/meta/package.yaml``, or, when a package directory has none,
+    Capstan's default manifest (an anonymous package: name and title ``App``, author
+    ``Anonymous``), as ``package compose`` and ``collect`` take it."""
+    if not package.is_dir():
+        raise NotFound(f"no such package directory: {package}")
+    if (package / "meta" / "package.yaml").exists():
+        return load_manifest(package)
+    LOG.warning("%s has no meta/package.yaml: assuming the default manifest "
+                "(package App by Anonymous)", package.absolute())
+    return Manifest(*ANONYMOUS)
 
 
 def load_run(package: Path, name: str) -> RunConfig | None:
@@ -209,6 +236,6 @@ def init_manifest(package: Path, manifest: Manifest, *, force: bool = False) -> 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", manifest.name):
         raise UsageError(f"invalid package name '{manifest.name}'")
     path.parent.mkdir(parents=True, exist_ok=True)
-    manifest = replace(manifest, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    manifest = replace(manifest, created=timestamps.now())
     path.write_text(manifest.to_yaml())
     return path

@@ -23,8 +23,8 @@ from capstan.packages.manifest import (
     Manifest,
     ignore_regex,
     ignore_rules,
-    load_manifest,
     load_run,
+    manifest_or_default,
     parse_manifest,
     satisfies,
     walk_package,
@@ -32,10 +32,11 @@ from capstan.packages.manifest import (
 from capstan.packages.mpm import read_mpm
 from capstan.packages.runtimes import RunConfig, boot_command, parse_run
 
-__all__ = ["BOOTSTRAP", "Collected", "MergeOptions", "Merged", "Resolved", "collect", "merge",
-           "resolve"]
+__all__ = ["BOOTSTRAP", "COMPOSE_REMOTE", "Collected", "MergeOptions", "Merged", "Resolved",
+           "collect", "merge", "resolve"]
 
 BOOTSTRAP = "osv.bootstrap"
+COMPOSE_REMOTE = "osv.compose-remote"  # the bootstrap of a remote compose
 
 
 @dataclass(frozen=True)
@@ -119,22 +120,24 @@ class MergeOptions:
     """What a merge takes besides the package's own requirements.
 
     *extra*: more packages to require; *pull*: fetches a missing package (else a
-    missing package is an error); *bootstrap*: require ``osv.bootstrap``; *check*:
-    sees the resolved packages before any archive is read.
+    missing package is an error); *bootstrap*: the implicit first package
+    (``osv.compose-remote`` for a remote compose, None for none); *check*: sees the
+    resolved packages before any archive is read.
     """
 
     extra: tuple[str, ...] = ()
     pull: Callable[[str], None] | None = None
-    bootstrap: bool = True
+    bootstrap: str | None = BOOTSTRAP
     check: Callable[[list[Resolved]], None] | None = None
 
 
 def merge(package: Path, root: Path, options: MergeOptions = MergeOptions()) -> Merged:
-    """Merge the dependencies and the application into an in-memory tree."""
-    manifest = load_manifest(package)
+    """Merge the dependencies and the application into an in-memory tree (a directory
+    without ``meta/package.yaml`` is Capstan's anonymous package)."""
+    manifest = manifest_or_default(package)
     app_run = load_run(package, manifest.name)
     runtime_deps = list(app_run.runtime.depends) if app_run else []
-    wanted = [*([BOOTSTRAP] if options.bootstrap else []), *runtime_deps, *manifest.require,
+    wanted = [*([options.bootstrap] if options.bootstrap else []), *runtime_deps, *manifest.require,
               *options.extra]
     resolved = resolve(root, wanted, pull=options.pull, constraints=manifest.constraints)
     if options.check is not None:

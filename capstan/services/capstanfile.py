@@ -87,6 +87,9 @@ def build(config: Config, project: Path, name: str | None = None,
     from capstan.services.images import ComposeOptions, compose_entries
     from capstan.services.store import LocalRepository
 
+    if name is None and output is None and not (project / "Capstanfile").exists():
+        raise UsageError("usage: capstan build [image-name] (no Capstanfile in "
+                         f"{project.absolute()})")
     spec = load(project / "Capstanfile")
     if spec.build:
         done = subprocess.run(["sh", "-c", spec.build], cwd=project, capture_output=True,

@@ -162,10 +162,10 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
                     output: Path | None = None, options: PackageOptions = PackageOptions()
                     ) -> tuple[compose.ComposeResult, Merged]:
     """Merge *package* with its dependencies in memory and compose the merged tree."""
-    from capstan.packages.manifest import load_manifest, load_run
+    from capstan.packages.manifest import load_run, manifest_or_default
     from capstan.packages.resolve import MergeOptions, merge
 
-    manifest = load_manifest(package)
+    manifest = manifest_or_default(package)
     run = load_run(package, manifest.name)
     text = package_cmdline(run, options.execute, options.boots, options.envs)
     pins: list[bytes] = []  # capstan.lock's new text, written once the image is

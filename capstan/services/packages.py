@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from capstan.core import timestamps
 from capstan.core.config import Config
-from capstan.core.errors import Conflict, InputError, NotFound
+from capstan.core.errors import CapstanError, Conflict, InputError, NotFound
 from capstan.core.fs import atomic_write, lock, sha256_of, sweep
 from capstan.core.names import check_name
 from capstan.core.yamlfile import load_strict
 from capstan.packages.manifest import Manifest, init_manifest, load_manifest, parse_manifest
 from capstan.packages.mpm import build_mpm, read_mpm
-from capstan.packages.resolve import Collected, MergeOptions, collect
+from capstan.packages.resolve import BOOTSTRAP, COMPOSE_REMOTE, Collected, MergeOptions, collect
 from capstan.packages.runtimes import RUNTIMES, Runtime, boot_command, parse_run
 
-__all__ = ["Built", "Described", "Manifest", "build", "collect_here", "describe", "import_package",
-           "init", "list_packages", "manifest_of", "runtimes", "write_run_template"]
+__all__ = ["Built", "Described", "Manifest", "PackageRow", "build", "collect_here", "describe",
+           "import_package", "init", "list_packages", "manifest_of", "runtimes", "write_run_template"]
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 _TEMPLATE_KEYS = {"bootcmd": "<command>", "main": "<name>", "classpath": "<list>",
                   "xms": "<value>", "xmx": "<value>", "jvm_args": "<list>", "args": "<list>",
                   "node_args": "<list>", "python_args": "<list>", "shell": "<value>"}
@@ -108,17 +111,41 @@ def import_package(config: Config, package: Path) -> Built:
 
 
 def collect_here(config: Config, package: Path, require: Sequence[str],
-                 pull: Callable[[str], None] | None = None) -> Collected:
-    """Merge *package* and its dependencies into ``<package>/mpm-pkg``."""
-    return collect(package, config.root, package / "mpm-pkg",
-                   MergeOptions(extra=tuple(require), pull=pull))
+                 pull: Callable[[str], None] | None = None, *, remote: bool = False
+                 ) -> Collected:
+    """Merge *package* and its dependencies into ``<package>/mpm-pkg`` (*remote*: as a
+    remote compose would, ``osv.compose-remote`` in place of ``osv.bootstrap``)."""
+    return collect(package, config.root, package / "mpm-pkg", MergeOptions(
+        extra=tuple(require), pull=pull, bootstrap=COMPOSE_REMOTE if remote else BOOTSTRAP))
 
 
-def list_packages(config: Config) -> list[Manifest]:
-    """The manifests of the local repository's packages, by name."""
+@dataclass(frozen=True)
+class PackageRow:
+    """One package of the local repository as ``package list`` shows it."""
+
+    name: str
+    title: str
+    version: str
+    created: str  # YYYY-MM-DD HH:MM or N/A, as Capstan shows it
+    platform: str
+    require: tuple[str, ...]
+
+
+def list_packages(config: Config) -> tuple[list[PackageRow], list[str]]:
+    """The local repository's packages by name, and one problem line per manifest
+    that cannot be read (Capstan stopped at the first one, silently)."""
     folder = config.root / "packages"
-    return [parse_manifest(load_strict(path), str(path))
-            for path in (sorted(folder.glob("*.yaml")) if folder.is_dir() else [])]
+    rows: list[PackageRow] = []
+    problems: list[str] = []
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        try:
+            m = parse_manifest(load_strict(path), str(path))
+        except CapstanError as err:
+            problems.append(_CONTROL.sub(" ", str(err)))  # one line, no escapes
+            continue
+        rows.append(PackageRow(m.name, m.title, m.version, timestamps.show(m.created),
+                               m.platform, m.require))
+    return rows, problems
 
 
 def describe(config: Config, ref: str) -> Described:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
+from capstan.core import timestamps
 from capstan.core.config import Config
 from capstan.core.errors import (
     Conflict,
@@ -26,10 +25,8 @@ from capstan.core.fs import (
     atomic_output,
     atomic_write,
     lock,
-    publish_dir,
     sha256_of,
     sweep,
-    temp_dir,
     temp_path,
     write_error,
 )
@@ -38,6 +35,7 @@ from capstan.core.yamlfile import load_cached, load_file
 from capstan.drivers.base import ImageStore, get_driver
 from capstan.remotes.catalog import BucketRemote, Found, remotes
 from capstan.remotes.download import fetch
+from capstan.services.imagedir import check_standalone, publish_image
 from capstan.services.store import LocalRepository
 
 __all__ = ["ImageRow", "Pulled", "image_store", "import_base", "list_images", "pull_image",
@@ -61,12 +59,16 @@ class Pulled:
 
 @dataclass(frozen=True)
 class ImageRow:
-    """One image of the local repository."""
+    """One image of the local repository: Capstan's columns (from ``index.yaml``,
+    ``N/A`` for a missing time or platform), then ours."""
 
     name: str
-    platform: str
+    description: str
+    version: str
+    created: str  # as Capstan shows it: YYYY-MM-DD HH:MM or N/A
+    platform: str  # index.yaml's platform (the OS it was built for), or N/A
+    hypervisor: str  # the file suffix: qemu, vbox, vmw, ...
     size: int
-    created: str
     sha256: str
     source: str
 
@@ -120,9 +122,9 @@ def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = 
         work = repo.images / ".downloads" / name.replace("/", "%")  # ours under the lock
         downloaded = work / target.name
         digest = fetch(image, downloaded, quiet=quiet, unpack=True)
-        _standalone(downloaded, f"image {name}")
+        check_standalone(downloaded, f"image {name}")
         meta: dict[str, object] = {"format_version": "1", "version": "", "description": "",
-                                   "build": "", "created": time.strftime("%Y-%m-%d %H:%M")}
+                                   "build": "", "created": timestamps.now()}
         if index:
             index_file = work / "index.remote.yaml"
             fetch(index[0], index_file, quiet=True)
@@ -136,58 +138,14 @@ def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = 
                 meta.update({k: str(v) for k, v in remote_meta.items() if k in meta or
                              k == "platform"})
         meta.update({"sha256": digest, "source": hit.source, "verified": verified})
-        _publish_image(repo, name, {target.name: downloaded},
+        publish_image(repo, name, {target.name: downloaded},
                        yaml.safe_dump(meta, sort_keys=False).encode())
         shutil.rmtree(work, ignore_errors=True)
     return Pulled(name, "image", target, digest, hit.source, _status(verified))
 
 
-def _standalone(path: Path, what: str) -> None:
-    """Refuse (InputError, *path* deleted) an image that makes QEMU open another host
-    file: a backing file, qcow2 data file or vmdk extent (``/etc/shadow`` as a disk)."""
-    from capstan.image.loader import read_head, sniff_format
-    from capstan.services.volumes import other_file
-
-    try:
-        other = other_file(path, sniff_format(read_head(path, "image")))
-    except ImageError as err:
-        path.unlink(missing_ok=True)
-        raise InputError(f"{what}: {err}") from err
-    if other:
-        path.unlink(missing_ok=True)
-        raise InputError(f"{what} reads another file ({other}): refused")
-
-
 def _status(verified: bool) -> str:
     return "downloaded" if verified else "downloaded (unverified)"
-
-
-def _publish_image(repo: LocalRepository, name: str, files: dict[str, Path],
-                   index: bytes) -> None:
-    """Replace image *name*'s directory by one holding *files* (moved in, by file
-    name), *index* as ``index.yaml``, and what the old one holds for other
-    platforms and nested images. The caller holds the image's lock."""
-    folder = repo.image_dir(name)
-    staged = temp_dir(repo.images / folder.name)
-    try:
-        for file_name, source in files.items():
-            os.replace(source, staged / file_name)
-        atomic_write(staged / "index.yaml", index)
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(folder):
-                if entry.name in files or entry.name == "index.yaml":
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    os.rename(entry.path, staged / entry.name)  # ns/ holds ns/a
-                else:
-                    os.link(entry.path, staged / entry.name, follow_symlinks=False)
-    except OSError as err:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise write_error(folder, err) from err
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    publish_dir(staged, folder)
 
 
 def _recorded(repo: LocalRepository, name: str) -> str:
@@ -276,10 +234,17 @@ def list_images(config: Config) -> list[ImageRow]:
             LOG.warning("skipping %s: not a valid image name", ascii(name))
             continue
         meta = load_cached(index.parent / "index.yaml", f"index of image {name}")
-        rows.append(ImageRow(name, index.suffix[1:], index.stat().st_size,
-                             str(meta.get("created", "")), str(meta.get("sha256", "")),
-                             str(meta.get("source", ""))))
+        rows.append(ImageRow(
+            name, _text(meta, "description"), _text(meta, "version"),
+            timestamps.show(meta.get("created")),
+            _text(meta, "platform") or timestamps.NOT_AVAILABLE, index.suffix[1:],
+            index.stat().st_size, _text(meta, "sha256"), _text(meta, "source")))
     return rows
+
+
+def _text(meta: dict[str, object], key: str) -> str:
+    value = meta.get(key)
+    return "" if value is None or isinstance(value, dict | list) else str(value)
 
 
 def remove_image(config: Config, name: str, *, force: bool = False) -> list[str]:
@@ -348,9 +313,9 @@ def import_base(config: Config, source: Path, name: str, description: str = "",
                 shutil.copyfileobj(src, dst, 1 << 20)
             digest = sha256_of(copy)
             meta = {"format_version": "1", "version": version, "description": description,
-                    "build": "", "created": time.strftime("%Y-%m-%d %H:%M"),
+                    "build": "", "created": timestamps.now(),
                     "sha256": digest, "source": str(source.absolute())}
-            _publish_image(repo, name, {target.name: copy},
+            publish_image(repo, name, {target.name: copy},
                            yaml.safe_dump(meta, sort_keys=False).encode())
         except OSError as err:
             raise LocalIOError(f"cannot read {source}: {err.strerror}") from err

@@ -7,14 +7,13 @@ lock (``<root>/locks``) and publish an image directory whole (capstan.core.fs).
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
+from capstan.core import timestamps
 from capstan.core.errors import NotFound, UsageError
 from capstan.core.fs import atomic_write, lock, sha256_of
 from capstan.core.names import check_name
@@ -75,8 +74,7 @@ class LocalRepository:
         its *image* file and the *packages* (name, version, sha256) composed into it."""
         import yaml
 
-        created = time.strftime("%Y-%m-%d %H:%M",
-                                time.localtime(_source_date_epoch() or time.time()))
+        created = timestamps.build_time()
         index: dict[str, Any] = {"format_version": "1", "version": version,
                                  "created": created, "description": description, "build": ""}
         if image is not None:
@@ -86,7 +84,3 @@ class LocalRepository:
         atomic_write(self.image_dir(name) / "index.yaml",
                      yaml.safe_dump(index, sort_keys=False).encode())
 
-
-def _source_date_epoch() -> float | None:
-    value = os.environ.get("SOURCE_DATE_EPOCH")
-    return float(value) if value and value.isdigit() else None

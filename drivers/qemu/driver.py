@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from filelock import FileLock
 
-from capstan.core import fs
+from capstan.core import fs, timestamps
 from capstan.core.errors import (
     BackendError,
     CapstanError,
@@ -262,7 +262,7 @@ class QemuDriver(Driver):
             name=spec.name, image=str(image), image_digest=facts.sha256, disk=str(disk),
             argv=[], qmp=str(run / "qmp.sock"), console=str(run / "console.sock"),
             console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
-            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), accel=self.accelerator(),
+            created=timestamps.now(), accel=self.accelerator(),
             creator=fs.process_token(),
         )
         with self._lock(".ports"):  # allocation and record, atomic among instances
