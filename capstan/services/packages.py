@@ -19,7 +19,8 @@ from capstan.packages.resolve import BOOTSTRAP, COMPOSE_REMOTE, Collected, Merge
 from capstan.packages.runtimes import RUNTIMES, Runtime, boot_command, parse_run
 
 __all__ = ["Built", "Described", "Manifest", "PackageRow", "build", "collect_here", "describe",
-           "import_package", "init", "list_packages", "manifest_of", "runtimes", "write_run_template"]
+           "import_package", "init", "list_packages", "manifest_of", "runtimes",
+           "write_run_template"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 _TEMPLATE_KEYS = {"bootcmd": "<command>", "main": "<name>", "classpath": "<list>",
