@@ -6,21 +6,22 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from capstan.core.errors import InputError, LocalIOError, NotFound
 from capstan.core.fs import sweep, temp_dir
-from capstan.image import cmdline, formats, mbr
+from capstan.image import cmdline, formats, mbr, qcow2
 from capstan.image.formats import DiskFormat
 from capstan.image.loader import Loader
-from capstan.image.rofs import Entry, RofsLayout, write_rofs
+from capstan.image.rofs import Entry, RofsLayout, RofsPlan
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["KERNEL_LESS_START", "ComposeResult", "DiskSpec", "compose", "publishing", "write_raw"]
+__all__ = ["KERNEL_LESS_START", "ComposeResult", "DiskPlan", "DiskSpec", "compose", "plan_disk",
+           "publishing", "write_disk", "write_qcow2", "write_raw"]
 
 KERNEL_LESS_START = 512
 
@@ -53,8 +54,23 @@ class DiskSpec:
     size: int = 0
 
 
-def write_raw(out: BinaryIO, entries: Sequence[Entry], disk: DiskSpec) -> tuple[int, RofsLayout]:
-    """Write the raw disk into *out*; return its virtual size and the ROFS layout.
+@dataclass(frozen=True)
+class DiskPlan:
+    """A disk laid out before it is written: the *spec*, the ROFS at byte *start*."""
+
+    spec: DiskSpec
+    start: int
+    rofs: RofsPlan
+    virtual: int
+
+    def extents(self) -> list[tuple[int, int]]:
+        """The (start, length) byte ranges that hold data; the rest of the disk is zero."""
+        loader = self.spec.loader
+        return [(0, loader.size if loader else KERNEL_LESS_START), (self.start, self.rofs.size)]
+
+
+def plan_disk(entries: Sequence[Entry], disk: DiskSpec) -> DiskPlan:
+    """Lay out the disk of *entries*; InputError when the *disk*'s size cannot hold it.
 
     With no loader the disk has OSv's kernel-less layout (osv-image-format.md,
     section 10): a sector holding only entry 2 and ``55 AA``, the filesystem
@@ -63,23 +79,45 @@ def write_raw(out: BinaryIO, entries: Sequence[Entry], disk: DiskSpec) -> tuple[
     """
     loader, min_size = disk.loader, disk.size
     start = loader.partition_start if loader else KERNEL_LESS_START
-    layout = write_rofs(entries, out, base=start)
-    needed = mbr.align_up(start + layout.size, disk.disk_format.alignment)
+    rofs = RofsPlan(entries)
+    needed = mbr.align_up(start + rofs.size, disk.disk_format.alignment)
     if min_size and min_size < needed:
         raise InputError(
             f"size {min_size} bytes is too small for this content: "
             f"at least {needed} bytes ({-(-needed // (1024 * 1024))}M) are needed")
     virtual = mbr.align_up(max(needed, min_size), disk.disk_format.alignment)
+    return DiskPlan(disk, start, rofs, virtual)
+
+
+def write_disk(out: BinaryIO, plan: DiskPlan, host: Callable[[int], int]) -> RofsLayout:
+    """Write the bytes of *plan* into *out*, disk byte v at file offset ``host(v)``."""
+    loader = plan.spec.loader
     sector0 = bytearray(loader.data[:512] if loader else bytes(510) + b"\x55\xaa")
-    mbr.set_partition(sector0, 2, start, layout.size)
-    out.seek(0)
+    mbr.set_partition(sector0, 2, plan.start, plan.rofs.size)
+    out.seek(host(0))
     if loader is None:
         out.write(sector0)
     else:
-        out.write(bytes(sector0) + cmdline.area_bytes(disk.cmdline))
+        out.write(bytes(sector0) + cmdline.area_bytes(plan.spec.cmdline))
         out.write(loader.data[32768:])
-    out.truncate(virtual)
-    return virtual, layout
+    return plan.rofs.write(out, host(plan.start))
+
+
+def write_raw(out: BinaryIO, entries: Sequence[Entry], disk: DiskSpec) -> tuple[int, RofsLayout]:
+    """Write the raw (sparse) disk into *out*; return its virtual size and the ROFS layout."""
+    plan = plan_disk(entries, disk)
+    layout = write_disk(out, plan, lambda virtual: virtual)
+    out.truncate(plan.virtual)
+    return plan.virtual, layout
+
+
+def write_qcow2(out: BinaryIO, entries: Sequence[Entry],
+                disk: DiskSpec) -> tuple[int, RofsLayout]:
+    """Write the disk as qcow2 into *out*, directly; return its virtual size and layout."""
+    plan = plan_disk(entries, disk)
+    layout = qcow2.plan(plan.virtual, plan.extents())
+    qcow2.write_metadata(out.fileno(), layout)
+    return plan.virtual, write_disk(out, plan, layout.host)
 
 
 def compose(entries: Sequence[Entry], disk: DiskSpec, output: Path) -> ComposeResult:
@@ -90,10 +128,12 @@ def compose(entries: Sequence[Entry], disk: DiskSpec, output: Path) -> ComposeRe
         disk = replace(disk, cmdline="")
     cmdline.validate(disk.cmdline)
     with publishing(output) as tmp:
-        raw = tmp / (output.name if disk_format is DiskFormat.RAW else "disk.raw")
+        direct = disk_format in (DiskFormat.RAW, DiskFormat.QCOW2)
+        raw = tmp / (output.name if direct else "disk.raw")
         with open(raw, "w+b") as f:
-            virtual, layout = write_raw(f, entries, disk)
-        if disk_format is not DiskFormat.RAW:
+            write = write_qcow2 if disk_format is DiskFormat.QCOW2 else write_raw
+            virtual, layout = write(f, entries, disk)
+        if not direct:
             formats.convert(raw, tmp / output.name, disk_format)
             raw.unlink()
     LOG.debug("composed %s (%s, %d bytes)", output, disk_format.label, virtual)

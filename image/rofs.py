@@ -26,6 +26,7 @@ __all__ = [
     "FileEntry",
     "RofsInode",
     "RofsLayout",
+    "RofsPlan",
     "RofsReader",
     "SymlinkEntry",
     "write_rofs",
@@ -131,10 +132,10 @@ def _build_tree(entries: Sequence[Entry]) -> _Dir:
     return root
 
 
-class _Writer:
-    def __init__(self, out: BinaryIO, base: int) -> None:
-        self.out = out
-        self.base = base
+class RofsPlan:
+    """A ROFS laid out for an entry list: its size is known before a byte is written."""
+
+    def __init__(self, entries: Sequence[Entry]) -> None:
         self.block = 1
         self.entries = bytearray()
         self.entry_count = 0
@@ -142,7 +143,13 @@ class _Writer:
         self.link_count = 0
         self.inodes: list[tuple[int, int, int]] = []
         self.files = self.dirs = self.file_bytes = 0
-        self.pending: list[tuple[int, FileEntry]] = []
+        self.pending: list[tuple[int, FileEntry]] = []  # (offset in the partition, file)
+        self.inodes.append((MODE_DIR, 0, 0))
+        self.inodes[0] = (MODE_DIR, *self.visit(_build_tree(entries)))
+        inode_table = b"".join(_INODE.pack(mode, number, offset, count) for number, (
+            mode, offset, count) in enumerate(self.inodes, start=1))
+        self.tables = bytes(self.entries) + bytes(self.links) + inode_table
+        self.size = self.block * BLOCK + len(self.tables) + BLOCK - len(self.tables) % BLOCK
 
     def visit(self, directory: _Dir) -> tuple[int, int]:
         self.dirs += 1
@@ -172,42 +179,40 @@ class _Writer:
 
     def _write_file(self, entry: FileEntry) -> None:
         """Place *entry* at the next block; its bytes are written by :meth:`contents`."""
-        self.pending.append((self.base + self.block * BLOCK, entry))
+        self.pending.append((self.block * BLOCK, entry))
         self.files += 1
         self.file_bytes += entry.size
         self.block += -(-entry.size // BLOCK)
 
-    def contents(self) -> None:
-        """Write every file's bytes, archive members in archive order (one pass each)."""
+    def write(self, out: BinaryIO, base: int) -> RofsLayout:
+        """Write the filesystem into *out* at byte *base*: tables, then every file's bytes
+        (archive members in archive order, one pass each)."""
+        self._write_tables(out, base)
+
         def order(item: tuple[int, FileEntry]) -> tuple[str, int]:
             extent = item[1].extent
             return (str(extent.path), extent.offset) if extent else ("", item[0])
 
         with Contents() as reader:
             for offset, entry in sorted(self.pending, key=order):
-                _copy_content(entry, self.out, offset, reader)
-
-    def finish(self) -> RofsLayout:
-        inode_table = bytearray()
-        for number, (mode, offset, count) in enumerate(self.inodes, start=1):
-            inode_table += _INODE.pack(mode, number, offset, count)
-        tables = bytes(self.entries) + bytes(self.links) + bytes(inode_table)
-        padding = BLOCK - len(tables) % BLOCK  # a whole block when exact: OSv's quirk
-        count = -(-len(tables) // BLOCK)
-        self.out.seek(self.base + self.block * BLOCK)
-        self.out.write(tables + bytes(padding))
-        size = self.block * BLOCK + len(tables) + padding
-        superblock = _SUPERBLOCK.pack(
-            MAGIC, VERSION, BLOCK, self.block, count,
-            self.entry_count, self.link_count, len(self.inodes),
-        )
-        self.out.seek(self.base)
-        self.out.write(superblock + bytes(BLOCK - len(superblock)))
+                _copy_content(entry, out, base + offset, reader)
+        out.flush()
         return RofsLayout(
-            size=size, data_blocks=self.block - 1, inodes=len(self.inodes),
+            size=self.size, data_blocks=self.block - 1, inodes=len(self.inodes),
             files=self.files, directories=self.dirs, symlinks=self.link_count,
             file_bytes=self.file_bytes,
         )
+
+    def _write_tables(self, out: BinaryIO, base: int) -> None:
+        padding = BLOCK - len(self.tables) % BLOCK  # a whole block when exact: OSv's quirk
+        out.seek(base + self.block * BLOCK)
+        out.write(self.tables + bytes(padding))
+        superblock = _SUPERBLOCK.pack(
+            MAGIC, VERSION, BLOCK, self.block, -(-len(self.tables) // BLOCK),
+            self.entry_count, self.link_count, len(self.inodes),
+        )
+        out.seek(base)
+        out.write(superblock + bytes(BLOCK - len(superblock)))
 
 
 def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents) -> None:
@@ -269,15 +274,7 @@ def _copy_fd(src: BinaryIO, out: BinaryIO, offset: int, start: int, size: int,
 
 def write_rofs(entries: Sequence[Entry], out: BinaryIO, base: int = 0) -> RofsLayout:
     """Write a ROFS for *entries* (in order) into *out* at byte *base*."""
-    writer = _Writer(out, base)
-    root = _build_tree(entries)
-    writer.inodes.append((MODE_DIR, 0, 0))
-    first, count = writer.visit(root)
-    writer.inodes[0] = (MODE_DIR, first, count)
-    layout = writer.finish()
-    writer.contents()
-    out.flush()
-    return layout
+    return RofsPlan(entries).write(out, base)
 
 
 @dataclass(frozen=True)
