@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from capstan.core.errors import InputError, LocalIOError, NotFound
-from capstan.core.fs import sweep, temp_dir
-from capstan.image import cmdline, formats, mbr, qcow2
+from capstan.core.fs import sweep, temp_dir, write_error
+from capstan.image import cmdline, formats, mbr, qcow2, recompose
 from capstan.image.formats import DiskFormat
 from capstan.image.loader import Loader
-from capstan.image.rofs import Entry, RofsLayout, RofsPlan
+from capstan.image.rofs import Entry, Reuse, RofsLayout, RofsPlan
 
 LOG = logging.getLogger(__name__)
 
@@ -89,8 +89,10 @@ def plan_disk(entries: Sequence[Entry], disk: DiskSpec) -> DiskPlan:
     return DiskPlan(disk, start, rofs, virtual)
 
 
-def write_disk(out: BinaryIO, plan: DiskPlan, host: Callable[[int], int]) -> RofsLayout:
-    """Write the bytes of *plan* into *out*, disk byte v at file offset ``host(v)``."""
+def write_disk(out: BinaryIO, plan: DiskPlan, host: Callable[[int], int],
+               reuse: Reuse | None = None) -> RofsLayout:
+    """Write the bytes of *plan* into *out*, disk byte v at file offset ``host(v)``; with
+    *reuse*, files *out* already holds are left (see :meth:`RofsPlan.write`)."""
     loader = plan.spec.loader
     sector0 = bytearray(loader.data[:512] if loader else bytes(510) + b"\x55\xaa")
     mbr.set_partition(sector0, 2, plan.start, plan.rofs.size)
@@ -100,7 +102,7 @@ def write_disk(out: BinaryIO, plan: DiskPlan, host: Callable[[int], int]) -> Rof
     else:
         out.write(bytes(sector0) + cmdline.area_bytes(plan.spec.cmdline))
         out.write(loader.data[32768:])
-    return plan.rofs.write(out, host(plan.start))
+    return plan.rofs.write(out, host(plan.start), reuse)
 
 
 def write_raw(out: BinaryIO, entries: Sequence[Entry], disk: DiskSpec) -> tuple[int, RofsLayout]:
@@ -120,13 +122,48 @@ def write_qcow2(out: BinaryIO, entries: Sequence[Entry],
     return plan.virtual, write_disk(out, plan, layout.host)
 
 
-def compose(entries: Sequence[Entry], disk: DiskSpec, output: Path) -> ComposeResult:
+def _write_plan(out: BinaryIO, plan: DiskPlan, reuse: Reuse | None = None) -> RofsLayout:
+    """Write *plan* into *out* as raw (sparse) or qcow2, as its spec says."""
+    if plan.spec.disk_format is DiskFormat.QCOW2:
+        layout = qcow2.plan(plan.virtual, plan.extents())
+        qcow2.write_metadata(out.fileno(), layout)
+        return write_disk(out, plan, layout.host, reuse)
+    out.truncate(plan.virtual)
+    return write_disk(out, plan, lambda virtual: virtual, reuse)
+
+
+def _compose_cached(entries: Sequence[Entry], disk: DiskSpec, output: Path,
+                    root: Path) -> tuple[int, RofsLayout]:
+    """Compose *output* through its recompose state below *root* (see recompose.py)."""
+    if not output.parent.is_dir():
+        raise NotFound(f"output directory does not exist: {output.parent}")
+    sweep(output.parent)
+    plan = plan_disk(entries, disk)
+    loader = plan.spec.loader
+    key = [plan.spec.disk_format.label, plan.virtual, plan.start, plan.rofs.size,
+           loader.size if loader else 0]
+    with recompose.OutputCache(root, output, key) as state:
+        try:
+            with state.image(plan.rofs.pending) as (f, reuse):
+                layout = _write_plan(f, plan, reuse)
+        except OSError as err:
+            raise write_error(output, err) from err
+        state.publish(plan.rofs.pending)
+    return plan.virtual, layout
+
+
+def compose(entries: Sequence[Entry], disk: DiskSpec, output: Path,
+            root: Path | None = None) -> ComposeResult:
     """Write an OSv image of *entries* to *output*, all or nothing; kernel-less
-    (no command line) when the *disk* has no loader."""
+    (no command line) when the *disk* has no loader. With ``$CAPSTAN_ROOT`` *root*, raw
+    and qcow2 are recomposed in place of the output's previous image (recompose.py)."""
     loader, disk_format = disk.loader, disk.disk_format
     if loader is None:
         disk = replace(disk, cmdline="")
     cmdline.validate(disk.cmdline)
+    if root is not None and disk_format in (DiskFormat.RAW, DiskFormat.QCOW2):
+        virtual, layout = _compose_cached(entries, disk, output, root)
+        return _result(output, disk, virtual, layout)
     with publishing(output) as tmp:
         direct = disk_format in (DiskFormat.RAW, DiskFormat.QCOW2)
         raw = tmp / (output.name if direct else "disk.raw")
@@ -136,6 +173,11 @@ def compose(entries: Sequence[Entry], disk: DiskSpec, output: Path) -> ComposeRe
         if not direct:
             formats.convert(raw, tmp / output.name, disk_format)
             raw.unlink()
+    return _result(output, disk, virtual, layout)
+
+
+def _result(output: Path, disk: DiskSpec, virtual: int, layout: RofsLayout) -> ComposeResult:
+    loader, disk_format = disk.loader, disk.disk_format
     LOG.debug("composed %s (%s, %d bytes)", output, disk_format.label, virtual)
     return ComposeResult(
         path=output, disk_format=disk_format.label, virtual_size=virtual,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -72,6 +72,7 @@ class DirEntry:
 
 
 Entry = FileEntry | SymlinkEntry | DirEntry
+Reuse = Callable[[int, FileEntry], bool]
 
 
 @dataclass
@@ -184,9 +185,11 @@ class RofsPlan:
         self.file_bytes += entry.size
         self.block += -(-entry.size // BLOCK)
 
-    def write(self, out: BinaryIO, base: int) -> RofsLayout:
+    def write(self, out: BinaryIO, base: int, reuse: Reuse | None = None) -> RofsLayout:
         """Write the filesystem into *out* at byte *base*: tables, then every file's bytes
-        (archive members in archive order, one pass each)."""
+        (archive members in archive order, one pass each). With *reuse*, *out* holds an
+        earlier image: a file at a partition offset for which ``reuse(offset, entry)`` says
+        so is left as it is, the others are written with their padding zeroed."""
         self._write_tables(out, base)
 
         def order(item: tuple[int, FileEntry]) -> tuple[str, int]:
@@ -195,6 +198,11 @@ class RofsPlan:
 
         with Contents() as reader:
             for offset, entry in sorted(self.pending, key=order):
+                if reuse is not None and reuse(offset, entry):
+                    continue
+                if reuse is not None and entry.size % BLOCK:
+                    out.seek(base + offset + entry.size)
+                    out.write(bytes(-entry.size % BLOCK))
                 _copy_content(entry, out, base + offset, reader)
         out.flush()
         return RofsLayout(

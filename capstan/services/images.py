@@ -103,8 +103,8 @@ def _kernel_less_disk(options: ComposeOptions) -> compose.DiskSpec:
 def _write(repo: LocalRepository, entries: Sequence[Entry], disk: compose.DiskSpec, *,
            name: str | None, output: Path | None) -> compose.ComposeResult:
     """Compose to *output*, or as image *name* of *repo* (locked, then indexed)."""
-    if output is not None:
-        return compose.compose(entries, disk, output)
+    if output is not None:  # with the root: recomposed in place of the previous image
+        return compose.compose(entries, disk, output, repo.root)
     assert name is not None
     target = repo.image_file(name, PLATFORM_OF[disk.disk_format])
     try:
@@ -112,7 +112,7 @@ def _write(repo: LocalRepository, entries: Sequence[Entry], disk: compose.DiskSp
     except OSError as err:
         raise LocalIOError(f"cannot create {target.parent}: {err.strerror}") from err
     with repo.lock(name):
-        result = compose.compose(entries, disk, target)
+        result = compose.compose(entries, disk, target, repo.root)
         repo.write_index(name, image=target)
     return result
 

@@ -1,0 +1,227 @@
+"""Recomposing fast: the output's previous image is kept as a spare and updated in place.
+
+Per output file, a private directory below ``$CAPSTAN_ROOT/cache/compose`` holds
+``spare`` (the image the output held before its last compose, hard-linked there as the
+output was replaced) and two records, ``current.json`` and ``spare.json``: the image's
+identity (device, inode, size, mtime, ctime) and, per file of the ROFS, its partition
+offset and the identity of its source (host file or archive, by ``lstat``).
+A compose whose disk has the same layout as the spare's
+(format, virtual size, partition, loader size, ROFS size) rewrites the metadata, the
+tables and only the files whose source identity changed, then renames the spare over the
+output: the image is the same bytes as a fresh compose, and unchanged files are not copied.
+
+The spare is used only when it is certainly what its record says: same identity, one link
+(no one else reaches it by a name), and no one has it open (a write lease can be taken),
+so a VM still running on that generation of the image is never changed under it. Its
+record is removed before the first write, so an interrupted update is never reused. A
+source whose identity differs after the copy from before fails the compose ("changed while
+composing"), and a source changed within the last :data:`RACY_NS` is never trusted to be
+unchanged later (timestamps are coarser than writes), so it is always copied again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from capstan.core.errors import LocalIOError
+from capstan.core.fs import atomic_write, lock, private_dir, sweep, temp_path, write_error
+from capstan.image.rofs import FileEntry, Reuse
+
+__all__ = ["RACY_NS", "OutputCache", "fingerprint", "state_dir"]
+
+RACY_NS = 2_000_000_000
+_VERSION = 1
+_NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+Fingerprint = list[Any] | None
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def fingerprint(entry: FileEntry) -> Fingerprint:
+    """What must be unchanged for *entry*'s bytes to be: its source's identity, or None
+    (bytes in memory, or a source that cannot be read: always written)."""
+    if entry.source is not None:
+        path, where = entry.source, [entry.size]
+    elif entry.extent is not None:
+        extent = entry.extent
+        path, where = extent.path, [extent.offset, extent.size, extent.gzip]
+    else:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return [str(path), *where, *_identity(st)]
+
+
+def _settled(print_: Fingerprint, now: int) -> Fingerprint:
+    """*print_*, or None when its file changed too recently to be told apart from a later
+    write with the same timestamps."""
+    if print_ is None or now - max(print_[-2], print_[-1]) < RACY_NS:
+        return None
+    return print_
+
+
+def state_dir(root: Path, output: Path) -> Path:
+    """Where the recompose state of *output* lives below ``$CAPSTAN_ROOT`` *root*."""
+    digest = hashlib.sha256(os.fsencode(output.absolute())).hexdigest()[:32]
+    return root / "cache" / "compose" / digest
+
+
+class OutputCache:
+    """The recompose state of one *output*, kept below ``$CAPSTAN_ROOT`` *root*; use as a
+    context manager (it holds the output's compose lock)."""
+
+    def __init__(self, root: Path, output: Path, layout: Sequence[Any]) -> None:
+        self.output = output.absolute()
+        self.layout = list(layout)
+        self.dir = state_dir(root, output)
+        digest = self.dir.name
+        private_dir(self.dir.parent)
+        self._lock = lock(root, "compose", digest)
+        self.tmp: Path | None = None
+        self.spare: dict[str, Any] | None = None
+        self.before: dict[int, Fingerprint] = {}
+
+    def __enter__(self) -> OutputCache:
+        self._lock.acquire()
+        try:
+            private_dir(self.dir)
+            sweep(self.dir)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def _load(self, name: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.dir / name).read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("version") != _VERSION:
+            return None
+        if data.get("layout") != self.layout or not isinstance(data.get("files"), dict):
+            return None
+        return data
+
+    @contextlib.contextmanager
+    def image(self, pending: Sequence[tuple[int, FileEntry]]) -> Iterator[
+            tuple[BinaryIO, Reuse | None]]:
+        """The file to write the image into, and what it already holds: the spare, updated
+        in place, or a new file beside the output. Removed if the block fails."""
+        self.before = {offset: fingerprint(entry) for offset, entry in pending}
+        f = self._take_spare()
+        reuse = self._reuse if f is not None else None
+        tmp = self.tmp = self.dir / "spare" if f is not None else temp_path(self.output)
+        if f is None:
+            try:
+                f = os.fdopen(os.open(tmp, _NEW_FILE, 0o666), "w+b")
+            except OSError as err:
+                raise write_error(self.output, err) from err
+        try:
+            with f:
+                yield f, reuse
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _reuse(self, offset: int, entry: FileEntry) -> bool:
+        print_ = self.before.get(offset)
+        files = self.spare["files"] if self.spare else {}
+        return print_ is not None and files.get(str(offset)) == print_
+
+    def _take_spare(self) -> BinaryIO | None:
+        """The spare opened for writing, if it is what its record says and no one else has
+        it open; its record is removed first."""
+        record = self._load("spare.json")
+        if record is None:
+            return None
+        try:
+            fd = os.open(self.dir / "spare", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        try:
+            if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1
+                    or _identity(st) != record.get("image")
+                    or os.stat(self.output.parent).st_dev != st.st_dev):
+                raise OSError("not the recorded spare")
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)  # refused if anyone has it open
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            os.unlink(self.dir / "spare.json")
+        except OSError:
+            os.close(fd)
+            return None
+        self.spare = record
+        return os.fdopen(fd, "r+b")
+
+    def publish(self, pending: Sequence[tuple[int, FileEntry]]) -> None:
+        """Check that no source changed while it was copied, then make the image the output;
+        the output's previous image becomes the spare."""
+        tmp = self.tmp
+        assert tmp is not None
+        after = {offset: fingerprint(entry) for offset, entry in pending}
+        if after != self.before:
+            tmp.unlink(missing_ok=True)
+            changed = next(e for o, e in pending if after[o] != self.before[o])
+            where = changed.source or (changed.extent.path if changed.extent else changed.path)
+            raise LocalIOError(f"{where}: changed while composing ({changed.path})")
+        now = time.time_ns()
+        record = {"version": _VERSION, "layout": self.layout, "files": {
+            str(offset): _settled(print_, now) for offset, print_ in after.items()}}
+        try:
+            self._swap(tmp, record)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise write_error(self.output, err) from err
+
+    def _swap(self, tmp: Path, record: dict[str, Any]) -> None:
+        current = self._load("current.json")
+        kept = self._keep_output(current)
+        os.replace(tmp, self.output)
+        record["image"] = _identity(os.lstat(self.output))
+        (self.dir / "spare.json").unlink(missing_ok=True)
+        if kept is not None and current is not None:
+            os.replace(kept, self.dir / "spare")
+            current["image"] = _identity(os.lstat(self.dir / "spare"))
+            atomic_write(self.dir / "spare.json", json.dumps(current).encode(), 0o600)
+        else:
+            (self.dir / "spare").unlink(missing_ok=True)
+        atomic_write(self.dir / "current.json", json.dumps(record).encode(), 0o600)
+
+    def _keep_output(self, current: dict[str, Any] | None) -> Path | None:
+        """A new link to the output's image in the cache, if it is the image *current*
+        records (so its content is known) and nothing else links it."""
+        try:
+            before = os.lstat(self.output)
+        except OSError:
+            return None
+        if (current is None or not stat.S_ISREG(before.st_mode) or before.st_nlink != 1
+                or _identity(before) != current.get("image")):
+            return None
+        kept = temp_path(self.dir / "spare")
+        try:
+            os.link(self.output, kept, follow_symlinks=False)
+            st = os.lstat(kept)
+        except OSError:
+            return None
+        if st.st_nlink == 2 and _identity(st)[:4] == _identity(before)[:4]:
+            return kept  # the same inode, unwritten (linking changed only its ctime)
+        kept.unlink()
+        return None
