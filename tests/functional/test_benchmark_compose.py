@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compose.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compose.py"
 
 
 def test_compose_benchmark_smoke(tmp_path: Path) -> None:
