@@ -40,7 +40,9 @@ from capstan.core.errors import (
 )
 from capstan.core.fs import atomic_write
 from capstan.drivers.base import (
+    UPLOAD,
     Capability,
+    DiskPreparer,
     Driver,
     Finding,
     ImageStore,
@@ -118,8 +120,8 @@ class AwsDriver(Driver, ImageStore):
                             "aws configure, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")]
         return [Finding("aws", Status.OK, "credentials from " + ", ".join(sources))]
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
+        super().__init__(config, disks)
         self.region = str(self.config.values.get("aws_region") or "") or None
         self.instance_type = str(self.config.values.get("aws_instance_type") or "t3.micro")
         self.subnet = str(self.config.values.get("aws_subnet") or "") or None
@@ -197,9 +199,7 @@ class AwsDriver(Driver, ImageStore):
     def upload(self, image: Path, name: str, progress: Callable[..., None] | None = None,
                ) -> UploadResult:
         """Make an AMI of *image* (reusing one made of the same bytes)."""
-        from capstan.services.disks import image_facts
-
-        digest = image_facts(self.config.root, image).sha256
+        digest = self.disks.facts(image).sha256
         existing = self.find_ami(digest)
         if existing:
             return UploadResult(existing, name, digest, reused=True)
@@ -421,12 +421,7 @@ class AwsDriver(Driver, ImageStore):
         if record.exists():
             raise Conflict(f"instance {spec.name} exists: delete it first")
         with tempfile.TemporaryDirectory(prefix="capstan-aws-") as work:
-            image = spec.image
-            if spec.cmdline is not None:  # the command line goes into the AMI's disk
-                from capstan.services.disks import make_overlay
-
-                image = Path(work) / "disk.qcow2"
-                make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, image)
+            image = self.disks.prepare(spec, Path(work) / "disk.qcow2", UPLOAD).path
             ami = self.upload(image, spec.name).id
         record.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(record, json.dumps({"ami": ami, "image": str(spec.image),

@@ -12,12 +12,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 from capstan.core.checks import Finding, Status
 from capstan.core.config import Config, Setting
 from capstan.core.errors import (
     BackendError,
+    CapstanError,
     Conflict,
     GuestFailure,
     GuestTimeout,
@@ -27,7 +28,13 @@ from capstan.core.errors import (
 )
 
 __all__ = [
+    "OVERLAY",
+    "UPLOAD",
     "Capability",
+    "DiskFacts",
+    "DiskForm",
+    "DiskInfo",
+    "DiskPreparer",
     "Driver",
     "Finding",
     "ImageStore",
@@ -35,6 +42,7 @@ __all__ = [
     "InstanceSpec",
     "InstanceState",
     "PortForward",
+    "PreparedDisk",
     "Setting",
     "Status",
     "StoredImage",
@@ -306,16 +314,92 @@ class ImageStore(ABC):
         """Delete image *ref* (id or name), or NotFound."""
 
 
+@dataclass(frozen=True)
+class DiskForm:
+    """The disk a driver boots: *format* with qemu-img ``-o`` *options*. A qcow2 disk
+    that is not *standalone* is an overlay on the image; with *reuse_image* the image
+    itself serves when there is no command line to write (an upload of its bytes)."""
+
+    format: str = "qcow2"
+    options: tuple[str, ...] = ()
+    standalone: bool = False
+    reuse_image: bool = False
+
+
+#: a qcow2 overlay on the image, the run's command line written into it
+OVERLAY = DiskForm()
+#: what a cloud uploads: the image itself, or an overlay holding the run's command line
+UPLOAD = DiskForm(reuse_image=True)
+
+
+@dataclass(frozen=True)
+class PreparedDisk:
+    """What :meth:`DiskPreparer.prepare` made: the disk, and the image's SHA-256."""
+
+    path: Path
+    digest: str
+
+
+@dataclass(frozen=True)
+class DiskFacts:
+    """An image file's format and SHA-256 (cached by the service)."""
+
+    format: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """What ``qemu-img info`` says of a disk."""
+
+    format: str
+    virtual_size: int
+    backing_file: str | None
+
+
+class DiskPreparer(Protocol):
+    """The disk service a driver is handed: it turns images into the disks drivers
+    boot or upload. Drivers never read, convert or write image files themselves."""
+
+    def prepare(self, spec: InstanceSpec, disk: Path, form: DiskForm = OVERLAY,
+                ) -> PreparedDisk:
+        """*spec*'s image as *disk* in *form*, with *spec*'s command line written in."""
+
+    def facts(self, image: Path) -> DiskFacts:
+        """The format and SHA-256 of *image*."""
+
+    def info(self, image: Path) -> DiskInfo:
+        """``qemu-img info`` of *image*."""
+
+    def export(self, image: Path, target: Path, kind: str) -> None:
+        """*image* written to *target* as *kind* (``gce``: the tarball GCE imports)."""
+
+    def attachable(self, volume: Volume) -> Volume:
+        """*volume* probed: a standalone image of the format it names (ImageError else)."""
+
+
 class Driver(ABC):
-    """One hypervisor backend. Drivers connect lazily: constructing one is free."""
+    """One hypervisor backend. Drivers connect lazily: constructing one is free.
+
+    *disks* is the disk service (:class:`DiskPreparer`) the services hand in; a driver
+    made without one can list its instances but touches no image file.
+    """
 
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     #: the configuration keys this driver reads (resolved when it is constructed)
     settings: ClassVar[tuple[Setting, ...]] = ()
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
         self.config = config.with_settings(self.settings)
+        self._disks = disks
+
+    @property
+    def disks(self) -> DiskPreparer:
+        """The disk service this driver was handed."""
+        if self._disks is None:
+            raise CapstanError(f"driver {self.name} was made without a disk service")
+        return self._disks
 
     @classmethod
     def doctor(cls, config: Config) -> Sequence[Finding]:
@@ -475,6 +559,6 @@ def driver_classes() -> list[type[Driver]]:
     return [driver_class(name) for name in driver_names()]
 
 
-def get_driver(name: str, config: Config) -> Driver:
-    """An instance of driver *name*, imported only now."""
-    return driver_class(name)(config)
+def get_driver(name: str, config: Config, disks: DiskPreparer | None = None) -> Driver:
+    """An instance of driver *name*, imported only now, handed the disk service *disks*."""
+    return driver_class(name)(config, disks)

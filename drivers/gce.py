@@ -34,7 +34,9 @@ from capstan.core.errors import (
     RemoteError,
 )
 from capstan.drivers.base import (
+    UPLOAD,
     Capability,
+    DiskPreparer,
     Finding,
     ImageStore,
     Instance,
@@ -94,8 +96,8 @@ class GceDriver(CloudDriver, ImageStore):
     name_rule = ("lowercase letters, digits and '-', starting with a letter, at most 63 "
                  "characters (RFC 1035)")
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
+        super().__init__(config, disks)
         values = self.config.values
         self.project = str(values.get("gce_project") or "") or None
         self.zone = str(values.get("gce_zone") or "us-central1-a")
@@ -225,11 +227,7 @@ class GceDriver(CloudDriver, ImageStore):
     def upload(self, image: Path, name: str, progress: Callable[..., None] | None = None,
                ) -> UploadResult:
         """Make a GCE image of *image* (reusing one made of the same bytes)."""
-        from capstan.image.formats import DiskFormat, convert
-        from capstan.services.disks import image_facts
-
-        facts = image_facts(self.config.root, image)
-        digest = facts.sha256
+        digest = self.disks.facts(image).sha256
         self.bytes_sent = 0
         existing = self.find_image(digest)
         if existing:
@@ -242,7 +240,7 @@ class GceDriver(CloudDriver, ImageStore):
         try:
             with tempfile.TemporaryDirectory(prefix="capstan-gce-") as tmp:
                 tarball = Path(tmp) / "disk.tar.gz"
-                convert(image, tarball, DiskFormat.GCE, facts.format)
+                self.disks.export(image, tarball, "gce")
                 blob.metadata = {LABEL: "true", DIGEST: digest}
                 with open(tarball, "rb") as f:  # no size given: a resumable upload, always
                     self._call("upload to Cloud Storage", blob.upload_from_file, file_obj=f,
@@ -324,12 +322,7 @@ class GceDriver(CloudDriver, ImageStore):
         self.new_record(spec)
         self._check_target()
         with tempfile.TemporaryDirectory(prefix="capstan-gce-") as work:
-            image = spec.image
-            if spec.cmdline is not None:  # the command line goes into the image's disk
-                from capstan.services.disks import make_overlay
-
-                image = Path(work) / "disk.qcow2"
-                make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, image)
+            image = self.disks.prepare(spec, Path(work) / "disk.qcow2", UPLOAD).path
             gce_image = self.upload(image, spec.name).id
         self.save_record(spec.name, {"image": gce_image, "source": str(spec.image),
                                      "project": self.project, "zone": self.zone,

@@ -20,7 +20,7 @@ from typing import Any
 from capstan.core import proc, timestamps
 from capstan.core.errors import CommandFailed, Conflict, NotFound, ToolMissing, UsageError
 from capstan.core.fs import atomic_write
-from capstan.drivers.base import Driver, Instance, InstanceSpec, InstanceState
+from capstan.drivers.base import DiskForm, Driver, Instance, InstanceSpec, InstanceState
 
 __all__ = ["HostedDriver"]
 
@@ -71,17 +71,8 @@ class HostedDriver(Driver):
     def disk(self, spec: InstanceSpec, folder: Path, fmt: str, options: Sequence[str] = (),
              name: str = "disk") -> Path:
         """The instance disk: *spec*'s image with its command line, converted to *fmt*."""
-        from capstan.services.disks import make_overlay
-
-        overlay = folder / ".overlay.qcow2"
-        make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)
-        target = folder / f"{name}.{fmt}"
-        argv = ["qemu-img", "convert", "-q", "-O", fmt]
-        if options:
-            argv += ["-o", ",".join(options)]
-        proc.run([*argv, str(overlay), str(target)])
-        overlay.unlink()
-        return target
+        form = DiskForm(fmt, tuple(options), standalone=True)
+        return self.disks.prepare(spec, folder / f"{name}.{fmt}", form).path
 
     def create(self, spec: InstanceSpec) -> Instance:
         folder = self.folder(spec.name)
@@ -100,11 +91,9 @@ class HostedDriver(Driver):
                 self.destroy(spec.name, folder)
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        from capstan.services.disks import image_facts
-
         atomic_write(folder / "instance.json", json.dumps({
             "image": str(spec.image.absolute()),
-            "digest": image_facts(self.config.root, spec.image).sha256,
+            "digest": self.disks.facts(spec.image).sha256,
             "created": timestamps.now(),
             "ports": [str(f) for f in forwards]}).encode())
         return self.get(spec.name)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
 
-from capstan.core import proc, qemuopt, timestamps
+from capstan.core import qemuopt, timestamps
 from capstan.core.checks import has_module, install_command
 from capstan.core.config import Config
 from capstan.core.errors import (
@@ -37,6 +37,8 @@ from capstan.core.errors import (
 )
 from capstan.drivers.base import (
     Capability,
+    DiskForm,
+    DiskPreparer,
     Driver,
     Finding,
     Instance,
@@ -179,8 +181,8 @@ class LibvirtDriver(Driver):
                             "sudo systemctl start libvirtd")]
         return [Finding("libvirt", Status.OK, "libvirt-python and libvirtd found")]
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
+        super().__init__(config, disks)
         self.uri = str(self.config.values.get("libvirt_uri") or "qemu:///system")
         self.pool = str(self.config.values.get("libvirt_pool") or "")
         self.network = str(self.config.values.get("libvirt_network") or "")
@@ -281,11 +283,8 @@ class LibvirtDriver(Driver):
         undo: list[Callable[[], None]] = [lambda: shutil.rmtree(home, ignore_errors=True)]
         try:
             forwards = tuple(f.allocate() for f in spec.forwards)
-            disk = self._disk(spec, home, undo)
-            from capstan.services.disks import image_facts
-
-            meta = {"image": str(spec.image.absolute()),
-                    "digest": image_facts(self.config.root, spec.image).sha256,
+            digest, disk = self._disk(spec, home, undo)
+            meta = {"image": str(spec.image.absolute()), "digest": digest,
                     "created": timestamps.now(),
                     "ports": " ".join(map(str, forwards)), **disk}
             log = None if self.remote else str(home / "console.log")
@@ -301,24 +300,21 @@ class LibvirtDriver(Driver):
         return self._instance(dom)
 
     def _disk(self, spec: InstanceSpec, home: Path,
-              undo: list[Callable[[], None]]) -> dict[str, str]:
-        from capstan.services.disks import make_overlay
-
-        overlay = home / "disk.qcow2"
-        make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)
+              undo: list[Callable[[], None]]) -> tuple[str, dict[str, str]]:
+        """The image's digest, and the domain's disk: an overlay in *home*, or a
+        standalone qcow2 sent to the storage pool."""
         if not self.pool:
             if self.remote:
                 raise ConfigError(f"a remote URI ({self.uri}) needs a storage pool: set "
-                                 "libvirt_pool (e.g. CAPSTAN_LIBVIRT_POOL=default)")
+                                  "libvirt_pool (e.g. CAPSTAN_LIBVIRT_POOL=default)")
+            overlay = self.disks.prepare(spec, home / "disk.qcow2")
             _make_reachable(home, self.config.root)
-            return {"file": str(overlay)}
-        flat = home / "upload.qcow2"
-        proc.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(overlay), str(flat)])
-        overlay.unlink()
+            return overlay.digest, {"file": str(overlay.path)}
+        flat = self.disks.prepare(spec, home / "upload.qcow2", DiskForm(standalone=True))
         volume = f"{spec.name}.qcow2"
-        self._upload(flat, volume, undo)
-        flat.unlink()
-        return {"pool": self.pool, "volume": volume}
+        self._upload(flat.path, volume, undo)
+        flat.path.unlink()
+        return flat.digest, {"pool": self.pool, "volume": volume}
 
     def _upload(self, source: Path, volume: str, undo: list[Callable[[], None]]) -> None:
         """Create *volume* in the pool and send *source* through a libvirt stream."""

@@ -37,7 +37,9 @@ from capstan.core.errors import (
     RemoteError,
 )
 from capstan.drivers.base import (
+    UPLOAD,
     Capability,
+    DiskPreparer,
     Finding,
     ImageStore,
     Instance,
@@ -121,8 +123,8 @@ class OpenStackDriver(CloudDriver, ImageStore):
     name_pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
     name_rule = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63"
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
+        super().__init__(config, disks)
         values = self.config.values
         self.cloud = str(values.get("openstack_cloud") or "") or None
         self.flavor = str(values.get("openstack_flavor") or "") or None
@@ -193,11 +195,9 @@ class OpenStackDriver(CloudDriver, ImageStore):
     def upload(self, image: Path, name: str, progress: Callable[..., None] | None = None,
                ) -> UploadResult:
         """A Glance image of *image* as qcow2 (reusing one with the same checksum)."""
-        from capstan.image.formats import info
-
         self.bytes_sent = 0
         with tempfile.TemporaryDirectory(prefix="capstan-openstack-") as tmp:
-            facts = info(image)
+            facts = self.disks.info(image)
             disk = image
             if facts.format != "qcow2" or facts.backing_file:  # one self-contained qcow2
                 disk = Path(tmp) / "disk.qcow2"
@@ -281,19 +281,12 @@ class OpenStackDriver(CloudDriver, ImageStore):
         return lines
 
     def create(self, spec: InstanceSpec) -> Instance:
-        from capstan.image.formats import info
-
         self.new_record(spec)
-        disk_mib = math.ceil(info(spec.image).virtual_size / (1 << 20))
+        disk_mib = math.ceil(self.disks.info(spec.image).virtual_size / (1 << 20))
         flavor = self.choose_flavor(disk_mib, spec.memory_mib, spec.cpus)
         network = self._network_id()
         with tempfile.TemporaryDirectory(prefix="capstan-openstack-") as work:
-            image = spec.image
-            if spec.cmdline is not None:  # the command line goes into the uploaded disk
-                from capstan.services.disks import make_overlay
-
-                image = Path(work) / "disk.qcow2"
-                make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, image)
+            image = self.disks.prepare(spec, Path(work) / "disk.qcow2", UPLOAD).path
             glance_id = self.upload(image, spec.name).id
         self.save_record(spec.name, {"image": glance_id, "flavor": flavor.id,
                                      "flavor_name": flavor.name, "network": network,

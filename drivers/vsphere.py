@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlparse
 
-from capstan.core import proc, timestamps
+from capstan.core import timestamps
 from capstan.core.checks import has_module
 from capstan.core.config import Config
 from capstan.core.errors import (
@@ -34,6 +34,8 @@ from capstan.core.errors import (
 )
 from capstan.drivers.base import (
     Capability,
+    DiskForm,
+    DiskPreparer,
     Driver,
     Finding,
     Instance,
@@ -46,6 +48,8 @@ from capstan.drivers.base import (
 __all__ = ["VSphereDriver"]
 
 MARK = "pycapstan:"
+#: the disk vSphere is sent: a flat VMDK (its descriptor and a -flat.vmdk extent)
+_VMDK = DiskForm("vmdk", ("subformat=monolithicFlat", "adapter_type=lsilogic"))
 T = TypeVar("T")
 
 
@@ -98,8 +102,8 @@ class VSphereDriver(Driver):
                             "set vsphere_user and CAPSTAN_VSPHERE_PASSWORD")]
         return [Finding("vsphere", Status.OK, f"{config.vsphere_url} as {config.vsphere_user}")]
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
+        super().__init__(config, disks)
         v = self.config.values
         self.url = str(v.get("vsphere_url") or "")
         self.user = str(v.get("vsphere_user") or "")
@@ -223,16 +227,10 @@ class VSphereDriver(Driver):
         ds = self._datastore(dc)
         folder = f"capstan/{spec.name}"
         with tempfile.TemporaryDirectory(prefix="capstan-vsphere-") as tmp:
-            from capstan.services.disks import make_overlay
-
-            overlay = Path(tmp) / "overlay.qcow2"
-            facts = make_overlay(self.config.root, spec.image.absolute(), spec.cmdline, overlay)
-            meta = {"image": str(spec.image.absolute()), "digest": facts.sha256,
-                    "created": timestamps.now()}
             disk = Path(tmp) / f"{spec.name}.vmdk"
-            proc.run(["qemu-img", "convert", "-q", "-O", "vmdk", "-o",
-                      "subformat=monolithicFlat,adapter_type=lsilogic", str(overlay),
-                      str(disk)])
+            digest = self.disks.prepare(spec, disk, _VMDK).digest
+            meta = {"image": str(spec.image.absolute()), "digest": digest,
+                    "created": timestamps.now()}
             self._content().fileManager.MakeDirectory(name=f"[{ds.name}] {folder}",
                                                       datacenter=dc,
                                                       createParentDirectories=True)

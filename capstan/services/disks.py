@@ -1,6 +1,7 @@
-"""Cached facts about image files: format, sha256 and command line.
+"""Cached facts about image files (format, sha256, command line), and the disk service
+handed to drivers (:class:`LocalDisks`: overlays, conversions, volume probes).
 
-Keyed by device, inode, size and mtime, so a changed file is read again. The
+Facts are keyed by device, inode, size and mtime, so a changed file is read again. The
 cache is advisory: a lost update costs one recomputation, never a wrong answer.
 """
 
@@ -14,10 +15,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from capstan.core import proc
+from capstan.core.config import Config
 from capstan.core.errors import ImageError, LocalIOError
 from capstan.core.fs import atomic_write, sha256_of
+from capstan.drivers.base import (
+    OVERLAY,
+    DiskFacts,
+    DiskForm,
+    DiskInfo,
+    Driver,
+    InstanceSpec,
+    PreparedDisk,
+    Volume,
+    get_driver,
+)
 
-__all__ = ["ImageFacts", "image_facts", "make_overlay"]
+__all__ = ["ImageFacts", "LocalDisks", "image_facts", "make_overlay", "open_driver"]
 
 _MAX_ENTRIES = 256
 _MAX_OVERLAYS = 64
@@ -84,7 +97,6 @@ def _cmdline(path: Path) -> str | None:
         return None
 
 
-
 def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> ImageFacts:
     """Create a qcow2 overlay *disk* on *image*, with *cmdline* written into it; return
     the image's facts.
@@ -119,3 +131,60 @@ def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> Im
             stale.unlink(missing_ok=True)
         atomic_write(template, disk.read_bytes())
     return facts
+
+
+class LocalDisks:
+    """The :class:`~capstan.drivers.base.DiskPreparer` of the repository at *root*."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def prepare(self, spec: InstanceSpec, disk: Path, form: DiskForm = OVERLAY,
+                ) -> PreparedDisk:
+        """*spec*'s image as *disk* in *form* (an overlay, or the overlay converted),
+        its command line written in; with ``form.reuse_image`` and no command line,
+        the image itself."""
+        image = spec.image.absolute()
+        if form.reuse_image and spec.cmdline is None:
+            return PreparedDisk(spec.image, image_facts(self.root, image).sha256)
+        if form.format == "qcow2" and not form.standalone:
+            return PreparedDisk(disk, make_overlay(self.root, image, spec.cmdline, disk).sha256)
+        overlay = disk.with_name(f".{disk.name}.overlay.qcow2")
+        try:
+            facts = make_overlay(self.root, image, spec.cmdline, overlay)
+            options = ["-o", ",".join(form.options)] if form.options else []
+            proc.run(["qemu-img", "convert", "-q", "-O", form.format, *options, str(overlay),
+                      str(disk)])
+        finally:
+            overlay.unlink(missing_ok=True)
+        return PreparedDisk(disk, facts.sha256)
+
+    def facts(self, image: Path) -> DiskFacts:
+        """The format and SHA-256 of *image* (from the facts cache)."""
+        facts = image_facts(self.root, image)
+        return DiskFacts(facts.format, facts.sha256)
+
+    def info(self, image: Path) -> DiskInfo:
+        """``qemu-img info`` of *image*."""
+        from capstan.image.formats import info
+
+        found = info(image)
+        return DiskInfo(found.format, found.virtual_size, found.backing_file)
+
+    def export(self, image: Path, target: Path, kind: str) -> None:
+        """*image* converted to *target* as *kind*, a disk format's name (``gce``: the
+        tarball GCE imports)."""
+        from capstan.image.formats import DiskFormat, convert
+
+        convert(image, target, DiskFormat.parse(kind), image_facts(self.root, image).format)
+
+    def attachable(self, volume: Volume) -> Volume:
+        """*volume* probed (:func:`capstan.services.volumes.attachable`)."""
+        from capstan.services.volumes import attachable
+
+        return attachable(volume)
+
+
+def open_driver(name: str, config: Config) -> Driver:
+    """Driver *name*, handed the disk service of *config*'s repository."""
+    return get_driver(name, config, LocalDisks(config.root))

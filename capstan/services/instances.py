@@ -18,13 +18,12 @@ from capstan.drivers.base import (
     InstanceSpec,
     PortForward,
     Volume,
-    get_driver,
     mac_address,
     required_capabilities,
 )
 from capstan.image import cmdline as osv_cmdline
 from capstan.image.loader import PROBE_KERNEL, probe_kernel_path
-from capstan.services.disks import image_facts
+from capstan.services.disks import image_facts, open_driver
 from capstan.services.store import LocalRepository
 
 __all__ = ["Driver", "LogSource", "boot_cmdline", "create_instance", "driver_for", "env_token",
@@ -181,11 +180,11 @@ def driver_for(config: Config, name: str | None) -> Driver:
     configuration error)."""
     if name is None:
         try:
-            return get_driver(config.hypervisor, config)
+            return open_driver(config.hypervisor, config)
         except NotFound as err:
             where = config.sources.get("hypervisor", "configuration")
             raise ConfigError(f"{where}: hypervisor: {err}") from err
-    return get_driver(name, config)
+    return open_driver(name, config)
 
 
 def exists(driver: Driver, name: str) -> bool:

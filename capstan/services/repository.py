@@ -32,9 +32,10 @@ from capstan.core.fs import (
 )
 from capstan.core.names import check_name, is_valid
 from capstan.core.yamlfile import load_cached, load_file
-from capstan.drivers.base import ImageStore, get_driver
+from capstan.drivers.base import ImageStore
 from capstan.remotes.catalog import BucketRemote, Found, remotes
 from capstan.remotes.download import fetch
+from capstan.services.disks import open_driver
 from capstan.services.imagedir import check_standalone, publish_image
 from capstan.services.store import LocalRepository
 
@@ -375,4 +376,4 @@ def _publish(bucket: BucketRemote, source: Path, key: str) -> str:
 def image_store(config: Config, name: str) -> ImageStore:
     """Driver *name* as an image store (a cloud's AMIs, images; UnsupportedOperation if it
     keeps none)."""
-    return get_driver(name, config).image_store()
+    return open_driver(name, config).image_store()

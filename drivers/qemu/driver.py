@@ -52,7 +52,6 @@ from capstan.drivers.base import (
 )
 from capstan.drivers.qemu.argv import Host, Paths, argv, interface
 from capstan.drivers.qemu.machine import QemuMachine, find_pid, pid_alive
-from capstan.services.disks import make_overlay
 
 LOG = logging.getLogger(__name__)
 
@@ -255,11 +254,11 @@ class QemuDriver(Driver):
         disk = d / "disk.qcow2"
         # with a kernel the command line goes to -append; the disk may be kernel-less,
         # its byte 512 the filesystem
-        facts = make_overlay(self.config.root, image, None if spec.kernel else spec.cmdline,
-                             staged / disk.name)
+        written = replace(spec, cmdline=None) if spec.kernel else spec
+        digest = self.disks.prepare(written, staged / disk.name).digest
         run = self._run_dir(d)
         state = _State(
-            name=spec.name, image=str(image), image_digest=facts.sha256, disk=str(disk),
+            name=spec.name, image=str(image), image_digest=digest, disk=str(disk),
             argv=[], qmp=str(run / "qmp.sock"), console=str(run / "console.sock"),
             console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
             created=timestamps.now(), accel=self.accelerator(),
@@ -404,26 +403,21 @@ class QemuDriver(Driver):
 
     def _check_image(self, state: _State) -> None:
         """Refuse to boot *state*'s overlay on any image but the one it was made on."""
-        from capstan.services.disks import image_facts
-
         image = Path(state.image)
         if not image.is_file():
             raise NotFound(f"instance {state.name}: its image {image} is gone: delete the "
                            "instance and run the image again")
-        digest = image_facts(self.config.root, image).sha256
+        digest = self.disks.facts(image).sha256
         if state.image_digest and digest != state.image_digest:
             raise ImageError(f"instance {state.name} was created on {image} with sha256 "
                              f"{state.image_digest}, which now has sha256 {digest}: delete "
                              "the instance and run the image again")
 
-    @staticmethod
-    def _check_volumes(state: _State) -> None:
+    def _check_volumes(self, state: _State) -> None:
         """Probe *state*'s volumes again: each must still be a standalone image of the
         format its ``-drive`` names (a file may have been replaced since)."""
-        from capstan.services.volumes import attachable
-
         for path, fmt in state.volumes:
-            attachable(Volume(Path(path), fmt))
+            self.disks.attachable(Volume(Path(path), fmt))
 
     def run_foreground(self, name: str, out: BinaryIO, timeout: float | None = None) -> int:
         """Start *name*, stream its console to *out* until the guest ends.

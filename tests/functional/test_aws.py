@@ -18,7 +18,7 @@ from botocore.stub import Stubber
 from capstan.core.config import load
 from capstan.core.errors import BackendError, ConfigError, RemoteError
 from capstan.drivers.aws import BLOCK, AwsDriver
-from capstan.services.disks import image_facts
+from capstan.services.disks import LocalDisks, image_facts
 
 from conftest import expect_errors, wait_for
 
@@ -40,7 +40,8 @@ def sparse(tmp_path: Path) -> Path:
 def driver(capstan_root: Path, **values: str) -> AwsDriver:
     env = {"CAPSTAN_ROOT": str(capstan_root), **{f"CAPSTAN_{k.upper()}": v
                                                  for k, v in values.items()}}
-    return AwsDriver(load({}, env))
+    config = load({}, env)
+    return AwsDriver(config, LocalDisks(config.root))
 
 
 def our_snapshots(digest: str) -> list[str]:

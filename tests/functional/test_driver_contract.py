@@ -28,6 +28,7 @@ from capstan.drivers.base import (
     driver_names,
     get_driver,
 )
+from capstan.services.disks import open_driver
 from capstan.services.instances import create_instance, make_spec
 
 from conftest import wait_for
@@ -178,7 +179,7 @@ class TestDriverContract:
         backend = BACKENDS[request.param]
         if backend is not None:
             request.getfixturevalue(backend)
-        return get_driver(request.param, load())
+        return open_driver(request.param, load())
 
     @pytest.fixture
     def spec(self, driver: Driver, image: Path) -> InstanceSpec:
@@ -224,7 +225,7 @@ class TestDriverContract:
 
 def test_a_driver_keeps_images_exactly_when_it_is_an_image_store(cli) -> None:
     for name in driver_names():
-        driver = get_driver(name, load())
+        driver = open_driver(name, load())
         assert (Capability.IMAGES in driver.capabilities) is isinstance(driver, ImageStore), name
 
 

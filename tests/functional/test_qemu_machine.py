@@ -176,10 +176,11 @@ def test_relative_root_gives_qemu_absolute_paths(image: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from capstan.core.config import load
     from capstan.drivers.base import InstanceSpec
-    from capstan.drivers.qemu import QemuDriver
+    from capstan.services.disks import open_driver
 
     monkeypatch.chdir(tmp_path)
-    driver = QemuDriver(load({}, {"CAPSTAN_ROOT": "rel-root", "CAPSTAN_QEMU_ACCEL": "tcg"}))
+    driver = open_driver("qemu", load({}, {"CAPSTAN_ROOT": "rel-root",
+                                           "CAPSTAN_QEMU_ACCEL": "tcg"}))
     driver.create(InstanceSpec(name="r1", image=image, networking="none"))
     record = tmp_path / "rel-root" / "instances" / "qemu" / "r1" / "instance.json"
     argv = json.loads(record.read_text())["argv"]

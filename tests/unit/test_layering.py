@@ -22,23 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 SOURCES = {"capstan": REPO / "capstan", "capstan.drivers": REPO / "drivers",
            "capstan.image": REPO / "image"}
 
-# Edges that break the rules today, each with who removes it. 'house-contract' is moving
-# the drivers' disk preparation into capstan.services.disks, handed to the drivers, and
-# their image-format needs into the base module; these entries go as that lands.
-ALLOWED = {
-    ("capstan.drivers.aws", "capstan.services.disks"),
-    ("capstan.drivers.gce", "capstan.image.formats"),
-    ("capstan.drivers.gce", "capstan.services.disks"),
-    ("capstan.drivers.hosted", "capstan.services.disks"),
-    ("capstan.drivers.libvirt_driver", "capstan.services.disks"),
-    ("capstan.drivers.openstack", "capstan.image.formats"),
-    ("capstan.drivers.openstack", "capstan.services.disks"),
-    ("capstan.drivers.qemu.driver", "capstan.services.disks"),
-    ("capstan.drivers.qemu.driver", "capstan.services.volumes"),
-    ("capstan.drivers.vsphere", "capstan.services.disks"),
-}
-
-
 def _modules() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for package, root in SOURCES.items():
@@ -116,15 +99,9 @@ def test_the_walk_sees_every_floor() -> None:
 
 def test_imports_point_down() -> None:
     wrong = sorted((m, t) for m in MODULES for t in imports(m)
-                   if floor(t) not in MAY_IMPORT[floor(m)] and (m, t) not in ALLOWED)
+                   if floor(t) not in MAY_IMPORT[floor(m)])
     assert wrong == [], "upward or sideways imports: " + ", ".join(
         f"{m} -> {t}" for m, t in wrong)
-
-
-def test_the_allow_list_is_still_needed() -> None:
-    """An entry whose import has gone must leave the list, so that it stays gone."""
-    stale = sorted(edge for edge in ALLOWED if edge[1] not in imports(edge[0]))
-    assert stale == [], "imports gone: remove them from ALLOWED in tests/unit/test_layering.py"
 
 
 def _cycles() -> list[list[str]]:

@@ -21,7 +21,8 @@ from filelock import FileLock
 from capstan.core.config import Config
 from capstan.core.errors import CapstanError, Conflict, InputError, NotFound
 from capstan.core.fs import atomic_write
-from capstan.drivers.base import Capability, Driver, Instance, get_driver
+from capstan.drivers.base import Capability, Driver, Instance
+from capstan.services.disks import open_driver
 from capstan.services.fleet.parse import Fleet
 from capstan.services.fleet.plan import Action, Member, decide, plan
 from capstan.services.instances import LogSource, create_instance, follow_logs
@@ -96,7 +97,7 @@ class _Drivers:
     def __call__(self, name: str | None) -> Driver:
         key = name or self.config.hypervisor
         if key not in self._made:
-            self._made[key] = get_driver(key, self.config)
+            self._made[key] = open_driver(key, self.config)
         return self._made[key]
 
 
