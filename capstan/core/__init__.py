@@ -1,3 +1,3 @@
 """Infrastructure shared by every layer, importing no other floor:
-config, console, errors, fs, limits, names, proc, qemuopt, secrets, sizes, yamlfile."""
+config, console, errors, fs, limits, names, pids, proc, qemuopt, secrets, sizes, yamlfile."""
 

@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from filelock import FileLock
 
+from capstan.core import pids
 from capstan.core.errors import LocalIOError
 
 __all__ = ["TEMP_PREFIX", "atomic_output", "atomic_write", "exchange", "lock", "owner_alive",
@@ -51,12 +52,7 @@ def write_error(path: Path, err: OSError) -> LocalIOError:
 def process_token(pid: int | None = None) -> str:
     """``<pid>-<start time>`` of process *pid* (this one by default): unique across
     PID reuse, since a reused PID has a later start time; ``""`` if it is gone."""
-    pid = os.getpid() if pid is None else pid
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return ""
-    return f"{pid}-{fields[19]}" if fields[0] != "Z" else ""
+    return pids.token(pid)
 
 
 def owner_alive(token: str) -> bool:

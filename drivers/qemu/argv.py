@@ -51,7 +51,7 @@ class Host:
     """What the driver found on the host for this launch."""
 
     qemu: str
-    accel: str  # kvm or tcg
+    accel: str  # kvm, hvf or tcg
     aio: str = "threads"  # the boot disk's aio
     bridge_helper: Path | None = None  # needed by bridge networking only
 
@@ -81,7 +81,7 @@ def argv(spec: InstanceSpec, paths: Paths, host: Host) -> list[str]:
     On ``microvm`` the kernel is loaded by QEMU (PVH) with the command line as
     ``-append``, and every virtio device sits on virtio-mmio (``-device``).
     """
-    cpu = spec.cpu_model or ("host" if host.accel == "kvm" else "max")
+    cpu = spec.cpu_model or ("host" if host.accel in ("kvm", "hvf") else "max")
     bus = _bus(spec)
     args = [
         host.qemu, "-name", qemuopt.join("", {"guest": spec.name}),

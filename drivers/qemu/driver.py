@@ -50,6 +50,7 @@ from capstan.drivers.base import (
     free_port,
     mac_address,
 )
+from capstan.drivers.qemu import accel
 from capstan.drivers.qemu.argv import Host, Paths, argv, interface
 from capstan.drivers.qemu.machine import QemuMachine, find_pid, pid_alive
 
@@ -201,14 +202,8 @@ class QemuDriver(Driver):
         raise ToolMissing("no QEMU found: install qemu-system-x86 or set CAPSTAN_QEMU_PATH")
 
     def accelerator(self) -> str:
-        """kvm when usable (unless disabled), else tcg with a warning."""
-        wanted = self.config.qemu_accel
-        if wanted == "auto":
-            if not self.config.disable_kvm and os.access("/dev/kvm", os.R_OK | os.W_OK):
-                return "kvm"
-            LOG.warning("KVM is not usable here: running QEMU with TCG (slow emulation)")
-            return "tcg"
-        return str(wanted)
+        """``qemu_accel``, with ``auto`` resolved for this host (:func:`accel.pick`)."""
+        return accel.pick(str(self.config.qemu_accel), disable_kvm=bool(self.config.disable_kvm))
 
     def create(self, spec: InstanceSpec) -> Instance:
         """Build the instance in a temporary directory and rename it into place: it

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from capstan.core import proc
+from capstan.core import pids, proc
 from capstan.core.errors import BackendError, GuestTimeout
 
 if TYPE_CHECKING:
@@ -41,24 +41,18 @@ _OUTPUT_LINES = 200  # kept of a machine's captured output
 
 def pid_alive(pid: int | None, marker: str) -> bool:
     """True when *pid* runs and its argv contains *marker* (guards against reuse)."""
-    if not pid:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    found = pids.look(pid)
+    return found is not None and _runs(found, marker)
+
+
+def _runs(found: pids.Process, marker: str) -> bool:
     # the marker is a path, found in argv as QEMU reads it (commas doubled)
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and \
-        marker.replace(",", ",,").encode() in cmd
+    return not found.zombie and marker.replace(",", ",,").encode() in found.command
 
 
 def find_pid(marker: str) -> int | None:
     """The live process whose argv contains *marker* (a QMP socket path), if any."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and pid_alive(int(entry.name), marker):
-            return int(entry.name)
-    return None
+    return next((p.pid for p in pids.processes() if _runs(p, marker)), None)
 
 
 class QemuMachine:
