@@ -62,12 +62,13 @@ class Run(Command):
                             metavar="PATH[:format=F][:cache=C][:aio=A]", help="extra disk")
         parser.add_argument("--cpu", dest="cpu_model",
                             help="QEMU -cpu model (default: host under KVM, max under TCG)")
-        parser.add_argument("--machine", default="pc", choices=("pc", "microvm"),
-                            help="QEMU machine (pc); microvm: virtio-mmio, no PCI or ACPI, "
-                                 "needs --kernel")
+        parser.add_argument("--machine", choices=("pc", "microvm"),
+                            help="QEMU machine (pc; microvm with --kernel): microvm is "
+                                 "virtio-mmio, no PCI or ACPI, and needs --kernel")
         parser.add_argument("--kernel", metavar="KERNEL",
                             help="boot this kernel ELF directly (PVH; 'probe-kernel': the "
-                                 "shipped probe), the command line given by QEMU")
+                                 "shipped probe), the command line given by the VMM "
+                                 "(qemu microvm, firecracker, cloud-hypervisor)")
         parser.add_argument("-d", "--detach", action="store_true",
                             help="run in the background")
         parser.add_argument("--rm", action="store_true",

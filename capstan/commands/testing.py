@@ -89,3 +89,39 @@ class Test(Lister):
         else:
             self.app.stderr.write(self._summary + "\n")
         return TESTS_FAILED if self.failed and code == 0 else code
+
+
+class BenchBoot(Lister):
+    """Time an image's boots through capstan beside bare QEMU with the same argv"""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("image", metavar="IMAGE|NAME",
+                            help="image (repository name or file)")
+        parser.add_argument("-n", "--runs", type=int, default=20, help="boots each way (20)")
+        parser.add_argument("--until", metavar="REGEX",
+                            help="the console marker timed (default: the guest's power-off)")
+        parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                            help="seconds per boot (60)")
+        parser.add_argument("-e", "--execute", help="command line, verbatim "
+                                                    "(with --bootchart: OSv's own figures)")
+        parser.add_argument("-m", "--memory", default="256M", help="guest memory (256M)")
+        parser.add_argument("--machine", choices=("pc", "microvm"),
+                            help="QEMU machine (pc; microvm with --kernel)")
+        parser.add_argument("--kernel", help="kernel ELF booted directly (with microvm)")
+        return parser
+
+    def take_action(
+        self, parsed_args: argparse.Namespace
+    ) -> tuple[tuple[str, ...], Iterable[tuple[Any, ...]]]:
+        from capstan.services.bench import BenchOptions, bench_boot, until_pattern
+
+        args = parsed_args
+        options = BenchOptions(image=args.image, runs=args.runs,
+                               until=until_pattern(args.until), timeout=args.timeout,
+                               execute=args.execute, memory=args.memory,
+                               machine=args.machine, kernel=args.kernel)
+        figures = bench_boot(app_config(self), options)
+        return ("Runner", "Measure", "p50 (s)", "p90 (s)", "Max (s)", "Runs"), [
+            (f.runner, f.measure, round(f.p50, 3), round(f.p90, 3), round(f.max, 3), f.runs)
+            for f in figures]

@@ -134,8 +134,35 @@ def _bridge(config: Config) -> Finding:
     return Finding("bridge", Status.OK, helper)
 
 
+def _microvm(config: Config) -> Finding:
+    """Which direct-kernel microVM targets run here: QEMU's microvm machine (under any
+    accelerator), Firecracker and Cloud Hypervisor (KVM only)."""
+    import shutil
+
+    from capstan.drivers.qemu import QemuDriver
+
+    try:
+        binary = QemuDriver(config).qemu_binary()
+        machines = proc.run([binary, "-machine", "help"], timeout=10).stdout.decode()
+        qemu = "yes" if re.search(r"^microvm\b", machines, re.MULTILINE) else \
+            "no (this QEMU lacks the microvm machine)"
+    except CapstanError:
+        qemu = "no (no QEMU)"
+    kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
+    found = {"qemu --machine microvm": qemu}
+    for driver, program in (("-p firecracker", "firecracker"),
+                            ("-p cloud-hypervisor", "cloud-hypervisor")):
+        found[driver] = ("no (not installed)" if shutil.which(program) is None
+                         else "yes" if kvm else "no (needs /dev/kvm)")
+    detail = "; ".join(f"{target}: {verdict}" for target, verdict in found.items())
+    if any(verdict == "yes" for verdict in found.values()):
+        return Finding("microvm", Status.OK, detail)
+    return Finding("microvm", Status.MISSING, detail,
+                   "install QEMU 4.2 or later (microvm), Firecracker or Cloud Hypervisor")
+
+
 _CHECKS: tuple[Callable[[Config], Finding], ...] = (
-    _root, _qemu, _qemu_img, _accelerators, _kvm, _nested, _bridge,
+    _root, _qemu, _qemu_img, _accelerators, _kvm, _nested, _bridge, _microvm,
 )
 
 

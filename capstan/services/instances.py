@@ -84,11 +84,12 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
               boots: Sequence[str] = (), envs: Sequence[str] = (),
               options: Sequence[str] = (), cpu_model: str | None = None,
               private_network: str | None = None,
-              private_mac: str | None = None, machine: str = "pc",
+              private_mac: str | None = None, machine: str | None = None,
               kernel: str | None = None) -> InstanceSpec:
     """Validate every run option and resolve the image; nothing is started.
 
-    With *kernel* (``microvm``) the command line is the VMM's: ``--nopci``, then
+    With *kernel* (machine ``microvm`` unless given) the command line is the VMM's:
+    ``--nopci`` (a driver whose guests see PCI drops it), then
     the image's own (``--rootfs=rofs runscript /run/default;`` for a kernel-less
     image) as changed by *execute*, *boots*, *envs* and *options*.
     """
@@ -104,6 +105,7 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
     mib = memory_mib(memory)
     image = LocalRepository(config.root).resolve(image_ref, "qemu")
     kernel_path = _kernel(kernel, machine)
+    machine = machine or ("microvm" if kernel_path else "pc")
     text = None
     if kernel_path is not None:
         base = image_facts(config.root, image).cmdline or KERNEL_LESS_BOOT
@@ -127,7 +129,7 @@ def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
                         machine=machine, kernel=kernel_path)
 
 
-def _kernel(ref: str | None, machine: str) -> Path | None:
+def _kernel(ref: str | None, machine: str | None) -> Path | None:
     """The kernel file of ``--kernel`` (``probe-kernel``: the one shipped), checked
     against *machine*."""
     if ref is None:
@@ -135,7 +137,7 @@ def _kernel(ref: str | None, machine: str) -> Path | None:
             raise UsageError("--machine microvm boots a kernel directly: give --kernel K "
                              "(OSv's loader-stripped.elf, or probe-kernel)")
         return None
-    if machine != "microvm":
+    if machine not in (None, "microvm"):
         raise UsageError("--kernel boots without the disk's loader: use it with "
                          "--machine microvm")
     path = probe_kernel_path() if ref == PROBE_KERNEL else Path(ref)

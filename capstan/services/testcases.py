@@ -60,7 +60,7 @@ class Case:
     memory: str = "1G"
     cpus: int = 1
     networking: str = "nat"
-    machine: str = "pc"
+    machine: str | None = None
     kernel: str | None = None
 
 
@@ -126,7 +126,7 @@ def case_from(values: Mapping[str, Any], where: str, error: type[CapstanError]) 
                 boots=check.texts(values.get("boot"), "boot"), env=check.env(values.get("env")),
                 memory=check.text(values.get("memory"), "memory") or "1G",
                 cpus=check.count(values.get("cpus")), networking=networking,
-                machine=check.text(values.get("machine"), "machine") or "pc",
+                machine=check.text(values.get("machine"), "machine"),
                 kernel=check.text(values.get("kernel"), "kernel"))
 
 

@@ -517,7 +517,8 @@ class QemuDriver(Driver):
             state=InstanceState.DAMAGED if state.damaged else status,
             image=state.image, pid=state.pid if running else None,
             ports=tuple(state.ports), image_digest=state.image_digest, created=state.created,
-            extra={"accel": state.accel, "console": state.console, "qmp": state.qmp},
+            extra={"accel": state.accel, "console": state.console, "qmp": state.qmp,
+                   "argv": tuple(state.argv)},
         )
 
     def get(self, name: str) -> Instance:

@@ -244,7 +244,12 @@ class QemuMachine:
 
         self._loop = self._loop or asyncio.Runner()
         client = QMPClient(self.name)
-        self._run(client.connect(str(self.qmp_path)), timeout, "connect")
+        try:
+            self._run(client.connect(str(self.qmp_path)), timeout, "connect")
+        except BackendError:  # QEMU ended mid-handshake: collect the client's failed tasks
+            with contextlib.suppress(BackendError):
+                self._run(client.disconnect(), timeout, "disconnect")
+            raise
         self._qmp = client
 
     def command(self, name: str, arguments: Mapping[str, object] | None = None,

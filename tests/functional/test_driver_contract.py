@@ -156,6 +156,8 @@ BACKENDS = {
     "vbox": "hosted_fakes",  # the recording VBoxManage
     "vmw": "hosted_fakes",  # the recording vmrun
     "toy": "toy",  # the driver of tests/toy_driver
+    "firecracker": "vmm_fakes",  # the recording firecracker (its config schema-checked)
+    "cloud-hypervisor": "vmm_fakes",  # the recording cloud-hypervisor
 }
 #: driver -> its test marker where the two names differ
 MARKS = {"vmw": "vmware"}
@@ -168,6 +170,17 @@ def hosted_fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_STATE", str(tmp_path / "fake-state.json"))
     monkeypatch.setenv("PATH", f"{FAKES}:{os.environ['PATH']}")
     monkeypatch.setenv("CAPSTAN_CHILD_ENV", "FAKE_LOG,FAKE_STATE,FAKE_FAIL,FAKE_ACPI")
+
+
+@pytest.fixture
+def vmm_fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recording fakes of firecracker and cloud-hypervisor first on PATH, booting the
+    probe kernel by default."""
+    from capstan.image.loader import probe_kernel_path
+
+    monkeypatch.setenv("PATH", f"{FAKES}:{os.environ['PATH']}")
+    for key in ("CAPSTAN_FIRECRACKER_KERNEL", "CAPSTAN_CLOUD_HYPERVISOR_KERNEL"):
+        monkeypatch.setenv(key, str(probe_kernel_path()))
 
 
 class TestDriverContract:

@@ -51,7 +51,8 @@ def test_dry_run_shows_nothing_is_written(cli, kernel_less: Path) -> None:
 
 @pytest.mark.parametrize(("args", "code", "text"), [
     (("--machine", "microvm", "--dry-run"), 64, "give --kernel"),
-    (("--kernel", "probe-kernel", "--dry-run"), 64, "use it with --machine microvm"),
+    (("--machine", "pc", "--kernel", "probe-kernel", "--dry-run"), 64,
+     "use it with --machine microvm"),
     (("--machine", "microvm", "--kernel", "/nonexistent/k.elf", "--dry-run"), 65,
      "no such file"),
     (("--machine", "microvm", "--kernel", "probe-kernel", "-p", "libvirt"), 69,
