@@ -160,7 +160,7 @@ BACKENDS = {
     "cloud-hypervisor": "vmm_fakes",  # the recording cloud-hypervisor
 }
 #: driver -> its test marker where the two names differ
-MARKS = {"vmw": "vmware"}
+MARKS = {"vmw": "vmware", "firecracker": "microvm", "cloud-hypervisor": "microvm"}
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import states
 
-pytestmark = pytest.mark.functional
+pytestmark = pytest.mark.qemu
 
 
 def _cases(out: str) -> dict[str, list[str]]:

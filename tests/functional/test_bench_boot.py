@@ -11,7 +11,7 @@ from capstan.services.bench import percentile
 
 from conftest import states
 
-pytestmark = pytest.mark.functional
+pytestmark = pytest.mark.qemu
 
 
 def test_table_beside_bare_qemu(cli, image: Path) -> None:

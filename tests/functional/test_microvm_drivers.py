@@ -16,7 +16,8 @@ from capstan.image.loader import probe_kernel_path
 
 from conftest import wait_for
 
-FAKES = Path(__file__).parent / "fakes"
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+pytestmark = pytest.mark.microvm
 
 
 @pytest.fixture
