@@ -17,7 +17,7 @@ from pathlib import Path
 from capstan.core.checks import tool_check
 from capstan.core.errors import UsageError
 from capstan.core.fs import atomic_write
-from capstan.drivers.base import InstanceSpec, Setting
+from capstan.drivers.base import Setting
 from capstan.drivers.microvm import MicroVmDriver, Vm
 
 __all__ = ["FirecrackerDriver"]
@@ -41,15 +41,14 @@ class FirecrackerDriver(MicroVmDriver):
     doctor_check = tool_check("firecracker", "firecracker", ["--version"],
                               "install Firecracker from its GitHub releases (needs /dev/kvm)")
 
-    def vm(self, spec: InstanceSpec, folder: Path) -> Vm:
-        vm = super().vm(spec, folder)
-        if len(vm.cmdline.encode()) > MAX_BOOT_ARGS:
-            raise UsageError(f"the command line is {len(vm.cmdline.encode())} bytes: "
-                             f"Firecracker takes at most {MAX_BOOT_ARGS}")
-        if vm.cpus != 1 and (vm.cpus % 2 or vm.cpus > MAX_VCPUS):
-            raise UsageError(f"invalid cpu count {vm.cpus}: Firecracker takes 1 or an even "
+    def check(self, cmdline: str, cpus: int) -> None:
+        size = len(cmdline.encode())
+        if size > MAX_BOOT_ARGS:
+            raise UsageError(f"the command line is {size} bytes: Firecracker takes at most "
+                             f"{MAX_BOOT_ARGS}")
+        if cpus != 1 and (cpus % 2 or cpus > MAX_VCPUS):
+            raise UsageError(f"invalid cpu count {cpus}: Firecracker takes 1 or an even "
                              f"number up to {MAX_VCPUS}")
-        return vm
 
     def configure(self, vm: Vm, folder: Path) -> None:
         (folder / "vmm.log").touch(0o600)  # Firecracker's logger opens, never creates, it

@@ -123,10 +123,14 @@ class MicroVmDriver(HostedDriver):
                 raise UsageError(f"invalid tap device {tap!r}: give -b TAP (1-15 of "
                                  "A-Z a-z 0-9 _ . -)")
         cmdline = self.cmdline(spec.cmdline or KERNEL_LESS_BOOT)
+        self.check(cmdline, spec.cpus)
         disk = self.disk(replace(spec, cmdline=None), folder, "raw")
         return Vm(kernel=str(kernel.absolute()), cmdline=cmdline, disk=str(disk.absolute()),
                   memory_mib=spec.memory_mib, cpus=spec.cpus, tap=tap,
                   mac=mac_address(spec.mac) if tap else None)
+
+    def check(self, cmdline: str, cpus: int) -> None:
+        """Refuse what this VMM cannot boot (UsageError), before any disk is made."""
 
     def cmdline(self, text: str) -> str:
         """OSv's command line for this VMM: ``--nopci`` first without PCI, none with it."""
