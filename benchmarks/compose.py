@@ -5,11 +5,13 @@ A generated application package (~200 MiB in ~800 files) requires a runtime pack
 alternating, each after a ``sync``, every sample printed with the medians:
 
 - ``capstan package compose`` of the application (packages merged in memory);
-- ``capstan compose`` of the same merged tree, as a plain directory;
+- ``capstan compose`` of the same merged tree, as a plain directory, to the same output
+  each round (updating the previous image) and to a new file (writing all of it);
 - the reference: ``cp -r`` of that tree plus ``qemu-img convert -O qcow2`` of a raw image
   of the same size and bytes, on the same filesystem;
 - ``capstan compose`` again after one file of the tree changed (the recompose);
-- ``capstan package compose`` of a hello-world package.
+- ``capstan package compose`` of a hello-world package;
+- ``capstan --version``: the CLI's start-up alone, part of every figure above.
 
 Peak RSS of each capstan process comes from ``wait4``. Targets (issue 16): package compose
 <= 1.0x the reference, plain compose <= 0.7x, recompose <= 0.3 s, RSS <= 64 MB, hello world
@@ -155,17 +157,24 @@ def bench(work: Path, sizes: Sizes) -> None:
 
     ref, by_pkg = Series("cp -r + qemu-img convert"), Series("capstan package compose")
     by_tree, again = Series("capstan compose"), Series("capstan compose after a 1-file change")
+    cold = Series("capstan compose to a new file (no previous image to update)")
     changed = sorted((merged / "app").rglob("*.bin"))[3]
     for n in range(sizes.rounds):
         sample(by_pkg, lambda: run([*pkg, "-o", str(out / "pkg.qcow2")], env))
         sample(ref, reference)
         sample(by_tree, lambda: run([*plain, "-o", str(out / "tree.qcow2"), str(merged)], env))
+        new = out / f"new{n}.qcow2"
+        sample(cold, lambda: run([*plain, "-o", str(new), str(merged)], env))  # noqa: B023
+        new.unlink()
         data = bytearray(changed.read_bytes())
         data[0] = n & 0xFF
         changed.write_bytes(bytes(data))
         sample(again, lambda: run([*plain, "-o", str(out / "tree.qcow2"), str(merged)], env))
     hello = hello_series(work, env, sizes.rounds)
-    report(sizes, [by_pkg, by_tree, ref, again, hello], ref)
+    start = Series("capstan --version (start-up alone)")
+    for _ in range(sizes.rounds):
+        sample(start, lambda: run([*CAPSTAN, "--version"], env))
+    report(sizes, [by_pkg, by_tree, cold, ref, again, hello, start], ref)
 
 
 def hello_series(work: Path, env: dict[str, str], rounds: int) -> Series:
@@ -190,6 +199,7 @@ def report(sizes: Sizes, series: list[Series], ref: Series) -> None:
         print(f"  {s.line()}" + ("" if s is ref else f"; {ratio:.2f}x the reference"))
     print("targets: package compose <= 1.0x, compose <= 0.7x, recompose <= 0.3 s, "
           "RSS <= 64 MiB, hello world <= 0.25 s")
+    print("load average after the run: " + ", ".join(f"{n:.1f}" for n in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -171,3 +171,27 @@ def test_any_edit_sequence_gives_the_fresh_bytes(tmp_path_factory: pytest.TempPa
             data += b"+" * 700
         change(path, data)
         assert cached(tmp / "app", out, cache, fmt) == fresh(tmp / "app", tmp / "ref", fmt)
+
+
+def test_a_failed_update_leaves_the_output_and_is_never_reused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = make_tree(tmp_path / "app", [5000, 6000])
+    out, root = tmp_path / "a.qcow2", tmp_path / "root"
+    cached(tmp_path / "app", out, root, DiskFormat.QCOW2)
+    change(files[0], b"a" * 5000)
+    current = cached(tmp_path / "app", out, root, DiskFormat.QCOW2)  # a spare exists now
+
+    def full_disk(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rofs, "_copy_content", full_disk)
+    change(files[1], b"b" * 6000)
+    with pytest.raises(LocalIOError, match="No space left"):
+        cached(tmp_path / "app", out, root, DiskFormat.QCOW2)
+    assert out.read_bytes() == current
+    state = recompose.state_dir(root, out)
+    assert not (state / "spare").exists() and not (state / "spare.json").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(recompose, "RACY_NS", 0)
+    data = cached(tmp_path / "app", out, root, DiskFormat.QCOW2)
+    assert data == fresh(tmp_path / "app", tmp_path / "ref.qcow2", DiskFormat.QCOW2)
