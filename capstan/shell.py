@@ -37,6 +37,7 @@ EXIT_IO = 74
 EXIT_REMOTE = 75
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
+_DEBUG_VERBOSITY = 2  # -vv: libraries log too
 # optional backend library (top-level module) -> (extra that installs it, its name)
 _EXTRAS = {"libvirt": ("libvirt", "libvirt-python"), "boto3": ("aws", "boto3"),
            "botocore": ("aws", "boto3"), "s3transfer": ("aws", "boto3"),
@@ -98,7 +99,7 @@ class CapstanApp(App):
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):
                 handler.addFilter(RedactingFilter())
         # Libraries' chatter is for -vv (DEBUG) only.
-        if self.options.verbose_level < 2:
+        if self.options.verbose_level < _DEBUG_VERBOSITY:
             # qemu.qmp logs a failed connect as an ERROR; we raise (or expect) it ourselves
             logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
             # urllib3 narrates each retry; the final error is reported once, by us
@@ -151,29 +152,27 @@ class CapstanApp(App):
             return int(cmd.run(parsed) or 0)
         except SystemExit as exc:  # --help
             return 0 if exc.code in (0, None) else EXIT_USAGE
-        except CapstanError as err:
-            return self._fail(err, err.exit_code)
         except KeyboardInterrupt:
             self.stderr.write("capstan: interrupted\n")
             return EXIT_INTERRUPTED
-        except BrokenPipeError:  # output piped into e.g. head: stop quietly
+        except Exception as err:
+            return self._failure(err)
+
+    def _failure(self, err: Exception) -> int:
+        """Report *err*, raised by a command, in one line; the exit code it maps to."""
+        if isinstance(err, CapstanError):
+            return self._fail(err, err.exit_code)
+        if isinstance(err, BrokenPipeError):  # output piped into e.g. head: stop quietly
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_BROKEN_PIPE
-        except ImportError as err:  # an optional backend library is not installed
-            extra = _EXTRAS.get((err.name or "").split(".")[0])
-            if extra is None:
-                return self._fail(err, EXIT_INTERNAL, internal=True)
-            return self._fail(ImportError(f"{extra[1]} is not installed: pip install "
-                                          f"'pycapstan[{extra[0]}]' (or 'pycapstan[all]')"),
-                              EXIT_BACKEND)
-        except OSError as err:  # not wrapped by the library: still a local I/O error
-            if _is_requests_error(err):
-                return self._fail(err, EXIT_REMOTE)
-            where = f": {err.filename}" if err.filename else ""
-            return self._fail(OSError(f"{err.strerror or err}{where}"), EXIT_IO)
-        except Exception as err:  # a bug: say so in one line, trace with --debug
-            return self._fail(err, EXIT_INTERNAL, internal=True)
+        if isinstance(err, ImportError):
+            failure, code = _import_failure(err)
+        elif isinstance(err, OSError):
+            failure, code = _os_failure(err)
+        else:  # a bug: say so in one line, trace with --debug
+            failure, code = err, EXIT_INTERNAL
+        return self._fail(failure, code, internal=code == EXIT_INTERNAL)
 
     def _groups(self) -> set[str]:
         """The words that start multi-word commands (``package``, ``image``, ...)."""
@@ -199,6 +198,25 @@ class CapstanApp(App):
         message = str(err) or type(err).__name__
         self.stderr.write(f"capstan: {prefix}{one_line(message)}\n")
         return code
+
+
+def _import_failure(err: ImportError) -> tuple[BaseException, int]:
+    """What to report of *err*, and its exit code: an optional backend library that is
+    not installed is 69 (and names the extra to install), any other a bug."""
+    extra = _EXTRAS.get((err.name or "").split(".")[0])
+    if extra is None:
+        return err, EXIT_INTERNAL
+    return ImportError(f"{extra[1]} is not installed: pip install "
+                       f"'pycapstan[{extra[0]}]' (or 'pycapstan[all]')"), EXIT_BACKEND
+
+
+def _os_failure(err: OSError) -> tuple[BaseException, int]:
+    """What to report of *err* (not wrapped by the library), and its exit code: a
+    network error is 75, anything else local I/O (74)."""
+    if _is_requests_error(err):
+        return err, EXIT_REMOTE
+    where = f": {err.filename}" if err.filename else ""
+    return OSError(f"{err.strerror or err}{where}"), EXIT_IO
 
 
 def one_line(message: str) -> str:

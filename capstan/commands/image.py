@@ -283,11 +283,11 @@ class ImageExport(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> Any:
-        from capstan.services.imagefile import export
+        from capstan.services.imagefile import OvaOptions, export
 
         a = parsed_args
-        done = export(app_config(self), a.image, a.output, a.disk_format, name=a.name,
-                      memory=a.memory, cpus=a.cpus)
+        done = export(app_config(self), a.image, a.output, a.disk_format,
+                      OvaOptions(name=a.name, memory=a.memory, cpus=a.cpus))
         return (("Path", "Capacity", "Members"),
                 (str(done.path), done.capacity, " ".join(done.members)))
 

@@ -137,10 +137,10 @@ class PackageCollect(Command):
         config = app_config(self)
         pull = None
         if parsed_args.pull_missing:
-            from capstan.services.repository import pull_package
+            from capstan.services.repository import PullOptions, pull_package
 
             def pull(name: str) -> None:
-                pull_package(config, name, s3=self.app.options.s3)
+                pull_package(config, name, PullOptions(s3=self.app.options.s3))
 
         done = packages.collect_here(config, parsed_args.package_dir, parsed_args.require,
                                      pull=pull, remote=parsed_args.remote)

@@ -45,11 +45,12 @@ class Pull(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.services.repository import pull_image
+        from capstan.services.repository import PullOptions, pull_image
 
         return _row(pull_image(app_config(self), parsed_args.name, parsed_args.platform,
-                               s3=self.app.options.s3, force=parsed_args.force,
-                               quiet=_quiet(parsed_args), insecure=parsed_args.insecure))
+                               PullOptions(s3=self.app.options.s3, force=parsed_args.force,
+                                           quiet=_quiet(parsed_args),
+                                           insecure=parsed_args.insecure)))
 
 
 class PackagePull(ShowOne):
@@ -63,11 +64,11 @@ class PackagePull(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.services.repository import pull_package
+        from capstan.services.repository import PullOptions, pull_package
 
-        return _row(pull_package(app_config(self), parsed_args.name, s3=self.app.options.s3,
-                                 force=parsed_args.force, quiet=_quiet(parsed_args),
-                                 insecure=parsed_args.insecure))
+        return _row(pull_package(app_config(self), parsed_args.name, PullOptions(
+            s3=self.app.options.s3, force=parsed_args.force, quiet=_quiet(parsed_args),
+            insecure=parsed_args.insecure)))
 
 
 class PackageUpdate(Lister):

@@ -80,6 +80,36 @@ def init(directory: Path, force: bool = False) -> Path:
     return path
 
 
+def _run_build(spec: Capstanfile, project: Path) -> None:
+    """Run the Capstanfile's ``build:`` command in *project* (CommandFailed on failure)."""
+    done = subprocess.run(["sh", "-c", spec.build], cwd=project, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip().splitlines()
+        raise CommandFailed(["sh", "-c", spec.build], done.returncode,
+                            tail[-1] if tail else "")
+
+
+def _add_project_files(files: Tree, spec: Capstanfile, project: Path) -> None:
+    """Add the project's rootfs directory, then its ``files:``, to *files*."""
+    rootfs = project / (spec.rootfs or "ROOTFS")
+    if spec.rootfs and not rootfs.is_dir():
+        raise NotFound(f"{spec.path}: rootfs: {rootfs} does not exist")
+    if rootfs.is_dir():
+        for entry in collect(rootfs):
+            files.add(entry, f"{spec.path}: rootfs")
+    for guest, host in spec.files.items():
+        if not guest.startswith("/"):
+            raise UsageError(f"{spec.path}: files: '{guest}' must be an absolute guest path")
+        where = f"{spec.path}: files: {guest}"
+        guest = guest_path(guest.rstrip("/") or "/", where)
+        source = project / host.replace("&", guest.rsplit("/", 1)[-1])
+        if not source.exists():
+            raise NotFound(f"{spec.path}: files: {source}: no such file or directory")
+        for entry in collect(source if source.is_dir() else source.resolve(), guest):
+            files.add(entry, where)
+
+
 def build(config: Config, project: Path, name: str | None = None,
           output: Path | None = None) -> Any:
     """Run the build command and compose the image into the repository (or *output*)."""
@@ -92,12 +122,7 @@ def build(config: Config, project: Path, name: str | None = None,
                          f"{project.absolute()})")
     spec = load(project / "Capstanfile")
     if spec.build:
-        done = subprocess.run(["sh", "-c", spec.build], cwd=project, capture_output=True,
-                              text=True, check=False)
-        if done.returncode != 0:
-            tail = (done.stdout + done.stderr).strip().splitlines()
-            raise CommandFailed(["sh", "-c", spec.build], done.returncode,
-                                tail[-1] if tail else "")
+        _run_build(spec, project)
     base = LocalRepository(config.root).resolve(spec.base, kind="loader")
     files = Tree()
     with contextlib.ExitStack() as stack:
@@ -108,22 +133,7 @@ def build(config: Config, project: Path, name: str | None = None,
             inherited = []  # a bare loader: nothing to inherit
         for entry in inherited:
             files.add(entry, f"{base}")
-        rootfs = project / (spec.rootfs or "ROOTFS")
-        if spec.rootfs and not rootfs.is_dir():
-            raise NotFound(f"{spec.path}: rootfs: {rootfs} does not exist")
-        if rootfs.is_dir():
-            for entry in collect(rootfs):
-                files.add(entry, f"{spec.path}: rootfs")
-        for guest, host in spec.files.items():
-            if not guest.startswith("/"):
-                raise UsageError(f"{spec.path}: files: '{guest}' must be an absolute guest path")
-            where = f"{spec.path}: files: {guest}"
-            guest = guest_path(guest.rstrip("/") or "/", where)
-            source = project / host.replace("&", guest.rsplit("/", 1)[-1])
-            if not source.exists():
-                raise NotFound(f"{spec.path}: files: {source}: no such file or directory")
-            for entry in collect(source if source.is_dir() else source.resolve(), guest):
-                files.add(entry, where)
+        _add_project_files(files, spec, project)
         image_name = None if output else (name or project.absolute().name)
         return compose_entries(config, files.entries(), name=image_name, output=output,
                                options=ComposeOptions(loader=str(base),

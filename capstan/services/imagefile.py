@@ -15,12 +15,12 @@ from capstan.image.compose import publishing
 from capstan.image.formats import DiskFormat, ImageInfo
 from capstan.image.inspect import Change, OsvImage, TreeItem
 from capstan.image.inspect import diff as _diff
-from capstan.image.ova import export_ova
+from capstan.image.ova import Appliance, export_ova
 from capstan.services.instances import memory_mib
 from capstan.services.store import LocalRepository
 
-__all__ = ["Change", "DiskFormat", "Exported", "ImageInfo", "OsvImage", "TreeItem", "convert",
-           "diff", "disk_format", "export", "open_image"]
+__all__ = ["Change", "DiskFormat", "Exported", "ImageInfo", "OsvImage", "OvaOptions", "TreeItem",
+           "convert", "diff", "disk_format", "export", "open_image"]
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,21 @@ def convert(config: Config, ref: str, target: Path, fmt: DiskFormat) -> ImageInf
     return formats.info(target, fmt.driver)
 
 
-def export(config: Config, ref: str, target: Path, kind: str, *, name: str | None = None,
-           memory: str = "1G", cpus: int = 2) -> Exported:
+@dataclass(frozen=True)
+class OvaOptions:
+    """The VM an OVA export describes: its *name* (None: the target's stem), *memory*
+    (``1G``) and *cpus*."""
+
+    name: str | None = None
+    memory: str = "1G"
+    cpus: int = 2
+
+
+def export(config: Config, ref: str, target: Path, kind: str,
+           ova: OvaOptions = OvaOptions()) -> Exported:
     """Export image *ref* as an OVA (OVF + VMDK + manifest) or, *kind* ``gce``, as the
     ``disk.raw`` tarball Compute Engine imports."""
-    mib = memory_mib(memory)
+    mib = memory_mib(ova.memory)
     with open_image(config, ref) as img:
         source, source_fmt = img.path, img.format
         if kind == "gce":
@@ -80,5 +90,5 @@ def export(config: Config, ref: str, target: Path, kind: str, *, name: str | Non
         with publishing(target) as tmp, tempfile.TemporaryDirectory(
                 prefix=".capstan-ova-", dir=target.parent) as parts:
             result = export_ova(source, source_fmt, tmp / target.name, Path(parts),
-                                name or target.stem, mib, cpus)
+                                Appliance(ova.name or target.stem, mib, ova.cpus))
     return Exported(target, result.capacity, tuple(result.members))

@@ -203,10 +203,10 @@ def _puller(config: Config, options: PackageOptions) -> Callable[[str], None] | 
     """What pulls a missing package, when *options* ask for it."""
     if not options.pull_missing:
         return None
-    from capstan.services.repository import pull_package
+    from capstan.services.repository import PullOptions, pull_package
 
     def pull(pkg: str) -> None:
-        pull_package(config, pkg, s3=options.s3, quiet=True)
+        pull_package(config, pkg, PullOptions(s3=options.s3, quiet=True))
 
     return pull
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -33,15 +34,15 @@ from capstan.core.fs import (
 from capstan.core.names import check_name, is_valid
 from capstan.core.yamlfile import load_cached, load_file
 from capstan.drivers.base import ImageStore
-from capstan.remotes.catalog import BucketRemote, Found, remotes
-from capstan.remotes.download import fetch
+from capstan.remotes.catalog import BucketRemote, Found, Remote, remotes
+from capstan.remotes.download import Artifact, fetch
 from capstan.services.disks import open_driver
 from capstan.services.imagedir import check_standalone, publish_image
 from capstan.services.store import LocalRepository
 
-__all__ = ["ImageRow", "Pulled", "image_store", "import_base", "list_images", "pull_image",
-           "pull_package", "push_image", "push_package", "remove_image", "remove_package",
-           "search"]
+__all__ = ["ImageRow", "PullOptions", "Pulled", "image_store", "import_base", "list_images",
+           "pull_image", "pull_package", "push_image", "push_package", "remove_image",
+           "remove_package", "search"]
 
 LOG = logging.getLogger(__name__)
 
@@ -92,8 +93,31 @@ def _verified(hit: Found, what: str, insecure: bool) -> bool:
     return not missing
 
 
-def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = False,
-               force: bool = False, quiet: bool = False, insecure: bool = False) -> Pulled:
+@dataclass(frozen=True)
+class PullOptions:
+    """How to pull: also from the S3 repository (*s3*), again even when present
+    (*force*), without a progress bar (*quiet*), and accepting a remote that publishes
+    no digest (*insecure*)."""
+
+    s3: bool = False
+    force: bool = False
+    quiet: bool = False
+    insecure: bool = False
+
+
+def _first_hit(config: Config, s3: bool, find: Callable[[Remote], Found | None],
+               what: str) -> Found:
+    """The first configured remote's answer to *find*; NotFound naming *what*."""
+    sources = remotes(config, s3)
+    for remote in sources:
+        hit = find(remote)
+        if hit:
+            return hit
+    raise NotFound(f"{what} is not available in {', '.join(r.label for r in sources)}")
+
+
+def pull_image(config: Config, name: str, platform: str = "qemu",
+               options: PullOptions = PullOptions()) -> Pulled:
     """Download image or loader *name* into the repository (a no-op when present).
 
     Every file must come with a published digest unless *insecure* (then the
@@ -104,45 +128,43 @@ def pull_image(config: Config, name: str, platform: str = "qemu", *, s3: bool = 
     repo = LocalRepository(config.root)
     target = repo.image_file(name, platform)
     with repo.lock(name):
-        if target.is_file() and not force:
+        if target.is_file() and not options.force:
             return Pulled(name, "image", target, _recorded(repo, name) or sha256_of(target),
                           "local", "present")
-        sources = remotes(config, s3)
-        hit = None
-        for remote in sources:
-            hit = remote.image(name, platform)
-            if hit:
-                break
-        if hit is None:
-            raise NotFound(f"image {name} is not available in "
-                           f"{', '.join(r.label for r in sources)}")
-        verified = _verified(hit, f"image {name}", insecure)
+        hit = _first_hit(config, options.s3, lambda r: r.image(name, platform),
+                         f"image {name}")
+        verified = _verified(hit, f"image {name}", options.insecure)
         image, *index = hit.files
         repo.images.mkdir(parents=True, exist_ok=True)
         sweep(repo.images)
         work = repo.images / ".downloads" / name.replace("/", "%")  # ours under the lock
         downloaded = work / target.name
-        digest = fetch(image, downloaded, quiet=quiet, unpack=True)
+        digest = fetch(image, downloaded, quiet=options.quiet, unpack=True)
         check_standalone(downloaded, f"image {name}")
         meta: dict[str, object] = {"format_version": "1", "version": "", "description": "",
                                    "build": "", "created": timestamps.now()}
         if index:
-            index_file = work / "index.remote.yaml"
-            fetch(index[0], index_file, quiet=True)
-            try:
-                remote_meta = load_file(index_file, index[0].url) or {}
-            except InputError as err:
-                raise InputError(f"malformed index.yaml: {err}") from err
-            finally:
-                index_file.unlink(missing_ok=True)
-            if isinstance(remote_meta, dict):
-                meta.update({k: str(v) for k, v in remote_meta.items() if k in meta or
-                             k == "platform"})
+            meta.update(_remote_meta(index[0], work / "index.remote.yaml", meta))
         meta.update({"sha256": digest, "source": hit.source, "verified": verified})
         publish_image(repo, name, {target.name: downloaded},
                        yaml.safe_dump(meta, sort_keys=False).encode())
         shutil.rmtree(work, ignore_errors=True)
     return Pulled(name, "image", target, digest, hit.source, _status(verified))
+
+
+def _remote_meta(index: Artifact, path: Path, known: dict[str, object]) -> dict[str, str]:
+    """The fields of the remote ``index.yaml`` *index* (fetched to *path*, then removed)
+    that a pulled image's own index records: the *known* keys and ``platform``."""
+    fetch(index, path, quiet=True)
+    try:
+        remote_meta = load_file(path, index.url) or {}
+    except InputError as err:
+        raise InputError(f"malformed index.yaml: {err}") from err
+    finally:
+        path.unlink(missing_ok=True)
+    if not isinstance(remote_meta, dict):
+        return {}
+    return {k: str(v) for k, v in remote_meta.items() if k in known or k == "platform"}
 
 
 def _status(verified: bool) -> str:
@@ -154,8 +176,7 @@ def _recorded(repo: LocalRepository, name: str) -> str:
     return str(meta.get("sha256", ""))
 
 
-def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = False,
-                 quiet: bool = False, insecure: bool = False) -> Pulled:
+def pull_package(config: Config, name: str, options: PullOptions = PullOptions()) -> Pulled:
     """Download package *name* (``.yaml`` and ``.mpm``) into ``<root>/packages``.
 
     Both files must come with a published digest unless *insecure* (then the
@@ -166,25 +187,17 @@ def pull_package(config: Config, name: str, *, s3: bool = False, force: bool = F
     manifest, archive, stamp = _package_files(packages, name)
     packages.mkdir(parents=True, exist_ok=True)
     with _package_lock(config, name):
-        if manifest.is_file() and archive.is_file() and not force:
+        if manifest.is_file() and archive.is_file() and not options.force:
             digest = stamp.read_text().split()[0] if stamp.is_file() else sha256_of(archive)
             return Pulled(name, "package", archive, digest, "local", "present")
-        sources = remotes(config, s3)
-        hit = None
-        for remote in sources:
-            hit = remote.package(name)
-            if hit:
-                break
-        if hit is None:
-            raise NotFound(f"package {name} is not available in "
-                           f"{', '.join(r.label for r in sources)}")
-        verified = _verified(hit, f"package {name}", insecure)
+        hit = _first_hit(config, options.s3, lambda r: r.package(name), f"package {name}")
+        verified = _verified(hit, f"package {name}", options.insecure)
         yaml_art, mpm_art = hit.files
         sweep(packages)
         new_manifest = temp_path(manifest)
         try:
             fetch(yaml_art, new_manifest, quiet=True)
-            digest = fetch(mpm_art, archive, quiet=quiet)
+            digest = fetch(mpm_art, archive, quiet=options.quiet)
             atomic_write(stamp, f"{digest}{'' if verified else ' unverified'}\n".encode())
             os.replace(new_manifest, manifest)  # last: a package "exists" once this does
         except OSError as err:

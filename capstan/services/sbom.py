@@ -21,6 +21,7 @@ from capstan.core.yamlfile import load_strict
 from capstan.services.store import LocalRepository
 
 __all__ = ["PackageRecord", "SbomSummary", "image_packages", "write_sbom"]
+_SHA256_HEX = 64  # hex digits of a SHA-256 digest
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def _lock_packages(lock: Path) -> list[PackageRecord]:
 
 def _package(name: str, entry: Mapping[str, Any]) -> PackageRecord:
     digest = str(entry.get("sha256") or "")
-    if not name or len(digest) != 64 or set(digest) - set("0123456789abcdef"):
+    if not name or len(digest) != _SHA256_HEX or set(digest) - set("0123456789abcdef"):
         raise InputError(f"package record {name or '(unnamed)'}: needs a name and a "
                          "SHA-256 digest")
     return PackageRecord(name, str(entry.get("version") or ""), digest)

@@ -19,7 +19,7 @@ from capstan.drivers.base import InstanceSpec, PortForward, Volume
 from capstan.drivers.libvirt_driver import domain_xml
 from capstan.drivers.qemu.argv import Host, Paths, argv
 from capstan.drivers.vmware import vmx
-from capstan.image.ova import descriptor
+from capstan.image.ova import Appliance, OvfDisk, descriptor
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 ROOT = Path("/var/lib/capstan/instances/qemu")
@@ -128,7 +128,8 @@ def test_libvirt_bridge_pool_cpu_model(request: pytest.FixtureRequest) -> None:
 
 
 def test_ovf_descriptor(request: pytest.FixtureRequest) -> None:
-    text = descriptor("app & <tools>", "app-disk1.vmdk", 12345678, 10 << 30, 1024, 2)
+    text = descriptor(Appliance("app & <tools>", 1024, 2),
+                      OvfDisk("app-disk1.vmdk", 12345678, 10 << 30))
     compare(request, "ova/app.ovf", text.decode())
 
 
