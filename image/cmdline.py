@@ -26,6 +26,8 @@ MAX_LENGTH = 1023
 _OPTION_SEP = re.compile(r"(?<!\\)[ \t\n]+")
 _BARE = re.compile(r'[!-~]+')
 _SPECIAL = set(' ;&!"\\$')
+_SPACE = 0x20  # characters below are control characters
+_TILDE = 0x7E  # the last printable ASCII character
 
 
 def split(cmdline: str) -> tuple[list[str], str]:
@@ -52,7 +54,8 @@ def validate(cmdline: str) -> None:
     for option in options:
         if not option.startswith("--"):
             raise InputError(f"loader option {option!r} must start with '--'")
-    bad = next((c for c in app if ord(c) > 0x7E or (ord(c) < 0x20 and c not in "\t\n")), None)
+    bad = next((c for c in app if ord(c) > _TILDE or (ord(c) < _SPACE and c not in "\t\n")),
+               None)
     if bad is not None:
         raise InputError(
             f"command line application part contains {bad!r}: OSv accepts only "
@@ -80,7 +83,7 @@ def read_area(area: bytes) -> str:
 
 def quote_arg(arg: str) -> str:
     """Quote one application argument for OSv's command grammar (section 8.3)."""
-    if not arg.isascii() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in arg):
+    if not arg.isascii() or any(ord(c) < _SPACE or ord(c) > _TILDE for c in arg):
         raise InputError(f"argument {arg!r} has characters OSv cannot parse")
     if _BARE.fullmatch(arg) and not _SPECIAL.intersection(arg):
         return arg

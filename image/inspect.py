@@ -31,6 +31,7 @@ from capstan.image.sources import Extent
 __all__ = ["Change", "ImageSummary", "OsvImage", "TreeItem", "diff"]
 
 _HEAD = 65536
+_MAX_SYMLINKS = 16  # levels of symbolic links followed before giving up
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class OsvImage:
         self.format = sniffed
         if sniffed != "raw":
             head = self._fetch(0, _HEAD).read(_HEAD)
-        if len(head) < 512 or head[510:512] != b"\x55\xaa":
+        if len(head) < mbr.SECTOR or head[510:512] != b"\x55\xaa":
             raise ImageError(f"{path}: not an OSv image (no boot signature 55 AA)")
         self.sector0 = head[:512]
         self.partition = mbr.read_partition(self.sector0, 2)
@@ -201,7 +202,7 @@ class OsvImage:
     def _resolve(self, path: str, depth: int = 0) -> RofsInode:
         inode = self.rofs.lookup(path)
         if inode.kind == "symlink":
-            if depth > 16:
+            if depth > _MAX_SYMLINKS:
                 raise ImageError(f"{path}: too many levels of symbolic links")
             target = self.rofs.readlink(inode)
             if not target.startswith("/"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from capstan.core.errors import ImageError, LocalIOError, NotFound
 from capstan.image import cmdline, formats
-from capstan.image.mbr import PARTITION_ALIGN, TABLE, align_up
+from capstan.image.mbr import PARTITION_ALIGN, SECTOR, TABLE, align_up
 
 __all__ = [
     "PROBE_KERNEL", "PROBE_LOADER", "Loader", "probe_kernel_path", "probe_loader_path",
@@ -24,6 +24,8 @@ PROBE_KERNEL = "probe-kernel"
 KERNEL_OFFSET = 65536
 CHUNK = 32768
 _HEADER = 65536
+_VDI_MAGIC_AT = 0x40  # VirtualBox's image signature, little-endian
+_VDI_MAGIC = 0xBEDA107F
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def sniff_format(head: bytes) -> str:
         return "vhdx"
     if head.startswith(b"conectix"):
         return "vpc"
-    if len(head) >= 0x44 and struct.unpack_from("<I", head, 0x40)[0] == 0xBEDA107F:
+    if len(head) >= _VDI_MAGIC_AT + 4 and \
+            struct.unpack_from("<I", head, _VDI_MAGIC_AT)[0] == _VDI_MAGIC:
         return "vdi"
     return "raw"
 
@@ -110,7 +113,7 @@ def _from_raw(raw: Path, source: Path) -> Loader:
     data = raw.read_bytes()
     if data[-512:].startswith(b"conectix"):
         data = data[:-512]  # a fixed VHD: raw bytes plus a footer
-    if len(data) < 512 or data[510:512] != b"\x55\xaa":
+    if len(data) < SECTOR or data[510:512] != b"\x55\xaa":
         raise ImageError(f"{source}: not an OSv loader (no boot signature 55 AA)")
     (count32,) = struct.unpack_from("<H", data, 0x10)
     kernel_end = KERNEL_OFFSET + count32 * CHUNK

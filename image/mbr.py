@@ -18,6 +18,8 @@ __all__ = [
 PARTITION_ALIGN = 2 * 1024 * 1024
 TABLE = 0x1BE
 ENTRY = 16
+SECTOR = 512
+_MAX_CYLINDER = 1023  # the largest CHS cylinder
 SYSTEM_ID = 0x83
 _ENTRY = struct.Struct("<BBHBBHII")
 
@@ -40,8 +42,8 @@ def align_up(value: int, alignment: int) -> int:
 def chs(lba: int) -> tuple[int, int, int]:
     """CHS address of *lba* for 255 heads x 63 sectors, capped at (1023, 254, 63)."""
     cylinder, head, sector = (lba // 63) // 255, (lba // 63) % 255, lba % 63 + 1
-    if cylinder > 1023:
-        return 1023, 254, 63
+    if cylinder > _MAX_CYLINDER:
+        return _MAX_CYLINDER, 254, 63
     return cylinder, head, sector
 
 
