@@ -15,13 +15,7 @@ from filelock import FileLock
 
 from capstan.core import timestamps
 from capstan.core.config import Config
-from capstan.core.errors import (
-    Conflict,
-    ImageError,
-    InputError,
-    LocalIOError,
-    NotFound,
-)
+from capstan.core.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
 from capstan.core.fs import (
     atomic_output,
     atomic_write,
@@ -73,13 +67,6 @@ class ImageRow:
     size: int
     sha256: str
     source: str
-
-
-def _first(found: list[tuple[str, Found | None]], what: str, labels: list[str]) -> Found:
-    for _, hit in found:
-        if hit is not None:
-            return hit
-    raise NotFound(f"{what} is not available in {', '.join(labels) or 'any repository'}")
 
 
 def _verified(hit: Found, what: str, insecure: bool) -> bool:
