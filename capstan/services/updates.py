@@ -22,7 +22,7 @@ from capstan.core.yamlfile import load_file, load_strict
 from capstan.packages.manifest import Manifest, parse_manifest, version_key
 from capstan.remotes.catalog import remotes
 from capstan.remotes.download import fetch
-from capstan.services.repository import pull_package
+from capstan.services.repository import PullOptions, pull_package
 
 __all__ = ["UpdateOptions", "UpdateRow", "needs_update", "update_packages"]
 
@@ -109,6 +109,6 @@ def _update_one(config: Config, local: Manifest, options: UpdateOptions) -> Upda
     why = needs_update(local, remote, by_created=options.created)
     if why is None:
         return UpdateRow(local.name, local.version, remote.version, "already latest")
-    pull_package(config, local.name, s3=options.s3, force=True, quiet=True,
-                 insecure=options.insecure)
+    pull_package(config, local.name, PullOptions(s3=options.s3, force=True, quiet=True,
+                                                 insecure=options.insecure))
     return UpdateRow(local.name, local.version, remote.version, f"updated ({why})")
