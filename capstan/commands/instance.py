@@ -82,7 +82,7 @@ class Run(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from capstan.services.instances import create_instance, exists, make_spec
+        from capstan.services.instances import RunRequest, create_instance, exists, make_spec
 
         args = parsed_args
         image_ref, name = args.image, args.name
@@ -104,12 +104,12 @@ class Run(Command):
             name = Path(image_ref).stem if Path(image_ref).is_file() else \
                 image_ref.replace("/", "-")
         check_name(name, "instance")
-        spec = make_spec(app_config(self), image_ref, name, memory=args.memory,
-                         cpus=args.cpus, networking=args.networking, bridge=args.bridge,
-                         mac=args.mac, forwards=args.forward,
-                         volumes=args.volume, execute=args.execute, boots=args.boot,
-                         envs=args.env, cpu_model=args.cpu_model, machine=args.machine,
-                         kernel=args.kernel)
+        spec = make_spec(app_config(self), image_ref, name, RunRequest(
+            memory=args.memory, cpus=args.cpus, networking=args.networking,
+            bridge=args.bridge, mac=args.mac, forwards=tuple(args.forward),
+            volumes=tuple(args.volume), execute=args.execute, boots=tuple(args.boot),
+            envs=tuple(args.env), cpu_model=args.cpu_model, machine=args.machine,
+            kernel=args.kernel))
         if args.dry_run:
             self.app.stdout.write("".join(f"would {line}\n" for line in driver.dry_run(spec)))
             return 0

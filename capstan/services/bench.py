@@ -23,7 +23,7 @@ from capstan.core import proc
 from capstan.core.config import Config
 from capstan.core.errors import GuestFailure, GuestTimeout, UsageError
 from capstan.drivers.base import Driver
-from capstan.services.instances import create_instance, driver_for, make_spec
+from capstan.services.instances import RunRequest, create_instance, driver_for, make_spec
 
 __all__ = ["BenchOptions", "Figure", "bench_boot", "percentile", "until_pattern"]
 
@@ -94,9 +94,9 @@ def bench_boot(config: Config, options: BenchOptions,
         raise UsageError(f"invalid -n {options.runs}: 1 to {MAX_RUNS} boots")
     driver = driver_for(config, "qemu")
     name = f"capstan-bench-{secrets.token_hex(4)}"
-    spec = make_spec(config, options.image, name, memory=options.memory, cpus=1,
-                     networking="none", execute=options.execute, machine=options.machine,
-                     kernel=options.kernel)
+    spec = make_spec(config, options.image, name, RunRequest(
+        memory=options.memory, cpus=1, networking="none", execute=options.execute,
+        machine=options.machine, kernel=options.kernel))
     create_instance(driver, spec)
     boots: dict[str, list[_Boot]] = {"capstan": [], "qemu": []}
     try:

@@ -27,7 +27,7 @@ from capstan.services.disks import image_facts, open_driver
 from capstan.services.store import LocalRepository
 
 __all__ = ["Driver", "LogSource", "boot_cmdline", "create_instance", "driver_for", "env_token",
-           "exists", "follow_logs", "instance_log", "instances_using", "make_spec",
+           "RunRequest", "exists", "follow_logs", "instance_log", "instances_using", "make_spec",
            "memory_mib", "run_foreground"]
 
 KERNEL_LESS_BOOT = "--rootfs=rofs runscript /run/default;"
@@ -77,56 +77,81 @@ def memory_mib(text: str) -> int:
     return mib
 
 
-def make_spec(config: Config, image_ref: str, name: str, *, memory: str = "1G",
-              cpus: int = 2, networking: str = "nat", bridge: str | None = None,
-              mac: str | None = None, forwards: Sequence[str] = (),
-              volumes: Sequence[str] = (), execute: str | None = None,
-              boots: Sequence[str] = (), envs: Sequence[str] = (),
-              options: Sequence[str] = (), cpu_model: str | None = None,
-              private_network: str | None = None,
-              private_mac: str | None = None, machine: str | None = None,
-              kernel: str | None = None) -> InstanceSpec:
+@dataclass(frozen=True)
+class RunRequest:
+    """What ``capstan run`` or a fleet service asks of a new instance, as given (checked
+    by :func:`make_spec`): hardware, networking, *forwards* and *volumes* in their
+    command-line forms, the boot (*execute* verbatim, else *boots* config sets, with
+    *envs* and OSv *options* in front), and for direct kernel boot the *machine* and
+    *kernel*."""
+
+    memory: str = "1G"
+    cpus: int = 2
+    networking: str = "nat"
+    bridge: str | None = None
+    mac: str | None = None
+    forwards: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    execute: str | None = None
+    boots: tuple[str, ...] = ()
+    envs: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+    cpu_model: str | None = None
+    private_network: str | None = None
+    private_mac: str | None = None
+    machine: str | None = None
+    kernel: str | None = None
+
+
+def make_spec(config: Config, image_ref: str, name: str,
+              request: RunRequest = RunRequest()) -> InstanceSpec:
     """Validate every run option and resolve the image; nothing is started.
 
-    With *kernel* (machine ``microvm`` unless given) the command line is the VMM's:
+    With a *kernel* (machine ``microvm`` unless given) the command line is the VMM's:
     ``--nopci`` (a driver whose guests see PCI drops it), then
     the image's own (``--rootfs=rofs runscript /run/default;`` for a kernel-less
     image) as changed by *execute*, *boots*, *envs* and *options*.
     """
-    if cpus < 1:
-        raise UsageError(f"invalid cpu count {cpus}: at least 1")
-    if cpu_model is not None and not _CPU.fullmatch(cpu_model):
-        raise UsageError(f"invalid --cpu {cpu_model!r}: use a model with optional features, "
-                         "e.g. max or host,+avx2,pmu=off")
-    parsed_forwards = tuple(PortForward.parse(f) for f in forwards)
-    parsed_volumes = tuple(_volume(v) for v in volumes)
-    if mac is not None:
-        mac = mac_address(mac)
-    mib = memory_mib(memory)
+    r = request
+    if r.cpus < 1:
+        raise UsageError(f"invalid cpu count {r.cpus}: at least 1")
+    if r.cpu_model is not None and not _CPU.fullmatch(r.cpu_model):
+        raise UsageError(f"invalid --cpu {r.cpu_model!r}: use a model with optional "
+                         "features, e.g. max or host,+avx2,pmu=off")
+    parsed_forwards = tuple(PortForward.parse(f) for f in r.forwards)
+    parsed_volumes = tuple(_volume(v) for v in r.volumes)
+    mac = None if r.mac is None else mac_address(r.mac)
+    mib = memory_mib(r.memory)
     image = LocalRepository(config.root).resolve(image_ref, "qemu")
-    kernel_path = _kernel(kernel, machine)
-    machine = machine or ("microvm" if kernel_path else "pc")
-    text = None
-    if kernel_path is not None:
-        base = image_facts(config.root, image).cmdline or KERNEL_LESS_BOOT
-        direct = boot_cmdline(base, execute, boots, envs, options) or base
-        if "--nopci" not in osv_cmdline.split(direct)[0]:
-            direct = f"--nopci {direct}"
-        osv_cmdline.validate(direct)
-        text = direct
-    elif execute is not None or boots or envs or options:
-        current = image_facts(config.root, image).cmdline
-        if current is None:
-            raise ImageError(f"{image}: not an OSv image with a command-line area (a "
-                             "kernel-less image takes it from the VMM), so its command "
-                             "line cannot be set")
-        text = boot_cmdline(current, execute, boots, envs, options)
-    return InstanceSpec(name=name, image=image, memory_mib=mib, cpus=cpus,
-                        networking=networking, bridge=bridge, mac=mac,
+    kernel_path = _kernel(r.kernel, r.machine)
+    machine = r.machine or ("microvm" if kernel_path else "pc")
+    text = _spec_cmdline(config, image, r, direct=kernel_path is not None)
+    return InstanceSpec(name=name, image=image, memory_mib=mib, cpus=r.cpus,
+                        networking=r.networking, bridge=r.bridge, mac=mac,
                         forwards=parsed_forwards,
-                        volumes=parsed_volumes, cmdline=text, cpu_model=cpu_model,
-                        private_network=private_network, private_mac=private_mac,
+                        volumes=parsed_volumes, cmdline=text, cpu_model=r.cpu_model,
+                        private_network=r.private_network, private_mac=r.private_mac,
                         machine=machine, kernel=kernel_path)
+
+
+def _spec_cmdline(config: Config, image: Path, r: RunRequest, *, direct: bool) -> str | None:
+    """The command line *r* gives *image* (None: the image's own); *direct*: for
+    direct kernel boot."""
+    if direct:
+        base = image_facts(config.root, image).cmdline or KERNEL_LESS_BOOT
+        text = boot_cmdline(base, r.execute, r.boots, r.envs, r.options) or base
+        if "--nopci" not in osv_cmdline.split(text)[0]:
+            text = f"--nopci {text}"
+        osv_cmdline.validate(text)
+        return text
+    if r.execute is None and not (r.boots or r.envs or r.options):
+        return None
+    current = image_facts(config.root, image).cmdline
+    if current is None:
+        raise ImageError(f"{image}: not an OSv image with a command-line area (a "
+                         "kernel-less image takes it from the VMM), so its command "
+                         "line cannot be set")
+    return boot_cmdline(current, r.execute, r.boots, r.envs, r.options)
 
 
 def _kernel(ref: str | None, machine: str | None) -> Path | None:

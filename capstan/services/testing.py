@@ -28,7 +28,7 @@ from pathlib import Path
 from capstan.core.config import Config
 from capstan.core.errors import CapstanError, GuestFailure
 from capstan.drivers.base import Capability, Driver, console_verdict
-from capstan.services.instances import create_instance, driver_for, make_spec
+from capstan.services.instances import RunRequest, create_instance, driver_for, make_spec
 from capstan.services.testcases import Case, load_cases, single_case
 
 __all__ = ["Case", "Outcome", "Suite", "junit_xml", "load_cases", "run_cases", "single_case",
@@ -139,10 +139,10 @@ def run_case(config: Config, case: Case, *, hypervisor: str | None = None,
     name = f"capstan-test-{secrets.token_hex(4)}"
     try:
         driver.require(Capability.LOGS)
-        spec = make_spec(config, case.image, name, memory=case.memory, cpus=case.cpus,
-                         execute=case.execute, boots=case.boots, envs=case.env,
-                         networking=case.networking, machine=case.machine,
-                         kernel=case.kernel)
+        spec = make_spec(config, case.image, name, RunRequest(
+            memory=case.memory, cpus=case.cpus, execute=case.execute, boots=case.boots,
+            envs=case.env, networking=case.networking, machine=case.machine,
+            kernel=case.kernel))
         create_instance(driver, spec)
     except CapstanError as err:
         return Outcome(case.name, False, time.monotonic() - started, f"cannot boot: {err}")

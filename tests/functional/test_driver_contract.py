@@ -29,7 +29,7 @@ from capstan.drivers.base import (
     get_driver,
 )
 from capstan.services.disks import open_driver
-from capstan.services.instances import create_instance, make_spec
+from capstan.services.instances import RunRequest, create_instance, make_spec
 
 from conftest import wait_for
 
@@ -198,7 +198,7 @@ class TestDriverContract:
     def spec(self, driver: Driver, image: Path) -> InstanceSpec:
         """A guest that stays up (the probe's @hold) with the least the driver needs."""
         return make_spec(load(), str(image), f"contract-{uuid.uuid4().hex[:6]}",
-                         memory="256M", cpus=1, execute="/x @hold")
+                         RunRequest(memory="256M", cpus=1, execute="/x @hold"))
 
     def test_lifecycle(self, driver: Driver, spec: InstanceSpec) -> None:
         made = create_instance(driver, spec)

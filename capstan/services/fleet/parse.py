@@ -18,6 +18,8 @@ __all__ = ["DEFAULT_FILE", "MAX_COUNT", "Fleet", "Service", "load_fleet"]
 
 DEFAULT_FILE = "capstan-fleet.yaml"
 MAX_COUNT = 64
+MAX_CPUS = 64  # per instance
+_MAX_PREFIX = 29  # a smaller private network has too few addresses
 _WILDCARD = {"0.0.0.0", "::", ""}
 _FLEET_KEYS = {"name", "services", "private_network"}
 _SERVICE_KEYS = {"image", "count", "cpus", "memory", "env", "boot", "command", "ports",
@@ -105,6 +107,53 @@ def _only(data: Mapping[str, Any], allowed: set[str], where: str,
         raise bad(where, f"unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """One service's settings mapping, read with typed getters whose errors name *where*."""
+
+    value: dict[str, Any]
+    where: str
+    bad: Callable[[str, str], InputError]
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        got = self.value.get(key, default)
+        if isinstance(got, bool) or not isinstance(got, int) or not low <= got <= high:
+            raise self.bad(f"{self.where}.{key}",
+                           f"must be an integer from {low} to {high}, not {got!r}")
+        return got
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        got = self.value.get(key, [])
+        got = [got] if isinstance(got, str | int) and not isinstance(got, bool) else got
+        if not isinstance(got, list) or not all(isinstance(g, str | int) for g in got):
+            raise self.bad(f"{self.where}.{key}", "expected a string or a list of strings")
+        return tuple(str(g) for g in got)
+
+    def env(self) -> tuple[str, ...]:
+        """``env`` as ``KEY=VALUE`` items (a mapping or a list in the file)."""
+        env = self.value.get("env", {})
+        if isinstance(env, dict):
+            return tuple(f"{k}={'' if v is None else v}" for k, v in env.items())
+        return self.strings("env")
+
+    def check_strings(self) -> None:
+        """The plain string settings are strings, and every volume parses."""
+        for key in ("command", "driver", "networking"):
+            if key in self.value and not isinstance(self.value[key], str):
+                raise self.bad(f"{self.where}.{key}", "expected a string")
+        for text in self.strings("volumes"):
+            try:
+                Volume.parse(text)
+            except UsageError as err:
+                raise self.bad(f"{self.where}.volumes", str(err)) from err
+
+    def memory(self) -> str:
+        memory = self.value.get("memory", "256M")
+        if isinstance(memory, bool) or not isinstance(memory, str | int):
+            raise self.bad(f"{self.where}.memory", "expected a size such as 512M")
+        return str(memory)
+
+
 def _service(name: str, value: Any, bad: Callable[[str, str], InputError]) -> Service:
     where = f"services.{name}"
     if not is_valid(name, "service"):
@@ -114,42 +163,17 @@ def _service(name: str, value: Any, bad: Callable[[str, str], InputError]) -> Se
     _only(value, _SERVICE_KEYS, where, bad)
     if not isinstance(value.get("image"), str) or not value["image"]:
         raise bad(f"{where}.image", "required: an image name or file")
-
-    def integer(key: str, default: int, low: int, high: int) -> int:
-        got = value.get(key, default)
-        if isinstance(got, bool) or not isinstance(got, int) or not low <= got <= high:
-            raise bad(f"{where}.{key}", f"must be an integer from {low} to {high}, not {got!r}")
-        return got
-
-    def strings(key: str) -> tuple[str, ...]:
-        got = value.get(key, [])
-        got = [got] if isinstance(got, str | int) and not isinstance(got, bool) else got
-        if not isinstance(got, list) or not all(isinstance(g, str | int) for g in got):
-            raise bad(f"{where}.{key}", "expected a string or a list of strings")
-        return tuple(str(g) for g in got)
-
-    env = value.get("env", {})
-    if isinstance(env, dict):
-        env_items = tuple(f"{k}={'' if v is None else v}" for k, v in env.items())
-    else:
-        env_items = strings("env")
-    for key in ("command", "driver", "networking"):
-        if key in value and not isinstance(value[key], str):
-            raise bad(f"{where}.{key}", "expected a string")
-    for text in strings("volumes"):
-        try:
-            Volume.parse(text)
-        except UsageError as err:
-            raise bad(f"{where}.volumes", str(err)) from err
-    memory = value.get("memory", "256M")
-    if isinstance(memory, bool) or not isinstance(memory, str | int):
-        raise bad(f"{where}.memory", "expected a size such as 512M")
+    settings = _Settings(value, where, bad)
+    env_items = settings.env()
+    settings.check_strings()
+    memory = settings.memory()
     return Service(
-        name=name, image=value["image"], count=integer("count", 1, 0, MAX_COUNT),
-        cpus=integer("cpus", 1, 1, 64), memory=str(memory), env=env_items,
-        boot=strings("boot"), command=value.get("command"), ports=strings("ports"),
-        volumes=strings("volumes"), driver=value.get("driver"),
-        networking=value.get("networking", "nat"), depends_on=strings("depends_on"),
+        name=name, image=value["image"], count=settings.integer("count", 1, 0, MAX_COUNT),
+        cpus=settings.integer("cpus", 1, 1, MAX_CPUS), memory=memory, env=env_items,
+        boot=settings.strings("boot"), command=value.get("command"),
+        ports=settings.strings("ports"), volumes=settings.strings("volumes"),
+        driver=value.get("driver"), networking=value.get("networking", "nat"),
+        depends_on=settings.strings("depends_on"),
     )
 
 
@@ -188,7 +212,7 @@ def _subnet(value: Any, bad: Callable[[str, str], InputError]) -> ipaddress.IPv4
         net = ipaddress.IPv4Network(str(value))
     except ValueError as err:
         raise bad("private_network", f"expected true, false or a subnet: {err}") from err
-    if net.prefixlen > 29:
+    if net.prefixlen > _MAX_PREFIX:
         raise bad("private_network", f"{net} is too small")
     return net
 

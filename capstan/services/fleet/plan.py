@@ -40,7 +40,7 @@ def plan(config: Config, fleet: Fleet) -> list[Member]:
     """Every instance the file asks for, with its spec (validated, nothing started)."""
     from capstan.image import cmdline as osv_cmdline
     from capstan.services.disks import image_facts
-    from capstan.services.instances import make_spec
+    from capstan.services.instances import RunRequest, make_spec
 
     hosts = iter(fleet.subnet.hosts()) if fleet.subnet else None
     if hosts is not None:
@@ -63,13 +63,13 @@ def plan(config: Config, fleet: Fleet) -> list[Member]:
                 nic = "eth1" if svc.networking == "nat" else "eth0"
                 options.append(f"--ip={nic},{address},{fleet.subnet.netmask}")
             try:
-                spec = make_spec(
-                    config, _image_ref(fleet, svc.image), name, memory=svc.memory,
-                    cpus=svc.cpus, networking=svc.networking, forwards=svc.ports,
-                    volumes=svc.volumes, execute=svc.command, boots=svc.boot,
-                    envs=[*env, *svc.env], options=options,
+                spec = make_spec(config, _image_ref(fleet, svc.image), name, RunRequest(
+                    memory=svc.memory, cpus=svc.cpus, networking=svc.networking,
+                    forwards=svc.ports, volumes=svc.volumes,
+                    execute=svc.command, boots=svc.boot, envs=(*env, *svc.env),
+                    options=tuple(options),
                     private_network=f"{fleet.name}@{fleet.path}" if address else None,
-                    private_mac=_mac(name) if address else None)
+                    private_mac=_mac(name) if address else None))
                 if spec.cmdline is not None:
                     osv_cmdline.validate(spec.cmdline)
             except CapstanError as err:
