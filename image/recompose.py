@@ -17,6 +17,8 @@ record is removed before the first write, so an interrupted update is never reus
 source whose identity differs after the copy from before fails the compose ("changed while
 composing"), and a source changed within the last :data:`RACY_NS` is never trusted to be
 unchanged later (timestamps are coarser than writes), so it is always copied again.
+Records of an earlier boot are ignored: images are not synced, so a crash may have kept
+their new timestamps without their new bytes.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ RACY_NS = 2_000_000_000
 _VERSION = 1
 _NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 Fingerprint = list[Any] | None
+
+
+def boot_id() -> str:
+    """This boot's identity: records from an earlier boot are never trusted, since a crash
+    may have kept an image's new timestamps but not its new bytes (images are not synced)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _identity(st: os.stat_result) -> list[int]:
@@ -116,6 +127,8 @@ class OutputCache:
             return None
         if not isinstance(data, dict) or data.get("version") != _VERSION:
             return None
+        if not data.get("boot") or data.get("boot") != boot_id():
+            return None
         if data.get("layout") != self.layout or not isinstance(data.get("files"), dict):
             return None
         return data
@@ -183,7 +196,7 @@ class OutputCache:
             where = changed.source or (changed.extent.path if changed.extent else changed.path)
             raise LocalIOError(f"{where}: changed while composing ({changed.path})")
         now = time.time_ns()
-        record = {"version": _VERSION, "layout": self.layout, "files": {
+        record = {"version": _VERSION, "boot": boot_id(), "layout": self.layout, "files": {
             str(offset): _settled(print_, now) for offset, print_ in after.items()}}
         try:
             self._swap(tmp, record)

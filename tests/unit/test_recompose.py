@@ -195,3 +195,18 @@ def test_a_failed_update_leaves_the_output_and_is_never_reused(
     monkeypatch.setattr(recompose, "RACY_NS", 0)
     data = cached(tmp_path / "app", out, root, DiskFormat.QCOW2)
     assert data == fresh(tmp_path / "app", tmp_path / "ref.qcow2", DiskFormat.QCOW2)
+
+
+def test_records_of_an_earlier_boot_are_not_trusted(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    files = make_tree(tmp_path / "app", [5000])
+    out, root = tmp_path / "a.raw", tmp_path / "root"
+    cached(tmp_path / "app", out, root, DiskFormat.RAW)
+    change(files[0], b"c" * 5000)
+    cached(tmp_path / "app", out, root, DiskFormat.RAW)  # a spare exists now
+    spare = (recompose.state_dir(root, out) / "spare").stat().st_ino
+    monkeypatch.setattr(recompose, "boot_id", lambda: "another-boot")
+    change(files[0], b"d" * 5000)
+    data = cached(tmp_path / "app", out, root, DiskFormat.RAW)
+    assert out.stat().st_ino != spare  # a fresh image, not the spare updated
+    assert data == fresh(tmp_path / "app", tmp_path / "ref.raw", DiskFormat.RAW)
