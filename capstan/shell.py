@@ -38,6 +38,7 @@ EXIT_REMOTE = 75
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 _DEBUG_VERBOSITY = 2  # -vv: libraries log too
+_GROUP_HELP = 2  # words in "package help", before the command it asks about
 # optional backend library (top-level module) -> (extra that installs it, its name)
 _EXTRAS = {"libvirt": ("libvirt", "libvirt-python"), "boto3": ("aws", "boto3"),
            "botocore": ("aws", "boto3"), "s3transfer": ("aws", "boto3"),
@@ -248,9 +249,10 @@ def _group_help(argv: list[str], commands: set[str]) -> list[str]:
     spells it, in cliff's form ``help package [CMD]``; help on an unknown CMD is
     the unknown command ``package CMD``."""
     groups = {name.split()[0] for name in commands if " " in name}
-    if len(argv) < 2 or argv[0] not in groups or argv[1] not in ("help", "h", "--help", "-h"):
+    if len(argv) < _GROUP_HELP or argv[0] not in groups or \
+            argv[1] not in ("help", "h", "--help", "-h"):
         return argv
-    if len(argv) > 2 and f"{argv[0]} {argv[2]}" not in commands:
+    if len(argv) > _GROUP_HELP and f"{argv[0]} {argv[2]}" not in commands:
         return [argv[0], *argv[2:]]
     return ["help", argv[0], *argv[2:3]]
 

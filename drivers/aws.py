@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from capstan.drivers.base import (
 )
 
 LOG = logging.getLogger(__name__)
+_SAVE_EVERY = 16  # blocks between saves of an upload's progress
 
 __all__ = ["AwsDriver", "BLOCK", "image_drivers", "nonzero_blocks"]
 
@@ -85,6 +87,33 @@ def image_drivers(raw: Path) -> set[str]:
     with open(raw, "rb") as f:
         head = f.read(64 << 20)
     return {name for name, marker in markers.items() if marker in head}
+
+
+@dataclass
+class _BlockUpload:
+    """The progress of one EBS direct upload, saved so that an interrupted one resumes."""
+
+    state_file: Path
+    snapshot: str
+    done: set[int]
+    progress: Callable[..., None] | None
+    sent: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def save(self) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.state_file, json.dumps({"snapshot": self.snapshot,
+                                                  "done": sorted(self.done)}).encode())
+
+    def sent_block(self, index: int, size: int) -> None:
+        """Record block *index* (*size* bytes) as sent; saved every 16 blocks."""
+        with self.lock:
+            self.done.add(index)
+            self.sent += size
+            if len(self.done) % _SAVE_EVERY == 0:
+                self.save()
+        if self.progress:
+            self.progress(size)
 
 
 class AwsDriver(Driver, ImageStore):
@@ -233,28 +262,9 @@ class AwsDriver(Driver, ImageStore):
         """An EBS snapshot of *raw* through the EBS direct APIs; resumable."""
         ebs = self.client("ebs")
         state_file = self.config.root / "cache" / "aws" / f"{digest}.json"
-        state = _load_json(state_file)
-        size_gib = max(1, -(-raw.stat().st_size // (1 << 30)))
-        snapshot = state.get("snapshot")
-        if snapshot and not self._resumable(snapshot):
-            snapshot = None  # gone or failed: start again
-        if not snapshot:
-            reply = self._call("start_snapshot", ebs.start_snapshot, VolumeSize=size_gib,
-                               Description=f"pycapstan {name}", Timeout=60,
-                               ClientToken=f"capstan-{digest[:48]}-{int(time.time())}",
-                               Tags=self._tags(name, digest))
-            snapshot = reply["SnapshotId"]
-            state = {"snapshot": snapshot, "done": []}
-        done: set[int] = set(state.get("done", []))
-        lock = threading.Lock()
-        sent = [0]
-
-        def save() -> None:
-            state_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(state_file, json.dumps({"snapshot": snapshot,
-                                                 "done": sorted(done)}).encode())
-
-        save()
+        snapshot, done = self._ebs_snapshot(ebs, raw, name, digest, _load_json(state_file))
+        upload = _BlockUpload(state_file, snapshot, done, progress)
+        upload.save()
 
         def put(block: tuple[int, bytes]) -> None:
             index, data = block
@@ -262,36 +272,51 @@ class AwsDriver(Driver, ImageStore):
             self._call("put_snapshot_block", ebs.put_snapshot_block, SnapshotId=snapshot,
                        BlockIndex=index, BlockData=data, DataLength=len(data),
                        Checksum=checksum, ChecksumAlgorithm="SHA256")
-            with lock:
-                done.add(index)
-                sent[0] += len(data)
-                if len(done) % 16 == 0:
-                    save()
-            if progress:
-                progress(len(data))
+            upload.sent_block(index, len(data))
 
-        total = 0  # non-zero blocks, sent now or before an interruption
         try:
-            with ThreadPoolExecutor(self.jobs) as pool:
-                # bounded: at most 2 * jobs blocks in memory
-                pending: list[Any] = []
-                for block in nonzero_blocks(raw):
-                    total += 1
-                    if block[0] in done:
-                        continue
-                    pending.append(pool.submit(put, block))
-                    if len(pending) >= 2 * self.jobs:
-                        pending.pop(0).result()
-                for future in pending:
-                    future.result()
+            total = self._send_blocks(raw, upload, put)
         finally:
-            save()
+            upload.save()
         self._call("complete_snapshot", ebs.complete_snapshot, SnapshotId=snapshot,
                    ChangedBlocksCount=total)
         self._wait_snapshot(snapshot)
         state_file.unlink(missing_ok=True)
-        self.bytes_sent = sent[0]
+        self.bytes_sent = upload.sent
         return str(snapshot)
+
+    def _ebs_snapshot(self, ebs: Any, raw: Path, name: str, digest: str,
+                      state: dict[str, Any]) -> tuple[str, set[int]]:
+        """The snapshot to upload into, and the blocks it already holds: the unfinished
+        one of *state* when it can go on, else a new one."""
+        snapshot = state.get("snapshot")
+        if snapshot and self._resumable(snapshot):
+            return str(snapshot), set(state.get("done", []))
+        size_gib = max(1, -(-raw.stat().st_size // (1 << 30)))
+        reply = self._call("start_snapshot", ebs.start_snapshot, VolumeSize=size_gib,
+                           Description=f"pycapstan {name}", Timeout=60,
+                           ClientToken=f"capstan-{digest[:48]}-{int(time.time())}",
+                           Tags=self._tags(name, digest))
+        return str(reply["SnapshotId"]), set()
+
+    def _send_blocks(self, raw: Path, upload: _BlockUpload,
+                     put: Callable[[tuple[int, bytes]], None]) -> int:
+        """*put* each non-zero block of *raw* not sent yet, *jobs* at a time; how many
+        non-zero blocks *raw* has (sent now or before an interruption)."""
+        total = 0
+        with ThreadPoolExecutor(self.jobs) as pool:
+            # bounded: at most 2 * jobs blocks in memory
+            pending: list[Any] = []
+            for block in nonzero_blocks(raw):
+                total += 1
+                if block[0] in upload.done:
+                    continue
+                pending.append(pool.submit(put, block))
+                if len(pending) >= 2 * self.jobs:
+                    pending.pop(0).result()
+            for future in pending:
+                future.result()
+        return total
 
     def _resumable(self, snapshot: str) -> bool:
         """Whether an upload we left unfinished can go on: the snapshot still exists and

@@ -139,6 +139,7 @@ _WHAT = {
     Capability.IMAGES: "images (they are files in the local repository)",
     Capability.DIRECT_KERNEL: "direct kernel boot (--kernel, --machine microvm)",
 }
+MAX_PORT = 65535
 _FORWARD = re.compile(
     r"(?:(?P<addr>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d{1,5}):(?P<guest>\d{1,5})"
     r"(?:/(?P<proto>tcp|udp))?")
@@ -165,7 +166,7 @@ class PortForward:
         if match is None:
             raise UsageError(f"invalid port forward {text!r}: use [ADDR:]HOST:GUEST[/udp]")
         host, guest = int(match["host"]), int(match["guest"])
-        if host > 65535 or not 0 < guest <= 65535:
+        if host > MAX_PORT or not 0 < guest <= MAX_PORT:
             raise UsageError(f"invalid port forward {text!r}: ports are 1-65535")
         return cls(host, guest, match["proto"] or "tcp", (match["addr"] or "127.0.0.1").strip("[]"))
 

@@ -19,6 +19,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
@@ -52,7 +53,7 @@ from capstan.drivers.base import (
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["NS", "LibvirtDriver", "domain_xml"]
+__all__ = ["NS", "DomainHost", "LibvirtDriver", "domain_xml"]
 
 NS = "https://pycapstan.dev/xmlns/instance/1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -60,21 +61,29 @@ _CHUNK = 1 << 20
 T = TypeVar("T")
 
 
-def domain_xml(spec: InstanceSpec, *, domain_type: str, disk: dict[str, str],
-               console_log: str | None, network: str, meta: dict[str, str],
-               forwards: tuple[PortForward, ...] = ()) -> str:
-    """The domain XML for *spec*.
+@dataclass(frozen=True)
+class DomainHost:
+    """How the host runs a domain: the libvirt *domain_type*, the *disk*
+    (``{"file": PATH}`` or ``{"pool": P, "volume": V}``), the *console_log* file, the
+    *network* (``""``: user mode, *forwards* through QEMU's own ``hostfwd``;
+    ``network:NAME`` or ``bridge:NAME``) and our *meta* data."""
 
-    *disk* is ``{"file": PATH}`` or ``{"pool": P, "volume": V}``; *network* is
-    ``""`` (user mode, *forwards* through QEMU's own ``hostfwd``),
-    ``network:NAME`` or ``bridge:NAME``.
-    """
+    domain_type: str
+    disk: dict[str, str]
+    console_log: str | None
+    network: str
+    meta: dict[str, str]
+    forwards: tuple[PortForward, ...] = ()
+
+
+def domain_xml(spec: InstanceSpec, host: DomainHost) -> str:
+    """The domain XML for *spec* as *host* runs it."""
     ET.register_namespace("capstan", NS)
     ET.register_namespace("qemu", QEMU_NS)
-    dom = ET.Element("domain", type=domain_type)
+    dom = ET.Element("domain", type=host.domain_type)
     ET.SubElement(dom, "name").text = spec.name
     metadata = ET.SubElement(ET.SubElement(dom, "metadata"), f"{{{NS}}}instance")
-    for key, value in meta.items():
+    for key, value in host.meta.items():
         ET.SubElement(metadata, f"{{{NS}}}{key}").text = value
     ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
     ET.SubElement(dom, "vcpu").text = str(spec.cpus)
@@ -88,41 +97,45 @@ def domain_xml(spec: InstanceSpec, *, domain_type: str, disk: dict[str, str],
     for event, action in (("on_poweroff", "destroy"), ("on_reboot", "restart"),
                           ("on_crash", "destroy")):
         ET.SubElement(dom, event).text = action
-    devices = ET.SubElement(dom, "devices")
-    _disk(devices, disk, "qcow2", "vda")
-    for i, vol in enumerate(spec.volumes, start=1):
-        if vol.format is None:
-            raise CapstanError(f"volume {vol.path} reached the libvirt driver unprobed")
-        _disk(devices, {"file": str(vol.path)}, vol.format, f"vd{chr(ord('a') + i)}",
-              cache=vol.cache)
-    if network:
-        kind, _, name = network.partition(":")
-        iface = ET.SubElement(devices, "interface", type=kind)
-        ET.SubElement(iface, "source", {kind: name})
-        ET.SubElement(iface, "mac", address=mac_address(spec.mac))
-        ET.SubElement(iface, "model", type="virtio")
-    elif not forwards:
-        ET.SubElement(ET.SubElement(devices, "interface", type="user"), "model", type="virtio")
-    serial = ET.SubElement(devices, "serial", type="pty")
-    if console_log:
-        ET.SubElement(serial, "log", file=console_log, append="off")
-    ET.SubElement(serial, "target", port="0")
-    ET.SubElement(ET.SubElement(devices, "console", type="pty"), "target", type="serial",
-                  port="0")
-    rng = ET.SubElement(devices, "rng", model="virtio")
-    ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
-    ET.SubElement(devices, "memballoon", model="none")
-    if forwards and not network:
+    _devices(ET.SubElement(dom, "devices"), spec, host)
+    if host.forwards and not host.network:
         # libvirt 9 has port forwards only with passt; QEMU's slirp does them itself.
         rules = "".join("," + qemuopt.join("", {
             "hostfwd": f"{f.protocol}:{f.host_addr}:{f.host_port}-:{f.guest_port}"})
-            for f in forwards)
+            for f in host.forwards)
         cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
         for arg in ("-netdev", f"user,id=capstan-un0{rules}",
                     "-device", "virtio-net-pci,netdev=capstan-un0,romfile=,bus=pci.0,addr=0x1e"):
             ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode")
+
+
+def _devices(devices: ET.Element, spec: InstanceSpec, host: DomainHost) -> None:
+    """Fill the domain's *devices*: disks, network, serial console, RNG."""
+    _disk(devices, host.disk, "qcow2", "vda")
+    for i, vol in enumerate(spec.volumes, start=1):
+        if vol.format is None:
+            raise CapstanError(f"volume {vol.path} reached the libvirt driver unprobed")
+        _disk(devices, {"file": str(vol.path)}, vol.format, f"vd{chr(ord('a') + i)}",
+              cache=vol.cache)
+    if host.network:
+        kind, _, name = host.network.partition(":")
+        iface = ET.SubElement(devices, "interface", type=kind)
+        ET.SubElement(iface, "source", {kind: name})
+        ET.SubElement(iface, "mac", address=mac_address(spec.mac))
+        ET.SubElement(iface, "model", type="virtio")
+    elif not host.forwards:
+        ET.SubElement(ET.SubElement(devices, "interface", type="user"), "model", type="virtio")
+    serial = ET.SubElement(devices, "serial", type="pty")
+    if host.console_log:
+        ET.SubElement(serial, "log", file=host.console_log, append="off")
+    ET.SubElement(serial, "target", port="0")
+    ET.SubElement(ET.SubElement(devices, "console", type="pty"), "target", type="serial",
+                  port="0")
+    rng = ET.SubElement(devices, "rng", model="virtio")
+    ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
+    ET.SubElement(devices, "memballoon", model="none")
 
 
 def _disk(devices: ET.Element, source: dict[str, str], fmt: str, target: str,
@@ -288,9 +301,9 @@ class LibvirtDriver(Driver):
                     "created": timestamps.now(),
                     "ports": " ".join(map(str, forwards)), **disk}
             log = None if self.remote else str(home / "console.log")
-            xml = domain_xml(spec, domain_type=self.domain_type(), disk=disk,
-                             console_log=log, network=self.network, meta=meta,
-                             forwards=forwards)
+            xml = domain_xml(spec, DomainHost(
+                domain_type=self.domain_type(), disk=disk, console_log=log,
+                network=self.network, meta=meta, forwards=forwards))
             dom = self._call(f"define {spec.name}", self.conn.defineXML, xml)
         except BaseException:
             for step in reversed(undo):

@@ -106,7 +106,7 @@ class MicroVmDriver(HostedDriver):
         fd = os.open(folder / "vmm.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with open(fd, "ab") as log, open(folder / "console.log", "ab") as console:
             child = proc.spawn(argv, stdout=console if self.serial_on_stdout else log,
-                               stderr=log, outlive=True, umask=0o177)
+                               stderr=log, outlive=True)
         atomic_write(folder / "vmm.pid", f"{child.pid}\n".encode(), 0o600)
         return self.get(name)
 

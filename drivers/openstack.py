@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -154,29 +155,8 @@ class OpenStackDriver(CloudDriver, ImageStore):
 
         try:
             return fn()
-        except (ks.MissingRequiredOptions, ks.MissingAuthPlugin) as err:
-            raise ConfigError("no OpenStack credentials: set openstack_cloud (a clouds.yaml "
-                              "entry), OS_CLOUD or the OS_* variables") from err
-        except ks.Unauthorized as err:
-            raise ConfigError("OpenStack rejected the credentials") from err
-        except (ks.ConnectFailure, ks.ConnectTimeout, ks.SSLError, ks.RetriableConnectionFailure,
-                ks.DiscoveryFailure, ks.EndpointNotFound) as err:
-            raise RemoteError(f"OpenStack {what}: {type(err).__name__}: "
-                              f"{_line(err)}") from err
-        except sdk.ConfigException as err:
-            raise ConfigError(f"OpenStack configuration: {_line(err)}") from err
-        except sdk.NotFoundException as err:
-            raise NotFound(f"OpenStack {what}: {_line(err)}") from err
-        except sdk.ConflictException as err:
-            raise Conflict(f"OpenStack {what}: {_line(err)}") from err
-        except sdk.HttpException as err:
-            if err.status_code in (401, 403):
-                raise ConfigError(f"OpenStack {what}: access denied: {_line(err)}") from err
-            if err.status_code and err.status_code >= 500:
-                raise RemoteError(f"OpenStack {what}: {_line(err)}") from err
-            raise BackendError(f"OpenStack {what}: {_line(err)}") from err
-        except (sdk.SDKException, ks.ClientException) as err:
-            raise BackendError(f"OpenStack {what}: {_line(err)}") from err
+        except (sdk.SDKException, ks.ClientException, ks.RetriableConnectionFailure) as err:
+            raise _translated(what, err) from err
 
     # -- images ---------------------------------------------------------------
 
@@ -436,3 +416,32 @@ def _line(err: BaseException) -> str:
     """The first line of *err*'s message."""
     text = str(err).strip()
     return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _translated(what: str, err: Exception) -> CapstanError:
+    """Our error for openstacksdk's or keystoneauth's *err*, raised by operation *what*."""
+    from keystoneauth1 import exceptions as ks
+    from openstack import exceptions as sdk
+
+    table: tuple[tuple[type[Exception] | tuple[type[Exception], ...],
+                       Callable[[], CapstanError]], ...] = (
+        ((ks.MissingRequiredOptions, ks.MissingAuthPlugin), lambda: ConfigError(
+            "no OpenStack credentials: set openstack_cloud (a clouds.yaml entry), OS_CLOUD "
+            "or the OS_* variables")),
+        (ks.Unauthorized, lambda: ConfigError("OpenStack rejected the credentials")),
+        ((ks.ConnectFailure, ks.ConnectTimeout, ks.SSLError, ks.RetriableConnectionFailure,
+          ks.DiscoveryFailure, ks.EndpointNotFound),
+         lambda: RemoteError(f"OpenStack {what}: {type(err).__name__}: {_line(err)}")),
+        (sdk.ConfigException, lambda: ConfigError(f"OpenStack configuration: {_line(err)}")),
+        (sdk.NotFoundException, lambda: NotFound(f"OpenStack {what}: {_line(err)}")),
+        (sdk.ConflictException, lambda: Conflict(f"OpenStack {what}: {_line(err)}")),
+    )
+    for kinds, make in table:
+        if isinstance(err, kinds):
+            return make()
+    status = getattr(err, "status_code", None) if isinstance(err, sdk.HttpException) else None
+    if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+        return ConfigError(f"OpenStack {what}: access denied: {_line(err)}")
+    if status and status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        return RemoteError(f"OpenStack {what}: {_line(err)}")
+    return BackendError(f"OpenStack {what}: {_line(err)}")

@@ -39,6 +39,7 @@ from capstan.core.fs import atomic_write, lock, private_dir, sweep, temp_path, w
 from capstan.image.rofs import FileEntry, Reuse
 
 __all__ = ["RACY_NS", "OutputCache", "fingerprint", "state_dir"]
+_OURS_AND_OUTPUT = 2  # links of a kept image: the output's and ours
 
 RACY_NS = 2_000_000_000
 _VERSION = 1
@@ -234,7 +235,7 @@ class OutputCache:
             st = os.lstat(kept)
         except OSError:
             return None
-        if st.st_nlink == 2 and _identity(st)[:4] == _identity(before)[:4]:
+        if st.st_nlink == _OURS_AND_OUTPUT and _identity(st)[:4] == _identity(before)[:4]:
             return kept  # the same inode, unwritten (linking changed only its ctime)
         kept.unlink()
         return None

@@ -235,7 +235,7 @@ def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents
     path, start = ((entry.source, 0) if entry.source is not None
                    else (extent.path, extent.offset))  # type: ignore[union-attr]
     with open_host(path) as src:
-        written = _copy_fd(src, out, offset, start, entry.size, path)
+        written = _copy_fd(src, out, offset, _Span(path, start, entry.size))
         try:
             grew = entry.source is not None and src.read(1)
         except OSError as err:
@@ -247,10 +247,19 @@ def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def _copy_fd(src: BinaryIO, out: BinaryIO, offset: int, start: int, size: int,
-             path: Path) -> int:
-    """Copy *size* bytes from *start* of *src* (file *path*) to *out* at *offset*; return
-    how many *src* really held."""
+@dataclass(frozen=True)
+class _Span:
+    """*size* bytes from *start* of the file at *path*."""
+
+    path: Path
+    start: int
+    size: int
+
+
+def _copy_fd(src: BinaryIO, out: BinaryIO, offset: int, span: _Span) -> int:
+    """Copy the *span* of *src* (its file opened) to *out* at *offset*; return how many
+    bytes *src* really held."""
+    path, start, size = span.path, span.start, span.size
     out.flush()
     done = 0
     try:

@@ -34,6 +34,8 @@ _INSTALL_HINTS = {
 _ALLOWED = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TMPDIR", "TZ", "USER", "LOGNAME"})
 _TOOL_ENV = {"VBoxManage": ("VBOX_USER_HOME", "VBOX_INSTALL_PATH")}
 CHILD_UMASK = 0o077
+#: a spawned child (a VMM) makes sockets and logs for this user alone: 0600
+SPAWN_UMASK = 0o177
 
 
 def which(program: str) -> str:
@@ -116,20 +118,19 @@ def spawn(
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
     outlive: bool = False,
-    umask: int = CHILD_UMASK,
     text: bool = False,
 ) -> subprocess.Popen[Any]:
     """Start *argv* in its own session, stdin from ``/dev/null``, and return it.
 
     Unless *outlive* (instances started with ``run -d``), the child is killed when
-    the CLI dies, however it dies."""
+    the CLI dies, however it dies. Its umask is :data:`SPAWN_UMASK`."""
     argv = _resolve(argv)
     LOG.debug("spawn: %s", argv)
     try:
         return subprocess.Popen(
             argv if outlive else _dying_with_parent(argv), stdin=subprocess.DEVNULL,
             stdout=stdout, stderr=stderr, text=text,
-            errors="replace" if text else None, env=child_env(), umask=umask,
+            errors="replace" if text else None, env=child_env(), umask=SPAWN_UMASK,
             start_new_session=True)
     except OSError as err:
         raise CommandFailed(argv, -1, str(err)) from err

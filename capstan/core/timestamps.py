@@ -20,6 +20,7 @@ NOT_AVAILABLE = "N/A"
 _STAMP = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)"
     r"\s*(?P<zone>[Zz]|[+-]\d{2}:?\d{2})?")
+_HMS_COLONS = 2  # in HH:MM:SS (HH:MM has no seconds)
 _MAX_TEXT = 64  # longer text is no timestamp (and is not scanned)
 
 
@@ -54,7 +55,7 @@ def parse(value: object) -> dt.datetime | None:
     match = _STAMP.fullmatch(value.strip())
     if match is None:
         return None
-    clock = match["time"] if match["time"].count(":") == 2 else match["time"] + ":00"
+    clock = match["time"] if match["time"].count(":") == _HMS_COLONS else match["time"] + ":00"
     zone = (match["zone"] or "").upper()
     if zone and zone != "Z" and ":" not in zone:
         zone = f"{zone[:3]}:{zone[3:]}"  # +0000, as pycapstan once wrote it

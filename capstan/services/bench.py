@@ -171,7 +171,7 @@ def _through_capstan(driver: Driver, name: str, options: BenchOptions) -> _Boot:
 def _bare(log: Path, argv: list[str], options: BenchOptions) -> _Boot:
     clock = _Clock(log, options)
     qemu = proc.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                      outlive=True, umask=0o177)
+                      outlive=True)
     try:
         while (end := clock.tick(ended=qemu.poll() is not None)) is None:
             time.sleep(POLL)

@@ -98,14 +98,13 @@ class QemuMachine:
             self.qmp_path.unlink(missing_ok=True)
         if self.log_path is None:
             self._child = proc.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, outlive=outlive, umask=0o177)
+                                     text=True, outlive=outlive)
             self._reader = threading.Thread(target=self._read, daemon=True)
             self._reader.start()
         else:
             fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with open(fd, "ab") as log:  # sockets and console.log: 0600 (umask 177)
-                self._child = proc.spawn(argv, stdout=log, stderr=log, outlive=outlive,
-                                         umask=0o177)
+                self._child = proc.spawn(argv, stdout=log, stderr=log, outlive=outlive)
         self.pid = self._child.pid
         return self.pid
 

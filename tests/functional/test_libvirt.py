@@ -19,7 +19,7 @@ import pytest
 from filelock import FileLock
 
 from capstan.drivers.base import InstanceSpec, PortForward, Volume
-from capstan.drivers.libvirt_driver import NS, domain_xml
+from capstan.drivers.libvirt_driver import NS, DomainHost, domain_xml
 
 from conftest import wait_for
 
@@ -31,9 +31,9 @@ SYSTEM = "qemu:///system"
 def test_domain_xml_defines_on_the_test_driver(tmp_path: Path) -> None:
     spec = InstanceSpec(name=f"x{uuid.uuid4().hex[:8]}", image=tmp_path / "i.qcow2",
                         memory_mib=256, cpus=3, volumes=(Volume(tmp_path / "v.img", "raw"),))
-    xml = domain_xml(spec, domain_type="test", disk={"file": "/d.qcow2"},
+    xml = domain_xml(spec, DomainHost(domain_type="test", disk={"file": "/d.qcow2"},
                      console_log="/c.log", network="", meta={"image": "/i.qcow2"},
-                     forwards=(PortForward(8080, 80),))
+                     forwards=(PortForward(8080, 80),)))
     root = ET.fromstring(xml)
     assert root.get("type") == "test" and root.findtext("vcpu") == "3"
     assert root.find("memory").text == "256"  # type: ignore[union-attr]
@@ -53,9 +53,9 @@ def test_domain_xml_defines_on_the_test_driver(tmp_path: Path) -> None:
 
 def test_network_and_volume_sources() -> None:
     spec = InstanceSpec(name="n", image=Path("/i"), mac="52:54:00:00:00:01")
-    root = ET.fromstring(domain_xml(spec, domain_type="qemu",
+    root = ET.fromstring(domain_xml(spec, DomainHost(domain_type="qemu",
                                     disk={"pool": "p", "volume": "n.qcow2"}, console_log=None,
-                                    network="bridge:br0", meta={}))
+                                    network="bridge:br0", meta={})))
     iface = root.find("devices/interface")
     assert iface is not None and iface.get("type") == "bridge"
     assert iface.find("source").get("bridge") == "br0"  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from capstan.drivers.base import InstanceSpec, PortForward, Volume
-from capstan.drivers.libvirt_driver import domain_xml
+from capstan.drivers.libvirt_driver import DomainHost, domain_xml
 from capstan.drivers.qemu.argv import Host, Paths, argv
 from capstan.drivers.vmware import vmx
 from capstan.image.ova import Appliance, OvfDisk, descriptor
@@ -112,18 +112,19 @@ def test_libvirt_user_network_with_forwards(request: pytest.FixtureRequest) -> N
     spec = InstanceSpec(name="web", image=IMAGE, memory_mib=512, cpus=2,
                         forwards=(PortForward(8080, 80), PortForward(5353, 53, "udp")),
                         volumes=(Volume(Path("/data/a,b.qcow2"), "qcow2"),))
-    xml = domain_xml(spec, domain_type="qemu", disk={"file": "/var/lib/capstan/web.qcow2"},
-                     console_log="/var/lib/capstan/web.log", network="",
-                     meta={"image": str(IMAGE), "digest": "0" * 64},
-                     forwards=spec.forwards)
+    xml = domain_xml(spec, DomainHost(
+        domain_type="qemu", disk={"file": "/var/lib/capstan/web.qcow2"},
+        console_log="/var/lib/capstan/web.log", network="",
+        meta={"image": str(IMAGE), "digest": "0" * 64}, forwards=spec.forwards))
     compare(request, "libvirt/user-forwards.xml", xml + "\n")
 
 
 def test_libvirt_bridge_pool_cpu_model(request: pytest.FixtureRequest) -> None:
     spec = InstanceSpec(name="b<&>1", image=IMAGE, networking="bridge", mac=MAC,
                         cpu_model="Haswell-noTSX")
-    xml = domain_xml(spec, domain_type="kvm", disk={"pool": "default", "volume": "b1.qcow2"},
-                     console_log=None, network="bridge:virbr0", meta={"image": "app"})
+    xml = domain_xml(spec, DomainHost(
+        domain_type="kvm", disk={"pool": "default", "volume": "b1.qcow2"}, console_log=None,
+        network="bridge:virbr0", meta={"image": "app"}))
     compare(request, "libvirt/bridge-pool.xml", xml + "\n")
 
 
