@@ -7,7 +7,6 @@ symlink targets are always measured in bytes, so non-ASCII names work.
 
 from __future__ import annotations
 
-import errno
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from capstan.core.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
-from capstan.image.sources import Contents, Extent, open_host
+from capstan.image.sources import Contents, Extent, Span, copy_span, open_host
 
 __all__ = [
     "BLOCK",
@@ -235,58 +234,13 @@ def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents
     path, start = ((entry.source, 0) if entry.source is not None
                    else (extent.path, extent.offset))  # type: ignore[union-attr]
     with open_host(path) as src:
-        written = _copy_fd(src, out, offset, _Span(path, start, entry.size))
+        written = copy_span(src, out, offset, Span(path, start, entry.size))
         try:
             grew = entry.source is not None and src.read(1)
         except OSError as err:
             raise LocalIOError(f"cannot read {path}: {err.strerror}") from err
     if written != entry.size or grew:
         raise LocalIOError(f"{path}: file changed while composing")
-
-
-_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-@dataclass(frozen=True)
-class _Span:
-    """*size* bytes from *start* of the file at *path*."""
-
-    path: Path
-    start: int
-    size: int
-
-
-def _copy_fd(src: BinaryIO, out: BinaryIO, offset: int, span: _Span) -> int:
-    """Copy the *span* of *src* (its file opened) to *out* at *offset*; return how many
-    bytes *src* really held."""
-    path, start, size = span.path, span.start, span.size
-    out.flush()
-    done = 0
-    try:
-        while done < size:
-            n = os.copy_file_range(src.fileno(), out.fileno(), size - done,
-                                   offset_src=start + done, offset_dst=offset + done)
-            if n == 0:
-                break
-            done += n
-    except OSError as err:  # e.g. a filesystem without copy_file_range
-        if err.errno in _OUT_OF_SPACE:
-            raise
-        out.seek(offset)
-        src.seek(start)
-        done = 0
-        while done < size:
-            try:
-                chunk = src.read(min(1 << 20, size - done))
-            except OSError as read_err:
-                raise LocalIOError(f"cannot read {path}: {read_err.strerror}") from read_err
-            if not chunk:
-                break
-            out.write(chunk)
-            done += len(chunk)
-        out.flush()
-    src.seek(start + done)
-    return done
 
 
 def write_rofs(entries: Sequence[Entry], out: BinaryIO, base: int = 0) -> RofsLayout:

@@ -8,6 +8,7 @@ stream per archive, so reading them in offset order decompresses each archive on
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import stat
@@ -23,7 +24,7 @@ from capstan.core.limits import CappedReader, expansion_limit
 if TYPE_CHECKING:
     from capstan.image.rofs import FileEntry
 
-__all__ = ["Contents", "Extent", "open_host", "special_kind"]
+__all__ = ["Contents", "Extent", "Span", "copy_span", "open_host", "special_kind"]
 
 _CHUNK = 1 << 20
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
@@ -136,3 +137,48 @@ def _read(f: BinaryIO | CappedReader, size: int, where: str) -> Iterator[bytes]:
         if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile) and err.errno:
             raise LocalIOError(f"cannot read {where}: {err.strerror}") from err
         raise InputError(f"{where}: truncated or corrupt archive ({err})") from err
+
+
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@dataclass(frozen=True)
+class Span:
+    """*size* bytes from *start* of the file at *path* (for :func:`copy_span`)."""
+
+    path: Path
+    start: int
+    size: int
+
+
+def copy_span(src: BinaryIO, out: BinaryIO, offset: int, span: Span) -> int:
+    """Copy the *span* of *src* (its file opened) to *out* at *offset*; return how many
+    bytes *src* really held."""
+    path, start, size = span.path, span.start, span.size
+    out.flush()
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src.fileno(), out.fileno(), size - done,
+                                   offset_src=start + done, offset_dst=offset + done)
+            if n == 0:
+                break
+            done += n
+    except OSError as err:  # e.g. a filesystem without copy_file_range
+        if err.errno in _OUT_OF_SPACE:
+            raise
+        out.seek(offset)
+        src.seek(start)
+        done = 0
+        while done < size:
+            try:
+                chunk = src.read(min(1 << 20, size - done))
+            except OSError as read_err:
+                raise LocalIOError(f"cannot read {path}: {read_err.strerror}") from read_err
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+        out.flush()
+    src.seek(start + done)
+    return done
