@@ -448,6 +448,10 @@ class Driver(ABC):
         """The file holding the instance's console output."""
         raise UnsupportedOperation(self.name, "logs")
 
+    def free_memory_mib(self) -> int | None:
+        """Memory the host has free for new instances (MiB), or None when it does not say."""
+        return None
+
     def read_log(self, name: str) -> bytes:
         """The console output so far."""
         path = self.log_path(name)

@@ -455,6 +455,10 @@ class LibvirtDriver(Driver):
                     found.append(self._instance(dom))
         return iter(found)
 
+    def free_memory_mib(self) -> int | None:
+        """The host's free memory as libvirt reports it."""
+        return int(self._call("free memory", self.conn.getFreeMemory)) >> 20
+
     @_translated
     def log_path(self, name: str) -> Path:
         self._domain(name)

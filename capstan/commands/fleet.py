@@ -13,7 +13,7 @@ from cliff.lister import Lister
 
 from capstan.commands import app_config
 
-_OUTCOME = ("Instance", "Service", "Action", "Result", "Detail")
+_OUTCOME = ("Instance", "Service", "Host", "Action", "Result", "Detail")
 
 
 def _file(parser: argparse.ArgumentParser) -> None:
@@ -45,18 +45,32 @@ class _OutcomeLister(Lister):
     """A lister whose exit status is the worst of its outcomes."""
 
     exit_code = 0
+    hosts_down: list[str]
+    failed: bool
 
     def rows(self, outcomes: Iterable[Any]) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         outcomes = list(outcomes)
         self.exit_code = max((o.exit_code for o in outcomes), default=0)
-        return _OUTCOME, [(o.instance, o.service, o.action.value, o.result, o.detail)
+        self.hosts_down = list(dict.fromkeys(o.detail for o in outcomes
+                                             if o.result == "unreachable"))
+        self.failed = any(o.result == "failed" for o in outcomes)
+        return _OUTCOME, [(o.instance, o.service, o.host, o.action.value, o.result, o.detail)
                           for o in outcomes]
 
     def run(self, parsed_args: argparse.Namespace) -> int:
+        self.hosts_down = []
+        self.failed = False
         code = int(super().run(parsed_args) or 0)
-        if self.exit_code:
+        _report(self.app.stderr, self.hosts_down)
+        if self.failed:
             self.app.stderr.write("capstan: some instances failed (see Result)\n")
         return code or self.exit_code
+
+
+def _report(stderr: Any, problems: Iterable[object]) -> None:
+    """One ``capstan:`` line per host that did not answer."""
+    for problem in problems:
+        stderr.write(f"capstan: {' '.join(str(problem).split())}\n")
 
 
 class FleetUp(_OutcomeLister):
@@ -103,7 +117,10 @@ class FleetDown(_OutcomeLister):
 
 
 class FleetPs(Lister):
-    """List a fleet's instances and their state"""
+    """List a fleet's instances, their hosts and their state"""
+
+    problems: list[str]
+    exit_code: int
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
@@ -116,9 +133,18 @@ class FleetPs(Lister):
         from capstan.services import fleet
 
         rows = fleet.ps(app_config(self), fleet.load_fleet(parsed_args.file))
-        return (("Instance", "Service", "Status", "Address", "Ports", "PID", "Driver"),
-                [(r.instance, r.service, r.state, r.address, r.ports, r.pid or "", r.driver)
-                 for r in rows])
+        self.problems = list(dict.fromkeys(r.note for r in rows if r.note))
+        self.exit_code = max((r.exit_code for r in rows), default=0)
+        return (("Instance", "Service", "Host", "Status", "Address", "Ports", "PID", "Driver"),
+                [(r.instance, r.service, r.host, r.state, r.address, r.ports, r.pid or "",
+                  r.driver) for r in rows])
+
+    def run(self, parsed_args: argparse.Namespace) -> int:
+        self.problems = []
+        self.exit_code = 0
+        code = int(super().run(parsed_args) or 0)
+        _report(self.app.stderr, self.problems)
+        return code or self.exit_code
 
 
 class FleetLogs(Command):
@@ -134,6 +160,8 @@ class FleetLogs(Command):
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         from capstan.services import fleet
 
-        fleet.logs(app_config(self), fleet.load_fleet(parsed_args.file), sys.stdout.buffer,
-                   follow=parsed_args.follow)
-        return 0
+        problems = fleet.logs(app_config(self), fleet.load_fleet(parsed_args.file),
+                              sys.stdout.buffer, follow=parsed_args.follow)
+        sys.stdout.flush()
+        _report(self.app.stderr, problems)
+        return max((p.exit_code for p in problems), default=0)

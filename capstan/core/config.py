@@ -97,6 +97,11 @@ class Config:
             return self
         return _resolve(self.root, self.layers, known, self.sources["root"], warn=complete)
 
+    def with_layer(self, where: str, values: Mapping[str, Any]) -> Config:
+        """This configuration with *values* (read from *where*) above every other layer."""
+        return _resolve(self.root, (*self.layers, (where, values)), self.settings,
+                        self.sources["root"])
+
     def __getattr__(self, key: str) -> Any:
         try:
             return self.values[key]

@@ -21,11 +21,11 @@ from capstan.core.errors import InputError, UsageError
 
 __all__ = ["KINDS", "Kind", "argument", "check_name", "is_valid", "problem"]
 
-Kind = Literal["package", "image", "instance", "volume", "fleet", "service"]
+Kind = Literal["package", "image", "instance", "volume", "fleet", "service", "host"]
 
 #: longest name of each kind (an image: the whole namespaced name)
 KINDS: dict[str, int] = {"package": 128, "image": 255, "instance": 64, "volume": 128,
-                         "fleet": 40, "service": 40}
+                         "fleet": 40, "service": 40, "host": 40}
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _MAX_SEGMENTS = 8
 _SHOWN_MAX = 72  # characters of a name quoted in a message

@@ -524,6 +524,14 @@ class QemuDriver(Driver):
     def get(self, name: str) -> Instance:
         return self._instance(self._load(name, damaged_ok=True))
 
+    def free_memory_mib(self) -> int | None:
+        """MemAvailable of /proc/meminfo (None where there is no such file)."""
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+        return None
+
     def list(self) -> Iterator[Instance]:
         if not self.home.is_dir():
             return

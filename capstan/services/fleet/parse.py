@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from capstan.core.errors import InputError, UsageError
 from capstan.core.names import is_valid
 from capstan.core.yamlfile import load_strict
 from capstan.drivers.base import PortForward, Volume
+from capstan.services.fleet.hosts import LOCAL, Host, parse_hosts
 
 __all__ = ["DEFAULT_FILE", "MAX_COUNT", "Fleet", "Service", "load_fleet"]
 
@@ -21,9 +22,9 @@ MAX_COUNT = 64
 MAX_CPUS = 64  # per instance
 _MAX_PREFIX = 29  # a smaller private network has too few addresses
 _WILDCARD = {"0.0.0.0", "::", ""}
-_FLEET_KEYS = {"name", "services", "private_network"}
+_FLEET_KEYS = {"name", "services", "private_network", "hosts"}
 _SERVICE_KEYS = {"image", "count", "cpus", "memory", "env", "boot", "command", "ports",
-                 "volumes", "driver", "networking", "depends_on"}
+                 "volumes", "driver", "networking", "depends_on", "host", "spread"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Service:
     driver: str | None = None
     networking: str = "nat"
     depends_on: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()  # host: or spread: (empty: the local host)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Fleet:
     path: Path
     services: tuple[Service, ...]
     subnet: ipaddress.IPv4Network | None = None
+    hosts: Mapping[str, Host] = field(default_factory=dict)
 
     def levels(self) -> list[list[Service]]:
         """Services grouped so that each group depends only on earlier groups."""
@@ -83,6 +86,8 @@ def load_fleet(path: Path) -> Fleet:
     if not isinstance(raw_services, dict) or not raw_services:
         raise bad("services", "expected a non-empty mapping of service name to settings")
     services = {str(key): _service(str(key), value, bad) for key, value in raw_services.items()}
+    hosts = parse_hosts(data.get("hosts"), bad)
+    _check_hosts(services.values(), hosts, bad)
     for svc in services.values():
         for dep in svc.depends_on:
             if dep not in services:
@@ -93,7 +98,7 @@ def load_fleet(path: Path) -> Fleet:
     total = sum(s.count for s in ordered)
     if subnet is not None and total > subnet.num_addresses - 3:
         raise bad("private_network", f"{total} instances do not fit {subnet}")
-    return Fleet(name, path.absolute(), tuple(ordered), subnet)
+    return Fleet(name, path.absolute(), tuple(ordered), subnet, hosts)
 
 
 def _slug(text: str) -> str:
@@ -167,14 +172,47 @@ def _service(name: str, value: Any, bad: Callable[[str, str], InputError]) -> Se
     env_items = settings.env()
     settings.check_strings()
     memory = settings.memory()
+    hosts = _service_hosts(value, where, bad)
     return Service(
         name=name, image=value["image"], count=settings.integer("count", 1, 0, MAX_COUNT),
         cpus=settings.integer("cpus", 1, 1, MAX_CPUS), memory=memory, env=env_items,
         boot=settings.strings("boot"), command=value.get("command"),
         ports=settings.strings("ports"), volumes=settings.strings("volumes"),
         driver=value.get("driver"), networking=value.get("networking", "nat"),
-        depends_on=settings.strings("depends_on"),
+        depends_on=settings.strings("depends_on"), hosts=hosts,
     )
+
+
+def _service_hosts(value: Mapping[str, Any], where: str,
+                   bad: Callable[[str, str], InputError]) -> tuple[str, ...]:
+    """``host: NAME`` or ``spread: [NAME, ...]`` (not both), as a tuple of names."""
+    if "host" in value and "spread" in value:
+        raise bad(where, "'host' and 'spread' together: use one")
+    if "host" in value:
+        got: Any = [value["host"]]
+    else:
+        got = value.get("spread", [])
+        if not isinstance(got, list) or ("spread" in value and not got):
+            raise bad(f"{where}.spread", "expected a non-empty list of host names")
+    for host in got:
+        if not is_valid(host, "host"):
+            raise bad(where, f"invalid host name {ascii(host)[:72]}")
+    return tuple(got)
+
+
+def _check_hosts(services: Iterable[Service], hosts: Mapping[str, Host],
+                 bad: Callable[[str, str], InputError]) -> None:
+    """Each service's hosts are declared, named once, and not mixed with ``driver:``."""
+    for svc in services:
+        where = f"services.{svc.name}"
+        if svc.hosts and svc.driver is not None:
+            raise bad(where, "'driver' and 'host'/'spread' together: a host names its driver")
+        if len(set(svc.hosts)) != len(svc.hosts):
+            raise bad(f"{where}.spread", "a host is named twice")
+        for host in svc.hosts:
+            if host not in hosts and host != LOCAL:
+                raise bad(where, f"unknown host {ascii(host)[:72]} (hosts: "
+                          f"{', '.join(sorted({*hosts, LOCAL}))})")
 
 
 def _check_ports(services: Iterable[Service], bad: Callable[[str, str], InputError]) -> None:

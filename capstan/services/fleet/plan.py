@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from capstan.core.config import Config
 from capstan.core.errors import CapstanError, InputError, UsageError
 from capstan.drivers.base import Instance, InstanceSpec
+from capstan.services.fleet.hosts import LOCAL, HostSet
 from capstan.services.fleet.parse import Fleet, Service
 
-__all__ = ["Action", "Member", "decide", "plan"]
+__all__ = ["Action", "Member", "build_spec", "decide", "plan"]
 
 
 class Action(enum.StrEnum):
@@ -26,7 +29,7 @@ class Action(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Member:
-    """One instance the file asks for."""
+    """One instance the file asks for, and the host it is placed on."""
 
     name: str
     service: Service
@@ -34,53 +37,93 @@ class Member:
     address: str | None
     spec: InstanceSpec
     digest: str
+    host: str = LOCAL
+    env: tuple[str, ...] = ()  # the FLEET_* variables but FLEET_HOSTS
+    peers: tuple[str, ...] = ()  # FLEET_HOSTS entries on this host's private segment
+    remote: tuple[str, ...] = ()  # dependencies reached through their host's address
 
 
-def plan(config: Config, fleet: Fleet) -> list[Member]:
-    """Every instance the file asks for, with its spec (validated, nothing started)."""
-    from capstan.image import cmdline as osv_cmdline
-    from capstan.services.disks import image_facts
-    from capstan.services.instances import RunRequest, make_spec
-
-    hosts = iter(fleet.subnet.hosts()) if fleet.subnet else None
-    if hosts is not None:
-        next(hosts)  # .1 is left for a gateway
-    addresses: dict[str, list[tuple[str, str]]] = {}
+def plan(config: Config, fleet: Fleet, *, placement: Mapping[str, str] | None = None,
+         hosts: HostSet | None = None) -> list[Member]:
+    """Every instance the file asks for, with its host and spec (validated, nothing
+    started); *placement* maps instance names to hosts (others: round-robin)."""
+    hosts = hosts or HostSet(config, fleet.hosts, str(fleet.path))
+    free = iter(fleet.subnet.hosts()) if fleet.subnet else None
+    if free is not None:
+        next(free)  # .1 is left for a gateway
+    placed: dict[str, Member] = {}
     members: list[Member] = []
     for svc in fleet.services:
-        addresses[svc.name] = []
         for index in range(1, svc.count + 1):
             name = f"{fleet.name}-{svc.name}-{index}"
-            address = str(next(hosts)) if hosts is not None else None
-            if address:
-                addresses[svc.name].append((name, address))
-            env = [f"FLEET={fleet.name}", f"FLEET_SERVICE={svc.name}",
-                   f"FLEET_INSTANCE={name}", f"FLEET_INDEX={index}"]
-            options: list[str] = []
-            if address and fleet.subnet is not None:
-                peers = [f"{n}={a}" for dep in svc.depends_on for n, a in addresses[dep]]
-                env += [f"FLEET_ADDR={address}", f"FLEET_HOSTS={','.join(peers)}"]
-                nic = "eth1" if svc.networking == "nat" else "eth0"
-                options.append(f"--ip={nic},{address},{fleet.subnet.netmask}")
-            try:
-                spec = make_spec(config, _image_ref(fleet, svc.image), name, RunRequest(
-                    memory=svc.memory, cpus=svc.cpus, networking=svc.networking,
-                    forwards=svc.ports, volumes=svc.volumes,
-                    execute=svc.command, boots=svc.boot, envs=(*env, *svc.env),
-                    options=tuple(options),
-                    private_network=f"{fleet.name}@{fleet.path}" if address else None,
-                    private_mac=_mac(name) if address else None))
-                if spec.cmdline is not None:
-                    osv_cmdline.validate(spec.cmdline)
-            except CapstanError as err:
-                wrapped = InputError(f"{fleet.path}: services.{svc.name}: {err}")
-                if not isinstance(err, UsageError):  # a bad value in the file stays 65
-                    wrapped.exit_code = err.exit_code
-                raise wrapped from err
-            digest = hashlib.sha256(
-                f"{spec!r}\0{image_facts(config.root, spec.image).sha256}".encode()).hexdigest()
-            members.append(Member(name, svc, index, address, spec, digest))
+            host = (placement or {}).get(name) or _default_host(svc, index)
+            joins = free is not None and (host == LOCAL or hosts.private(host, svc.driver))
+            address = str(next(free)) if joins and free is not None else None
+            deps = [placed[f"{fleet.name}-{d}-{i}"] for d in svc.depends_on
+                    for i in range(1, _count(fleet, d) + 1)]
+            peers = tuple(f"{d.name}={d.address}" for d in deps
+                          if address and d.address and d.host == host)
+            remote = tuple(d.name for d in deps if d.host != host)
+            env = (f"FLEET={fleet.name}", f"FLEET_SERVICE={svc.name}",
+                   f"FLEET_INSTANCE={name}", f"FLEET_INDEX={index}",
+                   *((f"FLEET_ADDR={address}",) if address else ()))
+            member = Member(name, svc, index, address, InstanceSpec(name, Path()), "", host,
+                            env, peers, remote)
+            spec = build_spec(config, fleet, member, {n: "remote" for n in remote})
+            digest = hashlib.sha256(_digest_text(config, spec, host).encode()).hexdigest()
+            member = replace(member, spec=spec, digest=digest)
+            placed[name] = member
+            members.append(member)
     return members
+
+
+def _default_host(svc: Service, index: int) -> str:
+    return svc.hosts[(index - 1) % len(svc.hosts)] if svc.hosts else LOCAL
+
+
+def _count(fleet: Fleet, service: str) -> int:
+    return next(s.count for s in fleet.services if s.name == service)
+
+
+def _digest_text(config: Config, spec: InstanceSpec, host: str) -> str:
+    from capstan.services.disks import image_facts
+
+    text = f"{spec!r}\0{image_facts(config.root, spec.image).sha256}"
+    return text if host == LOCAL else f"{text}\0{host}"
+
+
+def build_spec(config: Config, fleet: Fleet, member: Member,
+               reachable: Mapping[str, str]) -> InstanceSpec:
+    """*member*'s spec, its remote dependencies at the *reachable* addresses."""
+    from capstan.image import cmdline as osv_cmdline
+    from capstan.services.instances import RunRequest, make_spec
+
+    svc, address = member.service, member.address
+    env = list(member.env)
+    if address or member.remote:
+        hosts = [*member.peers, *(f"{n}={reachable.get(n, '')}" for n in member.remote)]
+        env.append(f"FLEET_HOSTS={','.join(hosts)}")
+    options: list[str] = []
+    if address and fleet.subnet is not None:
+        nic = "eth1" if svc.networking == "nat" else "eth0"
+        options.append(f"--ip={nic},{address},{fleet.subnet.netmask}")
+    segment = f"{fleet.name}@{fleet.path}"
+    try:
+        spec = make_spec(config, _image_ref(fleet, svc.image), member.name, RunRequest(
+            memory=svc.memory, cpus=svc.cpus, networking=svc.networking,
+            forwards=svc.ports, volumes=svc.volumes, execute=svc.command, boots=svc.boot,
+            envs=(*env, *svc.env), options=tuple(options),
+            private_network=(segment if member.host == LOCAL else f"{segment}#{member.host}")
+            if address else None,
+            private_mac=_mac(member.name) if address else None))
+        if spec.cmdline is not None:
+            osv_cmdline.validate(spec.cmdline)
+    except CapstanError as err:
+        wrapped = InputError(f"{fleet.path}: services.{svc.name}: {err}")
+        if not isinstance(err, UsageError):  # a bad value in the file stays 65
+            wrapped.exit_code = err.exit_code
+        raise wrapped from err
+    return spec
 
 
 def _image_ref(fleet: Fleet, image: str) -> str:

@@ -1,33 +1,34 @@
-"""Fleets: many instances declared once in ``capstan-fleet.yaml``.
+"""Fleets: many instances declared once in ``capstan-fleet.yaml``, on one or many hosts.
 
 ``up`` reconciles what runs with the file (a second ``up`` changes nothing),
-starting services in ``depends_on`` order with a bounded pool; ``down`` removes
-what ``up`` made. The instances of a fleet share a private network (on QEMU a
-loopback multicast segment: no root, bridge or daemon) and learn their own and
-their dependencies' names and addresses from their environment.
+starting services in ``depends_on`` order across hosts, each host's launches in
+parallel with a bounded pool; a failure rolls back what this ``up`` made on every
+host (unless ``keep_going``). ``down`` removes what ``up`` made. The instances of a
+fleet on one host share a private network (on QEMU a loopback multicast segment: no
+root, bridge or daemon) and learn their own and their dependencies' names and
+addresses from their environment; a dependency on another host is given as that
+host's address and the instance's forwarded port. A host that cannot be reached is
+reported once and does not hide the others.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
-
-from filelock import FileLock
 
 from capstan.core.config import Config
 from capstan.core.errors import CapstanError, Conflict, InputError, NotFound
-from capstan.core.fs import atomic_write
-from capstan.drivers.base import Capability, Driver, Instance
-from capstan.services.disks import open_driver
+from capstan.drivers.base import Driver, Instance
+from capstan.services.fleet import state
+from capstan.services.fleet.hosts import LOCAL, HostSet, HostUnreachable, place
 from capstan.services.fleet.parse import Fleet
-from capstan.services.fleet.plan import Action, Member, decide, plan
-from capstan.services.instances import LogSource, create_instance, follow_logs
+from capstan.services.fleet.plan import Action, Member, build_spec, decide, plan
+from capstan.services.instances import create_instance, memory_mib
 
-__all__ = ["JOBS", "Outcome", "Row", "down", "logs", "ps", "up"]
+__all__ = ["JOBS", "Outcome", "down", "up"]
 
 # Instances launched at once: each launch mostly waits for its QEMU, so a pool as
 # large as a typical fleet lets every QEMU initialise before the guests take the CPUs.
@@ -41,109 +42,125 @@ class Outcome:
     instance: str
     service: str
     action: Action
-    result: str  # ok, failed, skipped, rolled back, planned
+    result: str  # ok, failed, skipped, rolled back, planned, unreachable
     detail: str = ""
     exit_code: int = 0
-
-
-# -- state --------------------------------------------------------------------
+    host: str = LOCAL
 
 
 @dataclass
-class _Record:
-    """``<root>/fleets/<name>.json``: what ``up`` made, so that ``down`` finds it."""
+class _Run:
+    """One ``up`` or ``down``: the hosts, the record it updates, and its limits."""
 
-    file: str
-    instances: dict[str, dict[str, str]] = field(default_factory=dict)
+    config: Config
+    fleet: Fleet
+    hosts: HostSet
+    record: state.Record
+    jobs: int = JOBS
+    timeout: float = 30
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def remember(self, m: Member, driver: Driver) -> None:
+        """Record that *m* runs on its host."""
+        with self.lock:
+            self.record.instances[m.name] = {"service": m.service.name, "digest": m.digest,
+                                             "driver": driver.name, "host": m.host}
 
-def _state_path(config: Config, fleet: Fleet) -> Path:
-    return config.root / "fleets" / f"{fleet.name}.json"
-
-
-def _lock(config: Config, fleet: Fleet) -> FileLock:
-    folder = config.root / "fleets"
-    folder.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(folder / f"{fleet.name}.lock"))
-
-
-def _load(config: Config, fleet: Fleet) -> _Record:
-    path = _state_path(config, fleet)
-    try:
-        data = json.loads(path.read_text())
-        return _Record(data["file"], dict(data["instances"]))
-    except FileNotFoundError:
-        return _Record(str(fleet.path))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(f"fleet state {path} is damaged: {err}") from err
+    def forget(self, name: str) -> None:
+        """Record that *name* is gone."""
+        with self.lock:
+            self.record.instances.pop(name, None)
 
 
-def _save(config: Config, fleet: Fleet, record: _Record) -> None:
-    path = _state_path(config, fleet)
-    if record.instances:
-        atomic_write(path, json.dumps({"file": record.file, "instances": record.instances},
-                                      indent=2).encode())
-    else:
-        path.unlink(missing_ok=True)
+def hosts_of(config: Config, fleet: Fleet) -> HostSet:
+    return HostSet(config, fleet.hosts, str(fleet.path))
 
 
-class _Drivers:
-    """One driver object per name, made on first use."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self._made: dict[str, Driver] = {}
-
-    def __call__(self, name: str | None) -> Driver:
-        key = name or self.config.hypervisor
-        if key not in self._made:
-            self._made[key] = open_driver(key, self.config)
-        return self._made[key]
-
-
-def _current(driver: Driver, name: str) -> Instance | None:
+def current(driver: Driver, name: str) -> Instance | None:
     try:
         return driver.get(name)
     except NotFound:
         return None
 
 
-# -- operations ---------------------------------------------------------------
+def placement(hosts: HostSet, fleet: Fleet, record: state.Record, *,
+               probe: bool) -> dict[str, str]:
+    """Instance name -> host for services spread over several hosts: where the record
+    has it (while that host is still listed), else placed (by free memory with *probe*)."""
+    placement: dict[str, str] = {}
+    for svc in fleet.services:
+        if len(svc.hosts) <= 1:  # one host or none: nothing to choose
+            continue
+        names = {i: f"{fleet.name}-{svc.name}-{i}" for i in range(1, svc.count + 1)}
+        kept = {i: record.host(n) for i, n in names.items() if n in record.instances}
+        free = None
+        if probe and len(kept) < svc.count:
+            free = {h: hosts.free_memory(h) for h in svc.hosts}
+        try:
+            need = memory_mib(svc.memory)
+        except CapstanError:
+            need = 0  # plan reports the bad size
+        placed = place(names, svc.hosts, free=free, memory_mib=need, kept=kept)
+        placement.update({names[i]: h for i, h in placed.items()})
+    return placement
+
+
+# -- up -----------------------------------------------------------------------
 
 
 def up(config: Config, fleet: Fleet, *, jobs: int = JOBS, keep_going: bool = False,
        dry_run: bool = False, timeout: float = 30) -> list[Outcome]:
     """Make the running instances match *fleet*; see the module docstring."""
-    members = plan(config, fleet)
-    drivers = _Drivers(config)
-    for svc in fleet.services:
-        if fleet.subnet is not None and svc.count and \
-                Capability.PRIVATE_NETWORK not in drivers(svc.driver).capabilities:
-            raise InputError(f"{fleet.path}: services.{svc.name}: driver "
-                             f"'{drivers(svc.driver).name}' has no private network; set "
-                             "private_network: false")
-    with _lock(config, fleet):
-        record = _load(config, fleet)
-        actions: dict[str, Action] = {}
-        for m in members:
-            inst = _current(drivers(m.service.driver), m.name)
-            recorded = record.instances.get(m.name)
-            if inst is not None and recorded is None:
-                raise Conflict(f"instance {m.name} exists but is not part of fleet "
-                               f"{fleet.name}: delete it or rename the fleet")
-            actions[m.name] = decide(inst, recorded["digest"] if recorded else None, m)
-        wanted = {m.name for m in members}
-        removals = [n for n in record.instances if n not in wanted]
+    hosts = hosts_of(config, fleet)
+    _check_private(fleet, hosts)
+    with state.lock(config, fleet):
+        record = state.load(config, fleet)
+        members = plan(config, fleet, hosts=hosts,
+                       placement=placement(hosts, fleet, record, probe=True))
+        actions, removals = _decide_all(hosts, fleet, record, members)
         if dry_run:
-            return ([Outcome(n, record.instances[n]["service"], Action.REMOVE, "planned")
-                     for n in removals]
-                    + [Outcome(m.name, m.service.name, actions[m.name], "planned")
-                       for m in members])
-        outcomes = _remove(drivers, record, removals, timeout, jobs)
-        outcomes += _launch(drivers, record, fleet, members, actions, jobs, keep_going,
-                            timeout)
-        _save(config, fleet, record)
+            return ([Outcome(n, record.instances[n]["service"], Action.REMOVE, "planned",
+                             host=record.host(n)) for n in removals]
+                    + [Outcome(m.name, m.service.name, actions[m.name], "planned",
+                               host=m.host) for m in members])
+        run = _Run(config, fleet, hosts, record, jobs, timeout)
+        outcomes = _remove(run, removals)
+        outcomes += _launch(run, members, actions, keep_going)
+        state.save(config, fleet, record)
     return outcomes
+
+
+def _check_private(fleet: Fleet, hosts: HostSet) -> None:
+    """The local host's driver can join the private network the file asks for (a
+    named host's instances join one only where its driver can)."""
+    if fleet.subnet is None or LOCAL in fleet.hosts:
+        return
+    for svc in fleet.services:
+        if svc.count and LOCAL in (svc.hosts or (LOCAL,)) and \
+                not hosts.private(LOCAL, hosts.driver(LOCAL, svc.driver).name):
+            raise InputError(f"{fleet.path}: services.{svc.name}: driver "
+                             f"'{hosts.driver_name(LOCAL, svc.driver)}' has no private "
+                             "network; set private_network: false")
+
+
+def _decide_all(hosts: HostSet, fleet: Fleet, record: state.Record,
+                members: Sequence[Member]) -> tuple[dict[str, Action], list[str]]:
+    """Each member's action, and the recorded instances to remove first (those no
+    longer in the file, and those moved to another host)."""
+    wanted = {m.name for m in members}
+    removals = [n for n in record.instances if n not in wanted]
+    actions: dict[str, Action] = {}
+    for m in members:
+        recorded = record.instances.get(m.name)
+        if recorded is not None and record.host(m.name) != m.host:
+            removals.append(m.name)  # moved: deleted from its old host, made on the new
+            recorded = None
+        inst = hosts.instances(m.host, m.service.driver).get(m.name)
+        if inst is not None and recorded is None:
+            raise Conflict(f"instance {m.name} exists on host {m.host} but is not part of "
+                           f"fleet {fleet.name}: delete it or rename the fleet")
+        actions[m.name] = decide(inst, recorded["digest"] if recorded else None, m)
+    return actions, removals
 
 
 def _delete(driver: Driver, name: str, timeout: float) -> None:
@@ -152,154 +169,165 @@ def _delete(driver: Driver, name: str, timeout: float) -> None:
     driver.delete(name)
 
 
-def _launch(drivers: _Drivers, record: _Record, fleet: Fleet, members: Sequence[Member],
-            actions: Mapping[str, Action], jobs: int, keep_going: bool,
-            timeout: float) -> list[Outcome]:
+def _launch(run: _Run, members: Sequence[Member], actions: Mapping[str, Action],
+            keep_going: bool) -> list[Outcome]:
+    """Carry out *actions* level by level; each host runs up to ``jobs`` at once."""
     results: dict[str, Outcome] = {}
-    failed_services: set[str] = set()
-    by_service: dict[str, list[Member]] = {}
-    for m in members:
-        by_service.setdefault(m.service.name, []).append(m)
+    failed: set[str] = set()
+    by_name = {m.name: m for m in members}
+    gates = {h: threading.Semaphore(run.jobs) for h in {m.host for m in members}}
 
     def one(m: Member) -> Outcome:
-        action = actions[m.name]
-        driver = drivers(m.service.driver)
-        try:
-            if action in (Action.CREATE, Action.RECREATE):
-                if action is Action.RECREATE:
-                    _delete(driver, m.name, timeout)
-                    record.instances.pop(m.name, None)
-                create_instance(driver, m.spec)
-            if action is not Action.KEEP:
-                driver.start(m.name)
-            record.instances[m.name] = {"service": m.service.name, "digest": m.digest,
-                                        "driver": driver.name}
-            return Outcome(m.name, m.service.name, action, "ok")
-        except CapstanError as err:
-            return Outcome(m.name, m.service.name, action, "failed", str(err), err.exit_code)
+        with gates[m.host]:
+            return _one(run, m, actions[m.name], by_name)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for level in fleet.levels():
+    with ThreadPoolExecutor(max_workers=run.jobs * max(1, len(gates))) as pool:
+        for level in run.fleet.levels():
             todo: list[Member] = []
-            for svc in level:
-                blocked = [d for d in svc.depends_on if d in failed_services]
-                for m in by_service.get(svc.name, []):
-                    if blocked or (failed_services and not keep_going):
-                        why = (f"dependency {blocked[0]} failed" if blocked
-                               else "an earlier instance failed")
-                        results[m.name] = Outcome(m.name, svc.name, actions[m.name],
-                                                  "skipped", why)
-                        failed_services.add(svc.name)
-                    else:
-                        todo.append(m)
+            for m in (m for svc in level for m in members if m.service is svc):
+                blocked = [d for d in m.service.depends_on if d in failed]
+                if blocked or (failed and not keep_going):
+                    why = (f"dependency {blocked[0]} failed" if blocked
+                           else "an earlier instance failed")
+                    results[m.name] = Outcome(m.name, m.service.name, actions[m.name],
+                                              "skipped", why, host=m.host)
+                    failed.add(m.service.name)
+                else:
+                    todo.append(m)
             for outcome in pool.map(one, todo):
                 results[outcome.instance] = outcome
                 if outcome.result == "failed":
-                    failed_services.add(outcome.service)
-    if failed_services and not keep_going:
-        _roll_back(drivers, record, members, actions, results, jobs, timeout)
+                    failed.add(outcome.service)
+    if failed and not keep_going:
+        _roll_back(run, members, actions, results)
     return [results[m.name] for m in members]
 
 
-def _roll_back(drivers: _Drivers, record: _Record, members: Sequence[Member],
-               actions: Mapping[str, Action], results: dict[str, Outcome], jobs: int,
-               timeout: float) -> None:
-    """Delete what this ``up`` created; what was already there stays as it was."""
+def _one(run: _Run, m: Member, action: Action, by_name: Mapping[str, Member]) -> Outcome:
+    """Carry out *action* on *m* on its host."""
+    try:
+        driver = run.hosts.driver(m.host, m.service.driver)
+        if action in (Action.CREATE, Action.RECREATE):
+            if action is Action.RECREATE:
+                _delete(driver, m.name, run.timeout)
+                run.forget(m.name)
+            spec = m.spec
+            if m.remote:
+                spec = build_spec(run.config, run.fleet, m,
+                                  _reachable(run.hosts, [by_name[n] for n in m.remote]))
+            create_instance(driver, spec)
+        if action is not Action.KEEP:
+            driver.start(m.name)
+        run.remember(m, driver)
+        return Outcome(m.name, m.service.name, action, "ok", host=m.host)
+    except CapstanError as err:
+        return Outcome(m.name, m.service.name, action, "failed",
+                       run.hosts.scrub(m.host, str(err)), err.exit_code, m.host)
+
+
+def _reachable(hosts: HostSet, deps: Iterable[Member]) -> dict[str, str]:
+    """Where instances on another host reach each of *deps*: its host's address and
+    its first forwarded port (``ADDR:PORT``), or the host's address alone."""
+    found: dict[str, str] = {}
+    for dep in deps:
+        try:
+            inst = hosts.driver(dep.host, dep.service.driver).get(dep.name)
+        except CapstanError:
+            continue  # not there (its own outcome says why): an empty address
+        base = hosts.reach_address(dep.host)
+        if not inst.ports:
+            found[dep.name] = str(inst.extra.get("address") or base)
+            continue
+        bound, port = inst.ports[0].split("->", 1)[0].rsplit(":", 1)
+        local = bound in ("0.0.0.0", "::", "") or bound.startswith("127.")
+        found[dep.name] = f"{base if local else bound}:{port}"
+    return found
+
+
+def _roll_back(run: _Run, members: Sequence[Member], actions: Mapping[str, Action],
+               results: dict[str, Outcome]) -> None:
+    """Delete what this ``up`` created, on every host; what was there stays as it was."""
     made = [m for m in members if actions[m.name] in (Action.CREATE, Action.RECREATE)
             and results[m.name].result in ("ok", "failed")]
 
     def undo(m: Member) -> None:
         try:
-            _delete(drivers(m.service.driver), m.name, timeout)
+            _delete(run.hosts.driver(m.host, m.service.driver), m.name, run.timeout)
         except NotFound:
             pass
         except CapstanError as err:
+            detail = run.hosts.scrub(m.host, f"{results[m.name].detail}; rollback failed: {err}")
             results[m.name] = Outcome(m.name, m.service.name, actions[m.name], "failed",
-                                      f"{results[m.name].detail}; rollback failed: {err}", 69)
+                                      detail, 69, m.host)
             return
-        record.instances.pop(m.name, None)
+        run.forget(m.name)
         if results[m.name].result == "ok":
             results[m.name] = Outcome(m.name, m.service.name, actions[m.name], "rolled back",
-                                      "another instance failed")
+                                      "another instance failed", host=m.host)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with ThreadPoolExecutor(max_workers=run.jobs) as pool:
         list(pool.map(undo, made))
 
 
-def _remove(drivers: _Drivers, record: _Record, names: Sequence[str], timeout: float,
-            jobs: int) -> list[Outcome]:
-    def one(name: str) -> Outcome:
-        entry = record.instances[name]
-        driver = drivers(entry.get("driver"))
-        try:
-            if _current(driver, name) is not None:
-                _delete(driver, name, timeout)
-        except CapstanError as err:
-            return Outcome(name, entry["service"], Action.REMOVE, "failed", str(err), err.exit_code)
-        record.instances.pop(name, None)
-        return Outcome(name, entry["service"], Action.REMOVE, "ok")
+# -- down ---------------------------------------------------------------------
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+
+def _remove(run: _Run, names: Sequence[str]) -> list[Outcome]:
+    """Stop and delete the recorded instances *names*, in parallel."""
+    def one(name: str) -> Outcome:
+        entry, host = run.record.instances[name], run.record.host(name)
+        try:
+            driver = run.hosts.driver(host, entry.get("driver"))
+            if current(driver, name) is not None:
+                _delete(driver, name, run.timeout)
+        except CapstanError as err:
+            return Outcome(name, entry["service"], Action.REMOVE, "failed",
+                           run.hosts.scrub(host, str(err)), err.exit_code, host)
+        run.forget(name)
+        return Outcome(name, entry["service"], Action.REMOVE, "ok", host=host)
+
+    with ThreadPoolExecutor(max_workers=run.jobs) as pool:
         return list(pool.map(one, names))
 
 
+def _reachable_names(run: _Run, names: Iterable[str]) -> tuple[list[Outcome], list[str]]:
+    """Ask each host of *names* once: an Outcome for each name on a host that does not
+    answer, and the names on the hosts that do."""
+    down_hosts: dict[str, HostUnreachable] = {}
+    outcomes: list[Outcome] = []
+    rest: list[str] = []
+    for name in names:
+        entry, host = run.record.instances[name], run.record.host(name)
+        if host not in down_hosts:
+            try:
+                run.hosts.instances(host, entry.get("driver"))
+            except HostUnreachable as err:
+                down_hosts[host] = err
+        problem = down_hosts.get(host)
+        if problem is None:
+            rest.append(name)
+        else:
+            outcomes.append(Outcome(name, entry["service"], Action.REMOVE, "unreachable",
+                                    str(problem), problem.exit_code, host))
+    return outcomes, rest
+
+
 def down(config: Config, fleet: Fleet, *, timeout: float = 30, jobs: int = JOBS) -> list[Outcome]:
-    """Stop and delete every instance ``up`` made for *fleet*, dependents first."""
-    drivers = _Drivers(config)
+    """Stop and delete every instance ``up`` made for *fleet*, dependents first, on
+    every host that answers (those on a host that does not stay recorded)."""
     order = {svc.name: i for i, svc in enumerate(fleet.services)}
-    lock = _lock(config, fleet)
+    lock = state.lock(config, fleet)
     with lock:
-        record = _load(config, fleet)
-        outcomes: list[Outcome] = []
+        run = _Run(config, fleet, hosts_of(config, fleet), state.load(config, fleet), jobs,
+                   timeout)
+        outcomes, names = _reachable_names(run, list(run.record.instances))
         by_level: dict[int, list[str]] = {}
-        for name, entry in record.instances.items():
-            by_level.setdefault(order.get(entry["service"], len(order)), []).append(name)
+        for name in names:
+            service = run.record.instances[name]["service"]
+            by_level.setdefault(order.get(service, len(order)), []).append(name)
         for level in sorted(by_level, reverse=True):
-            outcomes += _remove(drivers, record, sorted(by_level[level]), timeout, jobs)
-        _save(config, fleet, record)
-        if not record.instances:  # down leaves nothing behind, its lock included
+            outcomes += _remove(run, sorted(by_level[level]))
+        state.save(config, fleet, run.record)
+        if not run.record.instances:  # down leaves nothing behind, its lock included
             Path(lock.lock_file).unlink(missing_ok=True)
     return outcomes
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of ``ps``."""
-
-    instance: str
-    service: str
-    state: str
-    address: str
-    ports: str
-    pid: int | None
-    driver: str
-
-
-def ps(config: Config, fleet: Fleet) -> list[Row]:
-    """The fleet's instances as they are now (absent ones included)."""
-    drivers = _Drivers(config)
-    record = _load(config, fleet)
-    rows = []
-    for m in plan(config, fleet):
-        driver = drivers(m.service.driver)
-        inst = _current(driver, m.name) if m.name in record.instances else None
-        rows.append(Row(m.name, m.service.name, inst.state.value if inst else "absent",
-                        m.address or "", " ".join(inst.ports) if inst else "",
-                        inst.pid if inst else None, driver.name))
-    return rows
-
-
-def logs(config: Config, fleet: Fleet, out: BinaryIO, *, follow: bool = False) -> None:
-    """The console logs of the instances ``up`` made, each line prefixed with its
-    instance, to *out* (with *follow*, until every one has stopped)."""
-    drivers = _Drivers(config)
-    sources = []
-    for name, entry in _load(config, fleet).instances.items():
-        driver = drivers(entry.get("driver"))
-
-        def running(driver: Driver = driver, name: str = name) -> bool:
-            inst = _current(driver, name)
-            return inst is not None and inst.state.live
-
-        sources.append(LogSource(name, driver.log_path(name), running))
-    follow_logs(sources, out, follow=follow, prefix=True, interval=0.2)
