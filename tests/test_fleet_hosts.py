@@ -120,7 +120,7 @@ def test_a_secret_variable_that_is_not_set(duo: Path, capstan_root: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DUO_SECRET")
     hosts = HostSet(config_mod.load(), load_fleet(duo).hosts, str(duo))
-    with pytest.raises(HostUnreachable, match="DUO_SECRET is not set") as caught:
+    with pytest.raises(HostUnreachable, match="DUO_SECRET, which is not set") as caught:
         hosts.driver("cloud")
     assert caught.value.exit_code == 78
 

@@ -158,8 +158,8 @@ def host_config(config: Config, host: Host, where: str) -> tuple[Config, list[st
         if match:
             got = os.environ.get(match[1])
             if not got:
-                raise ConfigError(f"{where}: hosts.{host.name}.{key}: the environment "
-                                  f"variable {match[1]} is not set")
+                raise ConfigError(f"{where}: hosts.{host.name}.{key} is read from the "
+                                  f"environment variable {match[1]}, which is not set")
             value = got
             hidden.append(got)
         values[key] = value

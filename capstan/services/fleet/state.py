@@ -16,6 +16,7 @@ from filelock import FileLock
 from capstan.core.config import Config
 from capstan.core.errors import InputError
 from capstan.core.fs import atomic_write
+from capstan.core.names import is_valid
 from capstan.services.fleet.hosts import LOCAL
 from capstan.services.fleet.parse import Fleet
 
@@ -51,14 +52,24 @@ def load(config: Config, fleet: Fleet) -> Record:
     try:
         data = json.loads(path.read_text())
         record = Record(data["file"], dict(data["instances"]))
-        for entry in record.instances.values():
-            if not all(isinstance(v, str) for v in entry.values()) or "service" not in entry:
-                raise ValueError("an entry is not a mapping of strings with 'service'")
+        for name, entry in record.instances.items():
+            _check(name, entry)
         return record
     except FileNotFoundError:
         return Record(str(fleet.path))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise InputError(f"fleet state {path} is damaged: {err}") from err
+
+
+def _check(name: str, entry: object) -> None:
+    """A record entry names a valid instance and host, else ValueError."""
+    if not isinstance(entry, dict) or "service" not in entry \
+            or not all(isinstance(v, str) for v in entry.values()):
+        raise ValueError("an entry is not a mapping of strings with 'service'")
+    if not is_valid(name, "instance"):
+        raise ValueError(f"invalid instance name {ascii(name)[:72]}")
+    if not is_valid(entry.get("host") or LOCAL, "host"):
+        raise ValueError(f"invalid host name {ascii(entry['host'])[:72]}")
 
 
 def save(config: Config, fleet: Fleet, record: Record) -> None:
