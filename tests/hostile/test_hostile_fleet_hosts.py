@@ -97,6 +97,7 @@ services:
 """
 
 
+@pytest.mark.qemu
 def test_an_unreachable_host_is_one_line_and_hides_no_other(
         cli, sandbox: Sandbox, image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work = _write(sandbox, FLEET, monkeypatch)

@@ -135,17 +135,23 @@ def _value(setting: Setting, value: Any, where: str, bad: Bad) -> Any:
         value = str(value)
     if not _plain(value):
         raise bad(where, "expected a string on one line (value not shown)")
-    if "://" in value:
-        try:
-            password = urlparse(value).password
-        except ValueError as err:
-            raise bad(where, "not a valid URL (value not shown)") from err
-        if password:
-            raise bad(where, "a password in a URL is refused: use keys, or ${VARIABLE} "
-                      "for the whole value (value not shown)")
+    _no_password(value, where, bad)
     if setting.choices and value not in setting.choices:
         raise bad(where, f"must be one of {', '.join(setting.choices)}")
     return value
+
+
+def _no_password(value: str, where: str, bad: Bad) -> None:
+    """A URL setting carries no password (it would show in messages and listings)."""
+    if "://" not in value:
+        return
+    try:
+        password = urlparse(value).password
+    except ValueError as err:
+        raise bad(where, "not a valid URL (value not shown)") from err
+    if password:
+        raise bad(where, "a password in a URL is refused: use keys, or ${VARIABLE} for the "
+                  "whole value (value not shown)")
 
 
 def host_config(config: Config, host: Host, where: str) -> tuple[Config, list[str]]:

@@ -13,7 +13,7 @@ import libvirt
 import pytest
 from test_libvirt import libvirtd, lv, pool, ssh_uri  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.functional
+pytestmark = [pytest.mark.qemu, pytest.mark.libvirt]
 
 FLEET = """\
 name: {name}
