@@ -50,6 +50,7 @@ from capstan.drivers.base import (
     Status,
     mac_address,
 )
+from capstan.drivers.qemu.accel import QEMU_ACCEL
 
 LOG = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ class LibvirtDriver(Driver):
                 help="connection URI, e.g. qemu:///system or qemu+ssh://root@host/system"),
         Setting("libvirt_pool", help="storage pool for instance disks (empty: a local file)"),
         Setting("libvirt_network", help="network:NAME or bridge:NAME (empty: user mode)"),
+        QEMU_ACCEL,
     )
 
     @classmethod

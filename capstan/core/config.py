@@ -17,7 +17,7 @@ from capstan.core.errors import ConfigError, LocalIOError
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["KEYS", "SETTINGS", "Config", "Setting", "load"]
+__all__ = ["KEYS", "SETTINGS", "Config", "Setting", "installed_drivers", "load"]
 
 _TRUE = {"1", "t", "true", "yes", "on"}
 _FALSE = {"0", "f", "false", "no", "off"}
@@ -52,15 +52,12 @@ class Setting:
         return text
 
 
-#: the keys of Capstan itself; each driver declares its own (``Driver.settings``),
-#: resolved when the driver is loaded (:meth:`Config.with_settings`)
+#: the keys of Capstan itself; each driver declares its own (``Driver.settings``, named
+#: ``<driver>_...``), resolved when the driver is loaded (:meth:`Config.with_settings`)
 SETTINGS: tuple[Setting, ...] = (
     Setting("repo_url", help="S3/HTTP repository URL"),
     Setting("release_tag", help="GitHub release: any, latest or a tag"),
-    Setting("disable_kvm", bool, False, help="never use KVM"),
-    Setting("qemu_aio_type", choices=("threads", "native"), help="QEMU asynchronous I/O"),
-    Setting("qemu_path", help="QEMU binary (empty: search PATH)"),
-    Setting("qemu_accel", choices=("auto", "kvm", "hvf", "tcg"), help="QEMU accelerator"),
+    Setting("disable_kvm", bool, False, help="never use KVM (or HVF)"),
     Setting("hypervisor", help="driver used when -p is not given"),
     Setting("loader", help="loader used by compose"),
     Setting("disk_format", help="output disk format of compose"),
@@ -89,13 +86,17 @@ class Config:
     def with_settings(self, settings: Iterable[Setting], *, complete: bool = False) -> Config:
         """This configuration with *settings* (a driver's keys) resolved too.
 
-        *complete* says every installed driver's keys are now known, so a key of
-        config.yaml that is still unknown is reported (a warning: it is ignored).
+        A key of config.yaml that is still unknown but named like one of the new keys
+        (``qemu_acel`` beside ``qemu_accel``) is reported (a warning: it is ignored);
+        *complete* says every installed driver's keys are now known, so every unknown key
+        is.
         """
-        known = {**self.settings, **{s.key: s for s in settings}}
-        if known.keys() == self.settings.keys() and not complete:
+        new = [s for s in settings if s.key not in self.settings]
+        if not new and not complete:
             return self
-        return _resolve(self.root, self.layers, known, self.sources["root"], warn=complete)
+        known = {**self.settings, **{s.key: s for s in new}}
+        prefixes = ("",) if complete else tuple({_prefix(s.key) for s in new})
+        return _resolve(self.root, self.layers, known, self.sources["root"], warn=prefixes)
 
     def with_layer(self, where: str, values: Mapping[str, Any]) -> Config:
         """This configuration with *values* (read from *where*) above every other layer."""
@@ -189,20 +190,61 @@ def load(flags: Mapping[str, Any] | None = None,
     )
     parsed.save()
     known = {s.key: s for s in SETTINGS}
-    return _resolve(root, layers, known, "environment" if env.get("CAPSTAN_ROOT") else "default")
+    drivers = installed_drivers()
+    config = _resolve(root, layers, known, "environment" if env.get("CAPSTAN_ROOT") else "default",
+                      warn=tuple(f"{name}_" for name in drivers), but_drivers=True)
+    _check_hypervisor(config, drivers)
+    return config
+
+
+def installed_drivers() -> tuple[str, ...]:
+    """The names of the installed drivers (``capstan.drivers`` entry points, from
+    stevedore's cache), none of them imported."""
+    from stevedore.named import NamedExtensionManager
+
+    eps = NamedExtensionManager("capstan.drivers", names=[]).list_entry_points()
+    return tuple(sorted({ep.name for ep in eps}))
+
+
+def _check_hypervisor(config: Config, drivers: tuple[str, ...]) -> None:
+    """ConfigError unless ``hypervisor`` names an installed driver."""
+    name = config.values["hypervisor"]
+    if name not in drivers:
+        raise ConfigError(f"{config.sources['hypervisor']}: hypervisor: '{name}' is not an "
+                          f"installed driver (installed: {', '.join(drivers)})")
+
+
+def _prefix(key: str) -> str:
+    """``qemu_`` of ``qemu_accel``: the part naming the driver a key belongs to."""
+    return key.split("_", 1)[0] + "_"
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _unknown(where: str, key: str) -> None:
+    """Warn, once per process, that *key* of config file *where* is ignored."""
+    if (where, key) not in _warned:
+        _warned.add((where, key))
+        LOG.warning("%s: unknown key %r ignored", where, key)
 
 
 def _resolve(root: Path, layers: tuple[tuple[str, Mapping[str, Any]], ...],
-             known: Mapping[str, Setting], root_source: str, *, warn: bool = False) -> Config:
-    """The values of the *known* keys: each from its highest layer, else its default."""
+             known: Mapping[str, Setting], root_source: str, *,
+             warn: tuple[str, ...] = (), but_drivers: bool = False) -> Config:
+    """The values of the *known* keys: each from its highest layer, else its default.
+
+    An unknown key of config.yaml is reported if it starts with one of *warn*; with
+    *but_drivers*, if it starts with none of them (the prefixes of the installed drivers,
+    whose keys are checked when each driver loads)."""
     values: dict[str, Any] = {k: s.default for k, s in known.items()}
     sources: dict[str, str] = dict.fromkeys(known, "default")
     for where, layer in layers:
         for key, value in layer.items():
             setting = known.get(key)
             if setting is None:
-                if warn and where == str(root / "config.yaml"):
-                    LOG.warning("%s: unknown key %r ignored", where, key)
+                if where == str(root / "config.yaml") and key.startswith(warn) != but_drivers:
+                    _unknown(where, key)
                 continue
             values[key] = setting.coerce(value, where)
             sources[key] = where

@@ -1,4 +1,5 @@
-"""``capstan doctor``: what this host can run, and the exact fix for what it cannot."""
+"""``capstan doctor``: what this host can run, and the exact fix for what it cannot: the
+host's own checks here, each driver's in its ``doctor()`` (QEMU's: drivers/qemu/checks.py)."""
 
 from __future__ import annotations
 
@@ -31,41 +32,12 @@ def _root(config: Config) -> Finding:
                    f"sudo chown -R $USER {root}, or set CAPSTAN_ROOT to a writable directory")
 
 
-def _qemu(config: Config) -> Finding:
-    from capstan.drivers.qemu import QemuDriver
-
-    fix = install_command("apt-get install qemu-system-x86", "dnf install qemu-kvm",
-                          "brew install qemu")
-    try:
-        binary = QemuDriver(config).qemu_binary()
-        return Finding("qemu", Status.OK, f"{binary} {version_of([binary, '-version'])}")
-    except CapstanError as err:
-        return Finding("qemu", Status.FAIL, str(err), fix)
-
-
 def _qemu_img(config: Config) -> Finding:
     fix = install_command("apt-get install qemu-utils", "dnf install qemu-img", "brew install qemu")
     try:
         return Finding("qemu-img", Status.OK, f"qemu-img {version_of(['qemu-img', '--version'])}")
     except CapstanError as err:
         return Finding("qemu-img", Status.FAIL, str(err), fix)
-
-
-def _accelerators(config: Config) -> Finding:
-    from capstan.drivers.qemu import QemuDriver
-
-    try:
-        binary = QemuDriver(config).qemu_binary()
-        out = proc.run([binary, "-accel", "help"], timeout=10).stdout.decode()
-    except CapstanError as err:
-        return Finding("accelerators", Status.FAIL, str(err), "install QEMU (see 'qemu')")
-    found = [line.strip() for line in out.splitlines()[1:] if line.strip()]
-    wanted = config.qemu_accel
-    if wanted != "auto" and wanted not in found:
-        return Finding("accelerators", Status.FAIL,
-                       f"qemu_accel is '{wanted}' but this QEMU has {', '.join(found)}",
-                       "set qemu_accel to auto in config.yaml or CAPSTAN_QEMU_ACCEL")
-    return Finding("accelerators", Status.OK, f"{', '.join(found)} (qemu_accel: {wanted})")
 
 
 def _kvm(config: Config) -> Finding:
@@ -120,20 +92,6 @@ def _nested(config: Config) -> Finding:
     return Finding("nested", Status.OK, "bare metal")
 
 
-def _bridge(config: Config) -> Finding:
-    from capstan.drivers.qemu import bridge_helper
-
-    try:
-        helper = bridge_helper()
-    except CapstanError as err:
-        return Finding("bridge", Status.MISSING, str(err), "only needed for -n bridge")
-    if not Path("/etc/qemu/bridge.conf").exists():
-        return Finding("bridge", Status.WARN, f"{helper} found but /etc/qemu/bridge.conf is "
-                       "missing, so no bridge is allowed",
-                       "echo 'allow virbr0' | sudo tee -a /etc/qemu/bridge.conf")
-    return Finding("bridge", Status.OK, helper)
-
-
 def _microvm(config: Config) -> Finding:
     """Which direct-kernel microVM targets run here: QEMU's microvm machine (under any
     accelerator), Firecracker and Cloud Hypervisor (KVM only)."""
@@ -161,9 +119,7 @@ def _microvm(config: Config) -> Finding:
                    "install QEMU 4.2 or later (microvm), Firecracker or Cloud Hypervisor")
 
 
-_CHECKS: tuple[Callable[[Config], Finding], ...] = (
-    _root, _qemu, _qemu_img, _accelerators, _kvm, _nested, _bridge, _microvm,
-)
+_CHECKS: tuple[Callable[[Config], Finding], ...] = (_root, _qemu_img, _kvm, _nested, _microvm)
 
 
 def diagnose(config: Config) -> list[Finding]:

@@ -7,10 +7,16 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["KVM_DEVICE", "pick"]
+from capstan.core.config import Setting
+
+__all__ = ["KVM_DEVICE", "QEMU_ACCEL", "pick"]
 
 LOG = logging.getLogger(__name__)
 KVM_DEVICE = Path("/dev/kvm")
+#: read by the QEMU and libvirt drivers
+QEMU_ACCEL = Setting("qemu_accel", default="auto", choices=("auto", "kvm", "hvf", "tcg"),
+                     help="QEMU accelerator: auto (hvf on macOS, kvm on Linux when usable, "
+                          "else tcg), kvm, hvf or tcg")
 
 
 def pick(wanted: str, *, disable_kvm: bool) -> str:

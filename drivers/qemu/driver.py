@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +26,8 @@ from typing import BinaryIO
 from filelock import FileLock
 
 from capstan.core import fs, timestamps
+from capstan.core.checks import Finding
+from capstan.core.config import Config
 from capstan.core.errors import (
     BackendError,
     CapstanError,
@@ -50,7 +52,7 @@ from capstan.drivers.base import (
     free_port,
     mac_address,
 )
-from capstan.drivers.qemu import accel
+from capstan.drivers.qemu import accel, checks
 from capstan.drivers.qemu.argv import Host, Paths, argv, interface
 from capstan.drivers.qemu.machine import QemuMachine, find_pid, pid_alive
 
@@ -114,6 +116,11 @@ class QemuDriver(Driver):
     capabilities = frozenset({Capability.CONSOLE, Capability.LOGS, Capability.PORT_FORWARD,
                               Capability.VOLUMES, Capability.DETACH, Capability.GRACEFUL_STOP,
                               Capability.PRIVATE_NETWORK, Capability.DIRECT_KERNEL})
+    settings = checks.SETTINGS
+
+    @classmethod
+    def doctor(cls, config: Config) -> Sequence[Finding]:
+        return checks.doctor(config, checks.Tools(cls(config).qemu_binary, bridge_helper))
 
     @property
     def home(self) -> Path:

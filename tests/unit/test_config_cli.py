@@ -16,12 +16,12 @@ from capstan.image import cmdline
 
 
 def test_precedence_flag_env_file_default(capstan_root: Path) -> None:
-    assert config.load({}).qemu_aio_type == "threads"
-    (capstan_root / "config.yaml").write_text("qemu_aio_type: native\nrepo_url: http://f/\n")
+    assert config.load({}).disk_format == "qcow2"
+    (capstan_root / "config.yaml").write_text("disk_format: raw\nrepo_url: http://f/\n")
     env = {"CAPSTAN_ROOT": str(capstan_root)}
     cfg = config.load({}, env)
-    assert (cfg.qemu_aio_type, cfg.sources["qemu_aio_type"]) == (
-        "native", str(capstan_root / "config.yaml"))
+    assert (cfg.disk_format, cfg.sources["disk_format"]) == (
+        "raw", str(capstan_root / "config.yaml"))
     env["CAPSTAN_REPO_URL"] = "http://env/"
     assert config.load({}, env).repo_url == "http://env/"
     assert config.load({"repo_url": "http://flag/"}, env).repo_url == "http://flag/"
@@ -34,7 +34,7 @@ def test_capstan_booleans_and_bad_values(capstan_root: Path) -> None:
     env["CAPSTAN_DISABLE_KVM"] = "maybe"
     with pytest.raises(ConfigError, match="disable_kvm must be true or false"):
         config.load({}, env)
-    (capstan_root / "config.yaml").write_text("qemu_aio_type: [a\n")
+    (capstan_root / "config.yaml").write_text("disk_format: [a\n")
     with pytest.raises(ConfigError, match=r"config\.yaml:2: "):
         config.load({}, {"CAPSTAN_ROOT": str(capstan_root)})
 
@@ -42,18 +42,18 @@ def test_capstan_booleans_and_bad_values(capstan_root: Path) -> None:
 def test_parsed_settings_cache_follows_edits(capstan_root: Path) -> None:
     env = {"CAPSTAN_ROOT": str(capstan_root)}
     settings = capstan_root / "config.yaml"
-    for aio in ("native", "threads", "native"):  # each edit is seen at once
-        settings.write_text(f"qemu_aio_type: {aio}\n")
-        assert config.load({}, env).qemu_aio_type == aio
-    settings.write_text("qemu_aio_type: [a\n")  # errors are never cached
+    for aio in ("raw", "qcow2", "raw"):  # each edit is seen at once
+        settings.write_text(f"disk_format: {aio}\n")
+        assert config.load({}, env).disk_format == aio
+    settings.write_text("disk_format: [a\n")  # errors are never cached
     for _ in range(2):
         with pytest.raises(ConfigError, match=r"config\.yaml:\d+: "):
             config.load({}, env)
-    settings.write_text("qemu_aio_type: native\n")
+    settings.write_text("disk_format: raw\n")
     cache = capstan_root / "cache" / "config.json"
     for damaged in ("{not json", json.dumps({k: [1] for k in json.loads(cache.read_text())})):
         cache.write_text(damaged)
-        assert config.load({}, env).qemu_aio_type == "native"
+        assert config.load({}, env).disk_format == "raw"
     code = ("import sys; from capstan.core import config; config.load({})\n"
             "print('YAML', 'yaml' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -69,10 +69,10 @@ def test_reading_settings_never_creates_a_root(tmp_path: Path) -> None:
 def test_read_only_root_loads_settings(tmp_path: Path) -> None:
     root = tmp_path / "ro"
     root.mkdir()
-    (root / "config.yaml").write_text("qemu_aio_type: native\n")
+    (root / "config.yaml").write_text("disk_format: raw\n")
     root.chmod(0o555)
     try:
-        assert config.load({}, {"CAPSTAN_ROOT": str(root)}).qemu_aio_type == "native"
+        assert config.load({}, {"CAPSTAN_ROOT": str(root)}).disk_format == "raw"
     finally:
         root.chmod(0o755)
 
