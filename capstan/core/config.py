@@ -243,7 +243,7 @@ def _resolve(root: Path, layers: tuple[tuple[str, Mapping[str, Any]], ...],
         for key, value in layer.items():
             setting = known.get(key)
             if setting is None:
-                if where == str(root / "config.yaml") and key.startswith(warn) != but_drivers:
+                if where == str(root / "config.yaml") and str(key).startswith(warn) != but_drivers:
                     _unknown(where, key)
                 continue
             values[key] = setting.coerce(value, where)
