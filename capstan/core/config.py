@@ -192,7 +192,7 @@ def load(flags: Mapping[str, Any] | None = None,
     known = {s.key: s for s in SETTINGS}
     drivers = installed_drivers()
     config = _resolve(root, layers, known, "environment" if env.get("CAPSTAN_ROOT") else "default",
-                      warn=tuple(f"{name}_" for name in drivers), but_drivers=True)
+                      warn=tuple(_prefix(name) for name in drivers), but_drivers=True)
     _check_hypervisor(config, drivers)
     return config
 
@@ -214,9 +214,10 @@ def _check_hypervisor(config: Config, drivers: tuple[str, ...]) -> None:
                           f"installed driver (installed: {', '.join(drivers)})")
 
 
-def _prefix(key: str) -> str:
-    """``qemu_`` of ``qemu_accel``: the part naming the driver a key belongs to."""
-    return key.split("_", 1)[0] + "_"
+def _prefix(name: str) -> str:
+    """The start of a driver's keys: ``qemu_`` of driver ``qemu`` and of key ``qemu_accel``,
+    ``cloud_hypervisor_`` of driver ``cloud-hypervisor``."""
+    return (name if "-" in name else name.split("_", 1)[0]).replace("-", "_") + "_"
 
 
 _warned: set[tuple[str, str]] = set()
