@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from capstan.drivers.qemu.machine import find_pid, pid_alive
 
 from conftest import wait_for
 
-MARKER = "/run/capstan,test/qmp.sock"  # QEMU's argv doubles the comma
+MARKER = f"/run/capstan,{uuid.uuid4().hex}/qmp.sock"  # unique; QEMU's argv doubles the comma
 
 
 @pytest.fixture(params=["proc", "ps"])
