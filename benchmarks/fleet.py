@@ -118,10 +118,13 @@ def two_hosts(work: Path, env: dict[str, str]) -> None:
     def up(name: str) -> float:
         fleet = ["-F", str(work / name)]
         start = time.perf_counter()
-        subprocess.run([*CAPSTAN, "up", *fleet], env=env, check=True, capture_output=True)
+        done = subprocess.run([*CAPSTAN, "up", *fleet], env=env, check=False,
+                              capture_output=True, text=True)
         elapsed = time.perf_counter() - start
         subprocess.run([*CAPSTAN, "down", "-t", "0.2", *fleet], env=env, check=True,
                        capture_output=True)
+        if done.returncode:
+            raise SystemExit(f"capstan up {name} failed:\n{done.stdout}{done.stderr}")
         return elapsed
 
     samples: dict[str, list[float]] = {"one-host.yaml": [], "two-hosts.yaml": []}
