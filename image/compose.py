@@ -86,6 +86,9 @@ def plan_disk(entries: Sequence[Entry], disk: DiskSpec) -> DiskPlan:
             f"size {min_size} bytes is too small for this content: "
             f"at least {needed} bytes ({-(-needed // (1024 * 1024))}M) are needed")
     virtual = mbr.align_up(max(needed, min_size), disk.disk_format.alignment)
+    if virtual > qcow2.MAX_VIRTUAL_SIZE:
+        raise InputError(f"a disk of {virtual} bytes is larger than QEMU opens "
+                         f"({qcow2.MAX_VIRTUAL_SIZE >> 40}T)")
     return DiskPlan(disk, start, rofs, virtual)
 
 

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CLUSTER", "Qcow2Layout", "plan", "write_metadata"]
+__all__ = ["CLUSTER", "MAX_VIRTUAL_SIZE", "Qcow2Layout", "plan", "write_metadata"]
 
 CLUSTER_BITS = 16
 CLUSTER = 1 << CLUSTER_BITS
@@ -29,6 +29,8 @@ _REFS_PER_BLOCK = CLUSTER * 8 >> REFCOUNT_ORDER
 _COPIED = 1 << 63  # refcount is exactly 1: written in place
 _HEADER = struct.Struct(">4sIQIIQIIQQIIQQQQII")
 _END_OF_EXTENSIONS = bytes(8)
+#: QEMU opens no larger qcow2 of this cluster size (its L1 table is at most 32 MiB)
+MAX_VIRTUAL_SIZE = (32 << 20) // _ENTRY * _L2_ENTRIES * CLUSTER
 
 
 def _clusters(size: int) -> int:

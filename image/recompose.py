@@ -107,6 +107,7 @@ class OutputCache:
         self.tmp: Path | None = None
         self.spare: dict[str, Any] | None = None
         self.before: dict[int, Fingerprint] = {}
+        self.written: tuple[int, int] | None = None  # (device, inode) of the image we wrote
 
     def __enter__(self) -> OutputCache:
         self._lock.acquire()
@@ -148,6 +149,8 @@ class OutputCache:
                 f = os.fdopen(os.open(tmp, _NEW_FILE, 0o666), "w+b")
             except OSError as err:
                 raise write_error(self.output, err) from err
+        st = os.fstat(f.fileno())
+        self.written = (st.st_dev, st.st_ino)
         try:
             with f:
                 yield f, reuse
@@ -209,7 +212,8 @@ class OutputCache:
         current = self._load("current.json")
         kept = self._keep_output(current)
         os.replace(tmp, self.output)
-        record["image"] = _identity(os.lstat(self.output))
+        st = os.lstat(self.output)  # None: another compose renamed its image over ours
+        record["image"] = _identity(st) if (st.st_dev, st.st_ino) == self.written else None
         (self.dir / "spare.json").unlink(missing_ok=True)
         if kept is not None and current is not None:
             os.replace(kept, self.dir / "spare")

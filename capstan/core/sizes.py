@@ -10,6 +10,7 @@ __all__ = ["format_size", "parse_size"]
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 _KIB = 1 << 10
+MAX_SIZE = 1 << 60  # 1 EiB: more is no disk or memory size (and overflows a C off_t)
 _UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -18,7 +19,10 @@ def parse_size(text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if match is None:
         raise UsageError(f"invalid size '{text}': use a number with K, M, G or T, e.g. 512M")
-    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    number = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if number > MAX_SIZE:  # also inf, from a number of hundreds of digits
+        raise UsageError(f"invalid size '{text[:32]}': larger than 1 EiB")
+    value = int(number)
     if value <= 0:
         raise UsageError(f"invalid size '{text}': must be larger than zero")
     return value

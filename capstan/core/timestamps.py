@@ -49,7 +49,7 @@ def parse(value: object) -> dt.datetime | None:
     """*value* (text or a YAML-loaded date/datetime) as a time, or None when it is
     no time Capstan would read (``N/A``, a bare date, anything else)."""
     if isinstance(value, dt.datetime):
-        return value
+        return _representable(value)
     if not isinstance(value, str) or len(value) > _MAX_TEXT:
         return None
     match = _STAMP.fullmatch(value.strip())
@@ -60,9 +60,18 @@ def parse(value: object) -> dt.datetime | None:
     if zone and zone != "Z" and ":" not in zone:
         zone = f"{zone[:3]}:{zone[3:]}"  # +0000, as pycapstan once wrote it
     try:
-        return dt.datetime.fromisoformat(f"{match['date']}T{clock}{zone}")
+        return _representable(dt.datetime.fromisoformat(f"{match['date']}T{clock}{zone}"))
     except ValueError:  # 2017-13-45
         return None
+
+
+def _representable(when: dt.datetime) -> dt.datetime | None:
+    """*when*, or None when it has no local or UTC time (year 1 or 9999 near the edge)."""
+    try:
+        (when if when.tzinfo is not None else when.astimezone()).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        return None
+    return when
 
 
 def show(value: object) -> str:
