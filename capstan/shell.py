@@ -45,7 +45,8 @@ _EXTRAS = {"libvirt": ("libvirt", "libvirt-python"), "boto3": ("aws", "boto3"),
            "pyVmomi": ("vsphere", "pyvmomi"), "pyVim": ("vsphere", "pyvmomi"),
            "google": ("gce", "google-cloud-compute"),
            "openstack": ("openstack", "openstacksdk")}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+#: control characters, and the bidirectional marks that reorder what a terminal shows
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
 
 
 class _CommandManager(CommandManager):

@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import stat
 import time
@@ -37,6 +38,8 @@ from typing import Any, BinaryIO
 from capstan.core.errors import LocalIOError
 from capstan.core.fs import atomic_write, lock, private_dir, sweep, temp_path, write_error
 from capstan.image.rofs import FileEntry, Reuse
+
+LOG = logging.getLogger(__name__)
 
 __all__ = ["RACY_NS", "OutputCache", "fingerprint", "state_dir"]
 _OURS_AND_OUTPUT = 2  # links of a kept image: the output's and ours
@@ -212,6 +215,18 @@ class OutputCache:
         current = self._load("current.json")
         kept = self._keep_output(current)
         os.replace(tmp, self.output)
+        try:
+            self._record(kept, current, record)
+        except OSError as err:  # the output is written: the state is only forgotten
+            LOG.warning("forgetting the recompose state of %s: %s", self.output, err)
+            for name in ("spare.json", "current.json"):
+                with contextlib.suppress(OSError):
+                    (self.dir / name).unlink(missing_ok=True)
+
+    def _record(self, kept: Path | None, current: dict[str, Any] | None,
+                record: dict[str, Any]) -> None:
+        """Keep *kept* (the output's previous image, *current*) as the spare, and *record*
+        the new output."""
         st = os.lstat(self.output)  # None: another compose renamed its image over ours
         record["image"] = _identity(st) if (st.st_dev, st.st_ino) == self.written else None
         (self.dir / "spare.json").unlink(missing_ok=True)

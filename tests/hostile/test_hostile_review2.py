@@ -138,3 +138,32 @@ def test_listing_and_updating_with_a_hostile_created_time(
     result = cli("package", "update", "--created")
     assert result.code == 0 and "Traceback" not in result.err, result
     assert "unknown created time" in result.out
+
+
+def test_a_spare_that_is_a_directory_fails_no_compose(cli, sandbox: Sandbox,
+                                                      tmp_path: Path) -> None:
+    """The output is replaced before the spare is kept: a cache that cannot take the spare
+    (a directory made there by hand) only forgets its state; it failed every compose with
+    "cannot write OUTPUT: Is a directory" although the output was written."""
+    tree, out = app(tmp_path), tmp_path / "a.raw"
+    compose(cli, tree, out)
+    compose(cli, tree, out)
+    folder = recompose.state_dir(sandbox.root, out)
+    (folder / "spare").unlink()
+    (folder / "spare").mkdir()
+    for data in (b"m" * 9000, b"n" * 9000):
+        change(tree / "hello", data)
+        assert compose(cli, tree, out) == compose(cli, tree, tmp_path / "fresh.raw")
+
+
+def test_bidirectional_marks_in_an_index_are_shown_escaped(cli, sandbox: Sandbox,
+                                                           tmp_path: Path) -> None:
+    """A right-to-left override in a Description reverses what the terminal shows of the
+    rest of the row (the Trojan Source trick): escaped like the other controls."""
+    assert cli("compose", "-l", "probe-loader", "evil", app(tmp_path)).code == 0
+    index = sandbox.root / "repository" / "evil" / "index.yaml"
+    text = index.read_text().replace("description: ''", "description: \"a\\u202eb\\u2066c\"")
+    index.write_text(text + "platform: \"x\\u200fy\\x9b2J\"\n")
+    result = cli("images", "-f", "value", "-c", "Description", "-c", "Platform")
+    assert result.code == 0, result
+    assert result.out.split() == ["a\\u202eb\\u2066c", "x\\u200fy\\x9b2J"]
