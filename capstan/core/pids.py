@@ -21,10 +21,10 @@ from capstan.core.errors import CommandFailed
 __all__ = ["Process", "alive", "look", "processes", "token"]
 
 PROC = Path("/proc")
-#: ``ps`` columns: pid, state, start time (``lstart``: five words), argv
-_PS_COLUMNS = "pid=,stat=,lstart=,command="
+#: ``ps`` columns: pid, real uid, state, start time (``lstart``: five words), argv
+_PS_COLUMNS = "pid=,ruid=,stat=,lstart=,command="
 _LSTART_WORDS = 5
-_PS_FIELDS = 3 + _LSTART_WORDS  # pid, state, the start time's words, then the argv
+_PS_FIELDS = 4 + _LSTART_WORDS  # pid, real uid, state, the start time's words, then the argv
 _STARTTIME = 19  # /proc/PID/stat: field 22 (starttime), counted after the ")" of comm
 
 
@@ -36,6 +36,7 @@ class Process:
     started: str  # opaque, without "." or "-": differs for a later process of the same pid
     zombie: bool
     command: bytes  # its argv (NUL-separated from /proc, space-separated from ps)
+    uid: int  # its real uid (a set-uid program's is its caller's): any user can copy an argv
 
 
 def alive(pid: int | None) -> bool:
@@ -53,26 +54,35 @@ def _has_proc() -> bool:
     return (PROC / "self" / "stat").is_file()
 
 
+def _real_uid(status: str) -> int:
+    """The real uid in the text of ``/proc/PID/status``; ValueError if there is none."""
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise ValueError("no Uid line")
+
+
 def _from_proc(pid: int) -> Process | None:
     try:
         stat = (PROC / str(pid) / "stat").read_text()
         command = (PROC / str(pid) / "cmdline").read_bytes()
-    except OSError:
+        uid = _real_uid((PROC / str(pid) / "status").read_text())
+    except (OSError, ValueError, IndexError):
         return None
     fields = stat.rsplit(")", 1)[-1].split()
     if len(fields) <= _STARTTIME:
         return None
-    return Process(pid, fields[_STARTTIME], fields[0] == "Z", command)
+    return Process(pid, fields[_STARTTIME], fields[0] == "Z", command, uid)
 
 
 def _from_ps_line(line: str) -> Process | None:
     parts = line.split(None, _PS_FIELDS - 1)
-    if len(parts) < _PS_FIELDS - 1 or not parts[0].isdigit():
+    if len(parts) < _PS_FIELDS - 1 or not (parts[0].isdigit() and parts[1].isdigit()):
         return None
-    started = " ".join(parts[2:2 + _LSTART_WORDS])
+    started = " ".join(parts[3:3 + _LSTART_WORDS])
     command = parts[_PS_FIELDS - 1] if len(parts) == _PS_FIELDS else ""
     return Process(int(parts[0]), hashlib.sha1(started.encode()).hexdigest()[:16],
-                   parts[1].startswith("Z"), command.encode())
+                   parts[2].startswith("Z"), command.encode(), int(parts[1]))
 
 
 def _ps(*selection: str) -> list[Process]:

@@ -46,8 +46,10 @@ def pid_alive(pid: int | None, marker: str) -> bool:
 
 
 def _runs(found: pids.Process, marker: str) -> bool:
-    # the marker is a path, found in argv as QEMU reads it (commas doubled)
-    return not found.zombie and marker.replace(",", ",,").encode() in found.command
+    # the marker is a path, found in argv as QEMU reads it (commas doubled), of a process of
+    # ours: any user can run a process whose argv holds it (ps shows QEMU's argv to all)
+    return (not found.zombie and found.uid == os.getuid()
+            and marker.replace(",", ",,").encode() in found.command)
 
 
 def find_pid(marker: str) -> int | None:

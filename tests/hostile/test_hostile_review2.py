@@ -167,3 +167,33 @@ def test_bidirectional_marks_in_an_index_are_shown_escaped(cli, sandbox: Sandbox
     result = cli("images", "-f", "value", "-c", "Description", "-c", "Platform")
     assert result.code == 0, result
     assert result.out.split() == ["a\\u202eb\\u2066c", "x\\u200fy\\x9b2J"]
+
+
+@pytest.mark.parametrize("host", ["proc", "ps"])
+def test_another_users_process_is_never_taken_for_an_instance(
+        sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    """``ps`` shows every user a QEMU's argv, QMP socket path included: a local user's
+    process holding that path was the instance (``capstan run NAME``: "already running",
+    status running, stop signalling it). Only a process of ours is."""
+    from capstan.core import pids
+    from capstan.drivers.qemu.machine import find_pid, pid_alive
+
+    if host == "ps":
+        monkeypatch.setattr(pids, "PROC", tmp_path / "no-proc")
+    marker = str(sandbox.root / "instances" / "qemu" / "vm" / "run" / "qmp.sock")
+    mine = marker.replace("/vm/", "/mine/")
+    theirs = subprocess.Popen(["sh", "-c", "sleep 60; :", marker], user="nobody", cwd="/")
+    ours = subprocess.Popen(["sh", "-c", "sleep 60; :", mine], cwd="/")
+    try:
+        for _ in range(200):  # until both have exec'd sh (their argv is the marker then)
+            if pid_alive(ours.pid, mine) and marker.encode() in Path(
+                    f"/proc/{theirs.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.05)
+        assert find_pid(mine) == ours.pid
+        assert find_pid(marker) is None
+        assert not pid_alive(theirs.pid, marker)
+    finally:
+        for child in (theirs, ours):
+            child.kill()
+            child.wait()
