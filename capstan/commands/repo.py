@@ -39,7 +39,9 @@ class Pull(ShowOne):
         parser = super().get_parser(prog_name)
         parser.add_argument("name", metavar="NAME", type=argument("image"),
                             help="loader (osv-loader) or bucket image (ns/name)")
-        parser.add_argument("-p", "--platform", default="qemu", help="image flavour (qemu)")
+        parser.add_argument("-p", "--platform", default="qemu",
+                            help="image flavour (qemu; kernel: OSv's kernel ELF, for run "
+                                 "--kernel NAME)")
         parser.add_argument("--force", action="store_true", help="download again")
         _insecure(parser)
         return parser
@@ -212,7 +214,7 @@ class PackageSearch(_Search):
 
 
 class BaseImport(ShowOne):
-    """Import your own loader or base image into the local repository"""
+    """Import your own loader, base image or kernel (--kernel) into the local repository"""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
@@ -221,13 +223,18 @@ class BaseImport(ShowOne):
                             help="repository name, e.g. my/loader")
         parser.add_argument("--description", default="")
         parser.add_argument("--version", dest="image_version", default="")
+        parser.add_argument("--kernel", action="store_true",
+                            help="FILE is OSv's kernel ELF (loader-stripped.elf), for "
+                                 "run --kernel NAME")
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.services.repository import import_base
+        from capstan.services.repository import import_base, import_kernel
 
-        return _row(import_base(app_config(self), parsed_args.file, parsed_args.name,
-                                parsed_args.description, parsed_args.image_version))
+        args = parsed_args
+        how = import_kernel if args.kernel else import_base
+        return _row(how(app_config(self), args.file, args.name, args.description,
+                        args.image_version))
 
 
 class Import(Command):

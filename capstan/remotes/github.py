@@ -123,18 +123,27 @@ class GitHubRemote(Remote):
         return None
 
     def image(self, name: str, platform: str) -> Found | None:
-        """Loaders: ``<name>.*qemu.<arch>*``, else an unsuffixed ``<name>.qemu``."""
-        if "/" in name or platform != "qemu":
+        """Loaders: ``<name>.*qemu.<arch>*``, else an unsuffixed ``<name>.qemu``;
+        kernels (platform ``kernel``): ``<name>*.elf.<arch>*``."""
+        if "/" in name or platform not in ("qemu", "kernel"):
             return None
         for rel in self.releases():
             assets = rel["assets"]
-            pick = next((a for a in assets if a["name"].startswith(f"{name}.")
-                         and f"qemu.{host_arch()}" in a["name"]), None)
-            pick = pick or next((a for a in assets if a["name"] in (f"{name}.qemu",
-                                                                    f"{name}.qemu.gz")), None)
+            if platform == "kernel":
+                pick = next((a for a in assets if a["name"].startswith(name)
+                             and f".elf.{host_arch()}" in a["name"]), None)
+            else:
+                pick = self._loader(assets, name)
             if pick:
                 return Found((self._artifact(pick),), f"{self.label} {rel.get('tag_name', '')}")
         return None
+
+    @staticmethod
+    def _loader(assets: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+        pick = next((a for a in assets if a["name"].startswith(f"{name}.")
+                     and f"qemu.{host_arch()}" in a["name"]), None)
+        return pick or next((a for a in assets if a["name"] in (f"{name}.qemu",
+                                                                f"{name}.qemu.gz")), None)
 
     def names(self) -> Iterable[tuple[str, str]]:
         seen = set()

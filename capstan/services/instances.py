@@ -123,7 +123,7 @@ def make_spec(config: Config, image_ref: str, name: str,
     mac = None if r.mac is None else mac_address(r.mac)
     mib = memory_mib(r.memory)
     image = LocalRepository(config.root).resolve(image_ref, "qemu")
-    kernel_path = _kernel(r.kernel, r.machine)
+    kernel_path = _kernel(config, r.kernel, r.machine)
     machine = r.machine or ("microvm" if kernel_path else "pc")
     text = _spec_cmdline(config, image, r, direct=kernel_path is not None)
     return InstanceSpec(name=name, image=image, memory_mib=mib, cpus=r.cpus,
@@ -154,9 +154,10 @@ def _spec_cmdline(config: Config, image: Path, r: RunRequest, *, direct: bool) -
     return boot_cmdline(current, r.execute, r.boots, r.envs, r.options)
 
 
-def _kernel(ref: str | None, machine: str | None) -> Path | None:
-    """The kernel file of ``--kernel`` (``probe-kernel``: the one shipped), checked
-    against *machine*."""
+def _kernel(config: Config, ref: str | None, machine: str | None) -> Path | None:
+    """The kernel file of ``--kernel``: a file, a kernel in the repository (``pull -p
+    kernel``, ``base import --kernel``) or ``probe-kernel`` (the one shipped), checked
+    against *machine* and to be a PVH kernel ELF."""
     if ref is None:
         if machine == "microvm":
             raise UsageError("--machine microvm boots a kernel directly: give --kernel K "
@@ -165,9 +166,11 @@ def _kernel(ref: str | None, machine: str | None) -> Path | None:
     if machine not in (None, "microvm"):
         raise UsageError("--kernel boots without the disk's loader: use it with "
                          "--machine microvm")
-    path = probe_kernel_path() if ref == PROBE_KERNEL else Path(ref)
-    if not path.is_file():
-        raise NotFound(f"kernel {ref}: no such file")
+    from capstan.image.kernel import read_kernel
+
+    path = probe_kernel_path() if ref == PROBE_KERNEL else \
+        LocalRepository(config.root).resolve(ref, "kernel", kind="kernel")
+    read_kernel(path)
     return path.absolute()
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import BinaryIO
 
 import yaml
 from filelock import FileLock
@@ -34,9 +36,12 @@ from capstan.services.disks import open_driver
 from capstan.services.imagedir import check_standalone, publish_image
 from capstan.services.store import LocalRepository
 
-__all__ = ["ImageRow", "PullOptions", "Pulled", "image_store", "import_base", "list_images",
-           "pull_image", "pull_package", "push_image", "push_package", "remove_image",
-           "remove_package", "search"]
+__all__ = ["KERNEL", "ImageRow", "PullOptions", "Pulled", "image_store", "import_base",
+           "import_kernel", "list_images", "pull_image", "pull_package", "push_image",
+           "push_package", "remove_image", "remove_package", "search"]
+
+#: the platform of a kernel in the repository (``NAME/NAME.kernel``)
+KERNEL = "kernel"
 
 LOG = logging.getLogger(__name__)
 
@@ -127,7 +132,7 @@ def pull_image(config: Config, name: str, platform: str = "qemu",
         work = repo.images / ".downloads" / name.replace("/", "%")  # ours under the lock
         downloaded = work / target.name
         digest = fetch(image, downloaded, quiet=options.quiet, unpack=True)
-        check_standalone(downloaded, f"image {name}")
+        _check_download(downloaded, name, platform)
         meta: dict[str, object] = {"format_version": "1", "version": "", "description": "",
                                    "build": "", "created": timestamps.now()}
         if index:
@@ -152,6 +157,16 @@ def _remote_meta(index: Artifact, path: Path, known: dict[str, object]) -> dict[
     if not isinstance(remote_meta, dict):
         return {}
     return {k: str(v) for k, v in remote_meta.items() if k in known or k == "platform"}
+
+
+def _check_download(path: Path, name: str, platform: str) -> None:
+    """A pulled kernel must be a PVH kernel ELF; an image, a disk that reads no other file."""
+    if platform == KERNEL:
+        from capstan.image.kernel import read_kernel
+
+        read_kernel(path)
+    else:
+        check_standalone(path, f"image {name}")
 
 
 def _status(verified: bool) -> str:
@@ -303,18 +318,48 @@ def import_base(config: Config, source: Path, name: str, description: str = "",
     from capstan.image.loader import read_loader
 
     read_loader(source)  # refuses anything that is not an OSv loader or image
+    return _import(config, source, name, "qemu", {"version": version,
+                                                   "description": description})
+
+
+def import_kernel(config: Config, source: Path, name: str, description: str = "",
+                  version: str = "") -> Pulled:
+    """Copy OSv's kernel ELF (``loader-stripped.elf``) into the repository as kernel
+    *name* (``run --kernel NAME``); the copy is checked to be a PVH kernel."""
+    from capstan.image.kernel import read_kernel
+
+    return _import(config, source, name, KERNEL, {"version": version,
+                                                  "description": description},
+                   check=lambda copy: read_kernel(copy, source))
+
+
+def _regular(source: Path) -> BinaryIO:
+    """*source* opened for reading, refused (65) unless it is a regular file: a FIFO or
+    device is never read (the open does not block)."""
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageError(f"{source}: not a regular file")
+    return open(fd, "rb")
+
+
+def _import(config: Config, source: Path, name: str, platform: str, fields: dict[str, str],
+            check: Callable[[Path], object] | None = None) -> Pulled:
+    """Copy *source* into the repository as *name* for *platform*, *check* run on the
+    copy before it is published."""
     repo = LocalRepository(config.root)
-    target = repo.image_file(name, "qemu")
+    target = repo.image_file(name, platform)
     repo.images.mkdir(parents=True, exist_ok=True)
     with repo.lock(name):
         sweep(repo.images)
         copy = temp_path(repo.images / target.name)
         try:
-            with open(source, "rb") as src, atomic_output(copy) as dst:
+            with _regular(source) as src, atomic_output(copy) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
+            if check is not None:
+                check(copy)
             digest = sha256_of(copy)
-            meta = {"format_version": "1", "version": version, "description": description,
-                    "build": "", "created": timestamps.now(),
+            meta = {"format_version": "1", **fields, "build": "", "created": timestamps.now(),
                     "sha256": digest, "source": str(source.absolute())}
             publish_image(repo, name, {target.name: copy},
                            yaml.safe_dump(meta, sort_keys=False).encode())
@@ -322,7 +367,8 @@ def import_base(config: Config, source: Path, name: str, description: str = "",
             raise LocalIOError(f"cannot read {source}: {err.strerror}") from err
         finally:
             copy.unlink(missing_ok=True)
-    return Pulled(name, "image", target, digest, str(source), "imported")
+    return Pulled(name, "image" if platform != KERNEL else KERNEL, target, digest,
+                  str(source), "imported")
 
 
 def push_image(config: Config, name: str, url: str, platform: str = "qemu") -> Pulled:

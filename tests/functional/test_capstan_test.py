@@ -98,4 +98,4 @@ def test_a_case_that_cannot_boot_fails(cli, image: Path) -> None:
     done = cli("test", image, "--machine", "microvm", "--kernel", "/nonexistent", "-f", "json")
     assert done.code == 1
     [(result, _, why)] = _cases(done.out).values()
-    assert result == "FAIL" and why.startswith("cannot boot: kernel /nonexistent")
+    assert result == "FAIL" and why.startswith("cannot boot: no such kernel: '/nonexistent'")

@@ -54,7 +54,7 @@ def test_dry_run_shows_nothing_is_written(cli, kernel_less: Path) -> None:
     (("--machine", "pc", "--kernel", "probe-kernel", "--dry-run"), 64,
      "use it with --machine microvm"),
     (("--machine", "microvm", "--kernel", "/nonexistent/k.elf", "--dry-run"), 65,
-     "no such file"),
+     "no such kernel: '/nonexistent/k.elf'"),
     (("--machine", "microvm", "--kernel", "probe-kernel", "-p", "libvirt"), 69,
      "direct kernel boot"),
 ])
