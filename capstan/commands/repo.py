@@ -229,7 +229,8 @@ class BaseImport(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        from capstan.services.repository import import_base, import_kernel
+        from capstan.services.kernels import import_kernel
+        from capstan.services.repository import import_base
 
         args = parsed_args
         how = import_kernel if args.kernel else import_base

@@ -25,11 +25,11 @@ from typing import BinaryIO
 from filelock import FileLock
 
 from capstan.core import pids
-from capstan.core.errors import LocalIOError
+from capstan.core.errors import ImageError, LocalIOError
 
-__all__ = ["TEMP_PREFIX", "atomic_output", "atomic_write", "exchange", "lock", "owner_alive",
-           "private_dir", "process_token", "publish_dir", "sha256_of", "sweep", "temp_dir",
-           "temp_path", "write_error"]
+__all__ = ["TEMP_PREFIX", "atomic_output", "atomic_write", "exchange", "lock", "open_regular",
+           "owner_alive", "private_dir", "process_token", "publish_dir", "sha256_of", "sweep",
+           "temp_dir", "temp_path", "write_error"]
 
 TEMP_PREFIX = ".capstan-tmp."
 _RENAME_EXCHANGE = 2
@@ -177,3 +177,13 @@ def lock(root: Path, kind: str, name: str, poll_interval: float = 0.05) -> FileL
     key = name.replace("%", "%25").replace("/", "%2F")
     return FileLock(str(folder / f"{kind}.{key}.lock"), mode=0o600,
                     poll_interval=poll_interval)
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """*path* opened for reading, refused (ImageError, 65) unless it is a regular file:
+    a FIFO or device is never read (the open does not block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageError(f"{path}: not a regular file")
+    return open(fd, "rb")

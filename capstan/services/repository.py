@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import BinaryIO
 
 import yaml
 from filelock import FileLock
@@ -22,6 +20,7 @@ from capstan.core.fs import (
     atomic_output,
     atomic_write,
     lock,
+    open_regular,
     sha256_of,
     sweep,
     temp_path,
@@ -30,14 +29,15 @@ from capstan.core.fs import (
 from capstan.core.names import check_name, is_valid
 from capstan.core.yamlfile import load_cached, load_file
 from capstan.drivers.base import ImageStore
+from capstan.image.kernel import read_kernel
 from capstan.remotes.catalog import BucketRemote, Found, Remote, remotes
 from capstan.remotes.download import Artifact, fetch
 from capstan.services.disks import open_driver
 from capstan.services.imagedir import check_standalone, publish_image
 from capstan.services.store import LocalRepository
 
-__all__ = ["KERNEL", "ImageRow", "PullOptions", "Pulled", "image_store", "import_base",
-           "import_kernel", "list_images", "pull_image", "pull_package", "push_image",
+__all__ = ["KERNEL", "FileImport", "ImageRow", "PullOptions", "Pulled", "image_store",
+           "import_base", "import_file", "list_images", "pull_image", "pull_package", "push_image",
            "push_package", "remove_image", "remove_package", "search"]
 
 #: the platform of a kernel in the repository (``NAME/NAME.kernel``)
@@ -162,8 +162,6 @@ def _remote_meta(index: Artifact, path: Path, known: dict[str, object]) -> dict[
 def _check_download(path: Path, name: str, platform: str) -> None:
     """A pulled kernel must be a PVH kernel ELF; an image, a disk that reads no other file."""
     if platform == KERNEL:
-        from capstan.image.kernel import read_kernel
-
         read_kernel(path)
     else:
         check_standalone(path, f"image {name}")
@@ -318,57 +316,46 @@ def import_base(config: Config, source: Path, name: str, description: str = "",
     from capstan.image.loader import read_loader
 
     read_loader(source)  # refuses anything that is not an OSv loader or image
-    return _import(config, source, name, "qemu", {"version": version,
-                                                   "description": description})
+    return import_file(config, source, name,
+                       FileImport("qemu", {"version": version, "description": description}))
 
 
-def import_kernel(config: Config, source: Path, name: str, description: str = "",
-                  version: str = "") -> Pulled:
-    """Copy OSv's kernel ELF (``loader-stripped.elf``) into the repository as kernel
-    *name* (``run --kernel NAME``); the copy is checked to be a PVH kernel."""
-    from capstan.image.kernel import read_kernel
+@dataclass(frozen=True)
+class FileImport:
+    """How :func:`import_file` stores a file: its platform, the fields of its index,
+    and a check of the copy (it raises to refuse it)."""
 
-    return _import(config, source, name, KERNEL, {"version": version,
-                                                  "description": description},
-                   check=lambda copy: read_kernel(copy, source))
-
-
-def _regular(source: Path) -> BinaryIO:
-    """*source* opened for reading, refused (65) unless it is a regular file: a FIFO or
-    device is never read (the open does not block)."""
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ImageError(f"{source}: not a regular file")
-    return open(fd, "rb")
+    platform: str
+    fields: dict[str, str]
+    check: Callable[[Path], object] | None = None
 
 
-def _import(config: Config, source: Path, name: str, platform: str, fields: dict[str, str],
-            check: Callable[[Path], object] | None = None) -> Pulled:
-    """Copy *source* into the repository as *name* for *platform*, *check* run on the
-    copy before it is published."""
+def import_file(config: Config, source: Path, name: str, how: FileImport) -> Pulled:
+    """Copy *source* into the repository as *name* for *how*'s platform, its check run
+    on the copy before it is published."""
     repo = LocalRepository(config.root)
-    target = repo.image_file(name, platform)
+    target = repo.image_file(name, how.platform)
     repo.images.mkdir(parents=True, exist_ok=True)
     with repo.lock(name):
         sweep(repo.images)
         copy = temp_path(repo.images / target.name)
         try:
-            with _regular(source) as src, atomic_output(copy) as dst:
+            with open_regular(source) as src, atomic_output(copy) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            if check is not None:
-                check(copy)
+            if how.check is not None:
+                how.check(copy)
             digest = sha256_of(copy)
-            meta = {"format_version": "1", **fields, "build": "", "created": timestamps.now(),
-                    "sha256": digest, "source": str(source.absolute())}
+            meta = {"format_version": "1", **how.fields, "build": "",
+                    "created": timestamps.now(), "sha256": digest,
+                    "source": str(source.absolute())}
             publish_image(repo, name, {target.name: copy},
                            yaml.safe_dump(meta, sort_keys=False).encode())
         except OSError as err:
             raise LocalIOError(f"cannot read {source}: {err.strerror}") from err
         finally:
             copy.unlink(missing_ok=True)
-    return Pulled(name, "image" if platform != KERNEL else KERNEL, target, digest,
-                  str(source), "imported")
+    kind = KERNEL if how.platform == KERNEL else "image"
+    return Pulled(name, kind, target, digest, str(source), "imported")
 
 
 def push_image(config: Config, name: str, url: str, platform: str = "qemu") -> Pulled:

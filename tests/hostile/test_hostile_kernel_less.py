@@ -55,7 +55,7 @@ def test_kernel_that_is_not_a_file(cli, sandbox: Sandbox, tmp_path: Path, kind: 
     else:
         kernel.symlink_to(sandbox.outside / "dir")
     check(cli("run", "-i", image, "--machine", "microvm", "--kernel", kernel, "--dry-run",
-              "k"), 65, "no such file")
+              "k"), 65, "not a regular file")
 
 
 def test_direct_command_line_is_still_validated(cli, sandbox: Sandbox, tmp_path: Path) -> None:
