@@ -28,13 +28,13 @@ class Runtime:
     base: str | None = None  # the implicit base config set
 
 
-RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in (  # in Capstan's order
     Runtime("native", "Run arbitrary command inside OSv", (), {"bootcmd": str}),
+    Runtime("node", "Run JavaScript NodeJS 4.4.5 application", ("node-4.4.5",),
+            {"main": str, "node_args": list, "args": list, "shell": bool}, "node-4.4.5:node"),
     Runtime("java", "Run Java application", ("openjdk8-zulu-compact1",),
             {"main": str, "classpath": list, "xms": str, "xmx": str, "jvm_args": list,
              "args": list}, "openjdk8-zulu-compact1:java"),
-    Runtime("node", "Run JavaScript NodeJS 4.4.5 application", ("node-4.4.5",),
-            {"main": str, "node_args": list, "args": list, "shell": bool}, "node-4.4.5:node"),
     Runtime("python", "Run Python 2.7 application", ("python-2.7",),
             {"main": str, "python_args": list, "args": list, "shell": bool},
             "python-2.7:python"),

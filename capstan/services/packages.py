@@ -17,16 +17,13 @@ from capstan.packages.manifest import Manifest, init_manifest, load_manifest, pa
 from capstan.packages.mpm import build_mpm, read_mpm
 from capstan.packages.resolve import BOOTSTRAP, COMPOSE_REMOTE, Collected, MergeOptions, collect
 from capstan.packages.runtimes import RUNTIMES, Runtime, boot_command, parse_run
+from capstan.packages.templates import run_template
 
 __all__ = ["Built", "Described", "Manifest", "PackageRow", "build", "collect_here", "describe",
            "import_package", "init", "list_packages", "manifest_of", "runtimes",
            "write_run_template"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-_TEMPLATE_KEYS = {"bootcmd": "<command>", "main": "<name>", "classpath": "<list>",
-                  "xms": "<value>", "xmx": "<value>", "jvm_args": "<list>", "args": "<list>",
-                  "node_args": "<list>", "python_args": "<list>", "shell": "<value>"}
-
 
 @dataclass(frozen=True)
 class Built:
@@ -63,23 +60,8 @@ def manifest_of(package: Path) -> Manifest:
 
 
 def runtimes() -> list[Runtime]:
-    """The runtimes ``meta/run.yaml`` can use."""
+    """The runtimes ``meta/run.yaml`` can use, in Capstan's order."""
     return list(RUNTIMES.values())
-
-
-def _template(runtime: str, plain: bool) -> str:
-    rt = RUNTIMES.get(runtime)
-    if rt is None:
-        raise NotFound(f"unknown runtime '{runtime}' (one of {', '.join(RUNTIMES)})")
-    lines = [f"runtime: {rt.name}", "config_set:", "  myconfig1:"]
-    for key in rt.keys:
-        lines += ["    # REQUIRED" if key in ("bootcmd", "main") else "    # OPTIONAL",
-                  f"    {key}: {_TEMPLATE_KEYS[key]}"]
-    lines += ["    # OPTIONAL: environment variables (soft defaults)", "    env:",
-              "      KEY: <value>", "config_set_default: myconfig1", ""]
-    text = "\n".join(lines)
-    return "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("#")) + \
-        "\n" if plain else text
 
 
 def write_run_template(package: Path, runtime: str, *, plain: bool, force: bool) -> Path:
@@ -89,7 +71,7 @@ def write_run_template(package: Path, runtime: str, *, plain: bool, force: bool)
     path = package / "meta" / "run.yaml"
     if path.exists() and not force:
         raise Conflict(f"{path} already exists: use --force to overwrite it")
-    path.write_text(_template(runtime, plain))
+    path.write_text(run_template(runtime, plain=plain))
     return path
 
 

@@ -336,7 +336,7 @@ def test_package_cli_round_trip(cli, tmp_path: Path) -> None:
     result = cli("package", "init", pkg, "-n", "com.me.tool", "-t", "Tool", "-a", "Me")
     assert result.code == 65 and "--force" in result.err
     assert cli("runtime", "list", "-f", "value", "-c", "Runtime").out.split() == \
-        ["native", "java", "node", "python"]
+        ["native", "node", "java", "python"]  # Capstan's order
     result = cli("runtime", "init", "-r", "cobol", "-C", pkg, "--force")
     assert result.code == 65 and "unknown runtime 'cobol'" in result.err
     assert cli("runtime", "init", "-r", "native", "-C", pkg, "--force", "--plain").code == 0
