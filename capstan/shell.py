@@ -24,6 +24,7 @@ from cliff.commandmanager import CommandManager
 from cliff.help import HelpExit
 
 from capstan import __version__
+from capstan.core.cells import Paragraphs
 from capstan.core.config import Config, load
 from capstan.core.errors import CapstanError, UsageError
 from capstan.core.secrets import RedactingFilter
@@ -234,6 +235,8 @@ def _printable_cells(take_action: Any, rows: bool) -> Any:
     def escape(cell: object) -> object:
         if not isinstance(cell, str):
             return cell
+        if isinstance(cell, Paragraphs):  # its lines stay lines; nothing else passes
+            return "\n".join(str(escape(str(line))) for line in cell.splitlines())
         return _CONTROL.sub(lambda m: "".join(repr(c)[1:-1] for c in m.group()), cell)
 
     def wrapped(parsed_args: argparse.Namespace) -> Any:

@@ -224,9 +224,10 @@ class PackageDescribe(ShowOne):
 
         found = packages.describe(app_config(self), parsed_args.package)
         m = found.manifest
-        return (("Name", "Title", "Author", "Version", "Requires", "Boot", "Files"),
+        return (("Name", "Title", "Author", "Version", "Requires", "Boot", "Files",
+                 "PACKAGE DOCUMENTATION"),
                 (m.name, m.title, m.author, m.version, " ".join(m.require), found.boots,
-                 found.files))
+                 found.files, found.documentation))
 
 
 class PackageDelete(Command):

@@ -41,6 +41,7 @@ MAX_MEMBER = 4 << 30
 MAX_MEMBERS = 100_000
 MAX_META = 1 << 20  # meta/package.yaml, meta/run.yaml, and any tar extended header
 _META = ("meta/package.yaml", "meta/run.yaml")
+README = "meta/README.md"  # shown by package describe; only its first MAX_META bytes are read
 
 
 def build_mpm(package: Path, output: Path | None = None) -> Path:
@@ -111,7 +112,7 @@ class Archive:
     run_yaml: Any
     members: list[Member]
     gzip: bool
-    data: dict[str, bytes]  # meta/package.yaml and meta/run.yaml
+    data: dict[str, bytes]  # meta/package.yaml, meta/run.yaml and meta/README.md
 
     def entries(self) -> list[FileEntry | SymlinkEntry | DirEntry]:
         """The members outside ``meta/`` as image entries, files pointing into the archive."""
@@ -176,11 +177,11 @@ def _scan(path: Path, stream: Any) -> tuple[list[Member], dict[str, bytes]]:
                 if member is None:
                     continue
                 members.append(member)
-                if member.name in _META and member.kind == "file":
-                    if member.size > MAX_META:
+                if member.name in (*_META, README) and member.kind == "file":
+                    if member.size > MAX_META and member.name != README:
                         raise InputError(f"{path}: member {info.name} is too large")
                     f = tar.extractfile(info)
-                    data[member.name] = f.read() if f else b""
+                    data[member.name] = f.read(MAX_META) if f else b""  # README: its head
     except (tarfile.TarError, EOFError, zlib.error) as err:
         raise InputError(f"{path}: truncated or corrupt package archive ({err})") from err
     except OSError as err:

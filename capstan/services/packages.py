@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capstan.core import timestamps
+from capstan.core.cells import Paragraphs
 from capstan.core.config import Config
 from capstan.core.errors import CapstanError, Conflict, InputError, NotFound
 from capstan.core.fs import atomic_write, lock, sha256_of, sweep
 from capstan.core.names import check_name
 from capstan.core.yamlfile import load_strict
 from capstan.packages.manifest import Manifest, init_manifest, load_manifest, parse_manifest
-from capstan.packages.mpm import build_mpm, read_mpm
+from capstan.packages.mpm import README, build_mpm, read_mpm
 from capstan.packages.resolve import BOOTSTRAP, COMPOSE_REMOTE, Collected, MergeOptions, collect
 from capstan.packages.runtimes import RUNTIMES, Runtime, boot_command, parse_run
 from capstan.packages.templates import run_template
@@ -24,6 +25,7 @@ __all__ = ["Built", "Described", "Manifest", "PackageRow", "build", "collect_her
            "write_run_template"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
 
 @dataclass(frozen=True)
 class Built:
@@ -42,6 +44,7 @@ class Described:
     manifest: Manifest
     boots: str  # one ``config set: boot command`` line each
     files: int
+    documentation: Paragraphs  # meta/README.md (Capstan's PACKAGE DOCUMENTATION)
 
 
 def init(package: Path, manifest: Manifest, *, runtime: str | None = None,
@@ -153,5 +156,6 @@ def describe(config: Config, ref: str) -> Described:
                 base = run.config_sets[cs].base or run.runtime.base
                 lines.append(f"{cs}: (inherits from {base})")
         boots = "\n".join(lines)
+    readme = archive.data.get(README, b"").decode("utf-8", "replace")
     return Described(m, boots, sum(1 for i in archive.members
-                                   if not i.name.startswith("meta")))
+                                   if not i.name.startswith("meta")), Paragraphs(readme))
