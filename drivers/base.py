@@ -10,7 +10,7 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Protocol
 
@@ -190,12 +190,27 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 @dataclass(frozen=True)
 class Volume:
-    """An extra disk attached to the instance; ``format`` None until probed."""
+    """An extra disk attached to the instance; ``format`` None until probed, ``cache``
+    and ``aio`` empty for "the default" until :meth:`resolved` where it is attached."""
 
     path: Path
     format: str | None = None
-    cache: str = "writeback"
-    aio: str = "threads"
+    cache: str = ""
+    aio: str = ""
+
+    def resolved(self, direct_io: bool) -> Volume:
+        """The settings QEMU gets: Capstan's defaults ``cache=none,aio=native`` where the
+        file takes ``O_DIRECT`` (*direct_io*); without it (tmpfs) nothing that needs it:
+        ``cache=writeback,aio=threads``. ``aio=native`` only ever with an uncached mode
+        (QEMU refuses it otherwise)."""
+        uncached = ("none", "directsync")
+        if direct_io:
+            cache = self.cache or "none"
+            aio = self.aio or ("native" if cache in uncached else "threads")
+        else:
+            cache = "writeback" if self.cache in ("", *uncached) else self.cache
+            aio = "threads" if self.aio in ("", "native") else self.aio
+        return replace(self, cache=cache, aio=aio)
 
     @classmethod
     def parse(cls, text: str, defaults: Mapping[str, str] | None = None) -> Volume:
@@ -229,7 +244,8 @@ class Volume:
                 raise UsageError(f"invalid volume {text!r}: {key} must be one of "
                                  f"{', '.join(VOLUME_SETTINGS[key])}, not {value!r}")
             values[key] = choice
-        if values.get("aio") == "native" and values.get("cache") not in ("none", "directsync"):
+        if values.get("aio") == "native" and values.get("cache", "none") not in ("none",
+                                                                                "directsync"):
             raise UsageError(f"invalid volume {text!r}: aio=native needs cache=none or "
                              "cache=directsync")
         try:

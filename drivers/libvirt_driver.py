@@ -119,7 +119,7 @@ def _devices(devices: ET.Element, spec: InstanceSpec, host: DomainHost) -> None:
         if vol.format is None:
             raise CapstanError(f"volume {vol.path} reached the libvirt driver unprobed")
         _disk(devices, {"file": str(vol.path)}, vol.format, f"vd{chr(ord('a') + i)}",
-              cache=vol.cache)
+              cache=vol.cache or "writeback")
     if host.network:
         kind, _, name = host.network.partition(":")
         iface = ET.SubElement(devices, "interface", type=kind)

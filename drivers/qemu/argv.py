@@ -52,7 +52,7 @@ class Host:
 
     qemu: str
     accel: str  # kvm, hvf or tcg
-    aio: str = "threads"  # the boot disk's aio
+    aio: str = "threads"  # the boot disk's aio (native: with cache=none, which needs O_DIRECT)
     bridge_helper: Path | None = None  # needed by bridge networking only
 
 
@@ -95,7 +95,8 @@ def argv(spec: InstanceSpec, paths: Paths, host: Host) -> list[str]:
     args += [
         "-drive", qemuopt.join("", {"file": _absolute(paths.disk, "file"), "if": "none",
                                     "id": "hd0", "format": "qcow2", "aio": host.aio,
-                                    "cache": "writeback"}),
+                                    # QEMU refuses aio=native with a cached mode
+                                    "cache": "none" if host.aio == "native" else "writeback"}),
         "-device", "virtio-blk-pci,id=blk0,bootindex=0,drive=hd0" if bus == "pci" else
         "virtio-blk-device,id=blk0,drive=hd0",
         "-device", f"virtio-rng-{bus}",
@@ -149,8 +150,8 @@ def volume_drive(vol: Volume, index: int) -> str:
     if vol.format is None:
         raise CapstanError(f"volume {vol.path} reached the qemu driver unprobed")
     return qemuopt.join("", {"file": _absolute(vol.path, "file"), "if": "none",
-                             "id": f"hd{index}", "format": vol.format, "cache": vol.cache,
-                             "aio": vol.aio})
+                             "id": f"hd{index}", "format": vol.format,
+                             "cache": vol.cache or "writeback", "aio": vol.aio or "threads"})
 
 
 def network(spec: InstanceSpec, host: Host) -> list[str]:

@@ -303,23 +303,33 @@ class QemuDriver(Driver):
                       console_log=Path(state.console_log).absolute(),
                       qmp=Path(state.qmp).absolute())  # a relative CAPSTAN_ROOT
         host = Host(qemu=self.qemu_binary(), accel=state.accel,
-                    aio=self.config.qemu_aio_type, bridge_helper=helper)
+                    aio=self._boot_aio(paths.disk), bridge_helper=helper)
         return argv(resolved, paths, host)
+
+    def _boot_aio(self, disk: Path) -> str:
+        """``qemu_aio_type`` for the boot disk; ``native`` needs ``O_DIRECT`` (the disk
+        then gets ``cache=none``), so without it here the disk gets ``threads``."""
+        aio = str(self.config.qemu_aio_type)
+        if aio == "native" and not _direct_io(disk):
+            LOG.warning("%s cannot use O_DIRECT here: the boot disk uses aio=threads", disk)
+            return "threads"
+        return aio
 
     @staticmethod
     def _volume(vol: Volume) -> Volume:
-        """*vol* as attached: it exists, and without ``O_DIRECT`` here it gets
-        ``cache=writeback,aio=threads``."""
+        """*vol* as attached: it exists, and gets Capstan's ``cache=none,aio=native``
+        unless it says otherwise, or, without ``O_DIRECT`` here, ``cache=writeback,
+        aio=threads``."""
         if vol.format is None:
             raise CapstanError(f"volume {vol.path} reached the qemu driver unprobed")
         if not vol.path.is_file():
             raise NotFound(f"no such volume: {vol.path}")
         vol = replace(vol, path=vol.path.absolute())
-        if (vol.cache == "none" or vol.aio == "native") and not _direct_io(vol.path):
+        direct = _direct_io(vol.path)
+        if not direct and (vol.cache in ("none", "directsync") or vol.aio == "native"):
             LOG.warning("volume %s cannot use O_DIRECT here: using cache=writeback, "
                         "aio=threads", vol.path)
-            return replace(vol, cache="writeback", aio="threads")
-        return vol
+        return vol.resolved(direct)
 
     @staticmethod
     def _host_interface(spec: InstanceSpec) -> Path | None:
