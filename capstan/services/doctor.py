@@ -68,6 +68,28 @@ def _kvm(config: Config) -> Finding:
     return Finding("kvm", Status.OK, detail)
 
 
+def _kvm_runs(config: Config) -> Finding:
+    """Whether QEMU runs under KVM here (probed afresh; the verdict ``auto`` uses)."""
+    from capstan.drivers.qemu import QemuDriver, kvm_verdict
+
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return Finding("kvm-run", Status.MISSING, "no usable /dev/kvm (see 'kvm')")
+    try:
+        verdict = kvm_verdict(config.root, QemuDriver(config).qemu_binary(), refresh=True)
+    except CapstanError as err:
+        return Finding("kvm-run", Status.MISSING, str(err), "install QEMU (see 'qemu')")
+    if verdict.usable:
+        return Finding("kvm-run", Status.OK, "QEMU runs a -cpu host guest under KVM")
+    effect = ("qemu_accel auto runs guests under TCG (slow)" if config.qemu_accel == "auto"
+              else f"qemu_accel {config.qemu_accel}")
+    return Finding("kvm-run", Status.WARN,
+                   f"/dev/kvm opens but QEMU aborts under KVM ({verdict.reason}), as on nested "
+                   f"virtualisation whose outer hypervisor refuses an MSR; {effect}",
+                   "enable nested virtualisation fully on the outer host (or pass its CPU "
+                   "through), try capstan run --cpu host,-arch-capabilities with qemu_accel "
+                   "kvm, or set qemu_accel: tcg")
+
+
 def _cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text()
@@ -119,7 +141,8 @@ def _microvm(config: Config) -> Finding:
                    "install QEMU 4.2 or later (microvm), Firecracker or Cloud Hypervisor")
 
 
-_CHECKS: tuple[Callable[[Config], Finding], ...] = (_root, _qemu_img, _kvm, _nested, _microvm)
+_CHECKS: tuple[Callable[[Config], Finding], ...] = (_root, _qemu_img, _kvm, _kvm_runs, _nested,
+                                                     _microvm)
 
 
 def diagnose(config: Config) -> list[Finding]:

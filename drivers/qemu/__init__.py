@@ -3,6 +3,8 @@ process and its QMP connection) and ``driver`` (instances on disk)."""
 
 from capstan.drivers.qemu.argv import private_segment
 from capstan.drivers.qemu.driver import QemuDriver, bridge_helper
+from capstan.drivers.qemu.kvmprobe import KvmVerdict, kvm_verdict
 from capstan.drivers.qemu.machine import QemuMachine
 
-__all__ = ["QemuDriver", "QemuMachine", "bridge_helper", "private_segment"]
+__all__ = ["KvmVerdict", "QemuDriver", "QemuMachine", "bridge_helper", "kvm_verdict",
+           "private_segment"]

@@ -54,6 +54,7 @@ from capstan.drivers.base import (
 )
 from capstan.drivers.qemu import accel, checks
 from capstan.drivers.qemu.argv import Host, Paths, argv, interface
+from capstan.drivers.qemu.kvmprobe import kvm_verdict
 from capstan.drivers.qemu.machine import QemuMachine, find_pid, pid_alive
 
 LOG = logging.getLogger(__name__)
@@ -208,9 +209,20 @@ class QemuDriver(Driver):
                 return found
         raise ToolMissing("no QEMU found: install qemu-system-x86 or set CAPSTAN_QEMU_PATH")
 
-    def accelerator(self) -> str:
-        """``qemu_accel``, with ``auto`` resolved for this host (:func:`accel.pick`)."""
-        return accel.pick(str(self.config.qemu_accel), disable_kvm=bool(self.config.disable_kvm))
+    def accelerator(self, cpu_model: str | None = None) -> str:
+        """``qemu_accel``, with ``auto`` resolved for this host (:func:`accel.pick`); an
+        ``auto`` kvm also needs QEMU to run a *cpu_model* guest under it here (probed
+        once per host and QEMU version: nested KVM can abort QEMU), else tcg with a
+        one-line warning."""
+        picked = accel.pick(str(self.config.qemu_accel), disable_kvm=bool(self.config.disable_kvm))
+        if picked != "kvm" or self.config.qemu_accel != "auto":
+            return picked
+        verdict = kvm_verdict(self.config.root, self.qemu_binary(), cpu=cpu_model or "host")
+        if not verdict.usable:
+            LOG.warning("KVM fails here (QEMU aborts under it: %s): running QEMU with TCG "
+                        "(slow emulation); see 'capstan doctor'", verdict.reason)
+            return "tcg"
+        return "kvm"
 
     def create(self, spec: InstanceSpec) -> Instance:
         """Build the instance in a temporary directory and rename it into place: it
@@ -263,7 +275,7 @@ class QemuDriver(Driver):
             name=spec.name, image=str(image), image_digest=digest, disk=str(disk),
             argv=[], qmp=str(run / "qmp.sock"), console=str(run / "console.sock"),
             console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
-            created=timestamps.now(), accel=self.accelerator(),
+            created=timestamps.now(), accel=self.accelerator(spec.cpu_model),
             creator=fs.process_token(),
         )
         with self._lock(".ports"):  # allocation and record, atomic among instances

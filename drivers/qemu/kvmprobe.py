@@ -5,8 +5,8 @@ outer hypervisor refuses an MSR (``failed to set MSR 0x10a``, then QEMU's
 ``kvm_buf_set_msrs`` assertion), so the guest dies at once (Capstan's CS#185). The
 probe starts this QEMU paused with KVM and ``-cpu host`` and asks it to quit over QMP
 on stdin: exit status 0 means KVM works. The verdict is cached in
-``<root>/cache/kvm.json`` under the host name, kernel release, QEMU path and QEMU
-version, so ``auto`` pays for the probe once.
+``<root>/cache/kvm.json`` under the host name, kernel release, QEMU path, QEMU
+version and CPU model, so ``auto`` pays for the probe once.
 """
 
 from __future__ import annotations
@@ -37,20 +37,21 @@ class KvmVerdict:
     cached: bool = False
 
 
-def probe_argv(qemu: str) -> list[str]:
-    """A paused KVM guest with the host CPU that quits when QMP on stdin says so."""
-    return [qemu, "-machine", "pc", "-accel", "kvm", "-cpu", "host", "-m", "16",
+def probe_argv(qemu: str, cpu: str = "host") -> list[str]:
+    """A paused KVM guest with CPU model *cpu* that quits when QMP on stdin says so."""
+    return [qemu, "-machine", "pc", "-accel", "kvm", "-cpu", cpu, "-m", "16",
             "-nodefaults", "-no-user-config", "-display", "none", "-S", "-qmp", "stdio"]
 
 
-def _key(qemu: str) -> str:
-    """Host and QEMU the verdict holds for."""
+def _key(qemu: str, cpu: str) -> str:
+    """Host, QEMU and CPU model the verdict holds for."""
     try:
         version = proc.run([qemu, "-version"], timeout=_TIMEOUT).stdout.decode(
             errors="replace").splitlines()[0]
     except (CapstanError, IndexError):
         version = "unknown version"
-    return f"{platform.node()} {platform.release()} {os.path.realpath(qemu)} {version}"
+    return (f"{platform.node()} {platform.release()} {os.path.realpath(qemu)} {version} "
+            f"-cpu {cpu}")
 
 
 def _reason(err: CommandFailed) -> str:
@@ -63,9 +64,9 @@ def _reason(err: CommandFailed) -> str:
     return str(err)
 
 
-def _probe(qemu: str) -> KvmVerdict:
+def _probe(qemu: str, cpu: str) -> KvmVerdict:
     try:
-        proc.run(probe_argv(qemu), input_bytes=_QUIT, timeout=_TIMEOUT)
+        proc.run(probe_argv(qemu, cpu), input_bytes=_QUIT, timeout=_TIMEOUT)
     except CommandFailed as err:
         return KvmVerdict(False, _reason(err))
     return KvmVerdict(True)
@@ -79,16 +80,17 @@ def _load(cache: Path) -> dict[str, dict[str, object]]:
     return {}
 
 
-def kvm_verdict(root: Path, qemu: str, *, refresh: bool = False) -> KvmVerdict:
-    """Whether *qemu* runs under KVM here: the cached verdict for this host and QEMU
-    version, else (or with *refresh*) a probe, then cached."""
+def kvm_verdict(root: Path, qemu: str, *, cpu: str = "host",
+                refresh: bool = False) -> KvmVerdict:
+    """Whether *qemu* runs a *cpu* guest under KVM here: the cached verdict for this
+    host, QEMU version and CPU model, else (or with *refresh*) a probe, then cached."""
     cache = root / "cache" / "kvm.json"
-    key = _key(qemu)
+    key = _key(qemu, cpu)
     known = _load(cache)
     entry = known.get(key)
     if isinstance(entry, dict) and not refresh:
         return KvmVerdict(bool(entry.get("usable")), str(entry.get("reason", "")), cached=True)
-    verdict = _probe(qemu)
+    verdict = _probe(qemu, cpu)
     known[key] = {"usable": verdict.usable, "reason": verdict.reason}
     with contextlib.suppress(CapstanError, OSError):  # advisory: a read-only root probes again
         cache.parent.mkdir(parents=True, exist_ok=True)
