@@ -64,7 +64,7 @@ def raw(path: Path, head: bytes = b"VOLUME01") -> Path:
     ("{v}:driver=file", "unknown setting 'driver'"),
     ("{v}:backing=x", "unknown setting 'backing'"),
     ("{v}:format=json", "format must be one of"),
-    ("{v}:aio=native", "aio=native needs cache=none"),
+    ("{v}:aio=native:cache=writeback", "aio=native needs cache=none"),
     ("{v}\nformat=raw", "control character"),
     ("{v}\x00.img", "control character"),
     ("path=", "use '='"),
