@@ -239,7 +239,7 @@ def list_images(config: Config) -> list[ImageRow]:
     for index in sorted(repo.images.rglob("*")):
         hidden = any(p.startswith(".") for p in index.relative_to(repo.images).parts)
         if hidden or not index.is_file() or index.suffix not in (
-                ".qemu", ".vbox", ".vmw", ".vhd", ".vhdx", ".gce"):
+                ".qemu", ".vbox", ".vmw", ".vhd", ".vhdx", ".gce", ".vmware", ".raw"):
             continue
         name = index.parent.relative_to(repo.images).as_posix()
         if index.stem != name.rsplit("/", 1)[-1]:

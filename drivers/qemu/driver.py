@@ -54,6 +54,12 @@ from capstan.drivers.base import (
 )
 from capstan.drivers.qemu import accel, checks
 from capstan.drivers.qemu.argv import Host, Paths, argv, interface
+from capstan.drivers.qemu.capstan_made import (
+    capstan_instance,
+    delete_capstan_made,
+    is_capstan_made,
+    stop_capstan_made,
+)
 from capstan.drivers.qemu.kvmprobe import kvm_verdict
 from capstan.drivers.qemu.machine import QemuMachine, find_pid, pid_alive
 
@@ -505,6 +511,8 @@ class QemuDriver(Driver):
         return console_verdict(name, console)
 
     def stop(self, name: str, timeout: float = 30) -> Instance:
+        if is_capstan_made(self._dir(name)):
+            return stop_capstan_made(self._dir(name), timeout)
         state = self._load(name, damaged_ok=True)
         with self._machine(state) as machine:
             machine.shutdown(timeout)
@@ -518,6 +526,10 @@ class QemuDriver(Driver):
                                   log=Path(state.qemu_log))
 
     def delete(self, name: str) -> None:
+        if is_capstan_made(self._dir(name)):
+            with self._lock(name):
+                delete_capstan_made(self._dir(name))
+            return
         self.stop(name)
         lock = self._lock(name)
         with lock:
@@ -551,6 +563,8 @@ class QemuDriver(Driver):
         )
 
     def get(self, name: str) -> Instance:
+        if is_capstan_made(self._dir(name)):
+            return capstan_instance(self._dir(name), self.name)
         return self._instance(self._load(name, damaged_ok=True))
 
     def free_memory_mib(self) -> int | None:
@@ -570,9 +584,8 @@ class QemuDriver(Driver):
             if (d / "instance.json").is_file():
                 with contextlib.suppress(NotFound):
                     yield self.get(d.name)
-            elif (d / "osv.config").is_file():
-                yield Instance(d.name, self.name, InstanceState.UNKNOWN, "",
-                               extra={"created_by": "capstan"})
+            elif is_capstan_made(d):
+                yield capstan_instance(d, self.name)
 
     def log_path(self, name: str) -> Path:
         return Path(self._load(name).console_log)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hostile_kit import Sandbox, check
+from hostile_kit import Sandbox, check, snapshot
 
 
 def _no_image(root: Path) -> None:
@@ -105,3 +105,37 @@ def test_package_list_reports_a_hostile_manifest_on_one_line(cli, sandbox: Sandb
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("capstan: warning: skipping ")
     assert "\x1b" not in result.err and "\x07" not in result.err
+
+
+# -- package documentation, Capstan-made instances ----------------------------------
+
+
+def test_describe_with_a_huge_or_binary_readme(cli, sandbox: Sandbox, tmp_path: Path) -> None:
+    pkg = tmp_path / "doc"
+    (pkg / "meta").mkdir(parents=True)
+    (pkg / "meta" / "package.yaml").write_text("name: doc\ntitle: Doc\nauthor: t\n")
+    (pkg / "meta" / "README.md").write_bytes(b"\xff\xfe\x1b[2J\x00" + b"x" * (3 << 20))
+    assert cli("package", "import", "-C", pkg).code == 0
+    result = cli("package", "describe", "doc", "-f", "value", "-c", "PACKAGE DOCUMENTATION")
+    assert result.code == 0 and "\x1b" not in result.out and "\x00" not in result.out
+    assert len(result.out) < (2 << 20)  # only the README's first MiB is read
+
+
+def _capstan_dir(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "osv.config").write_text("name: evil\nmonitor: /etc/shadow\nimage: /etc/passwd\n")
+
+
+def test_delete_of_capstan_made_instances_touches_only_its_own_files(
+        cli, sandbox: Sandbox) -> None:
+    instances = sandbox.root / "instances" / "qemu"
+    _capstan_dir(instances / "links")
+    (instances / "links" / "disk.qcow2").symlink_to(sandbox.victim)  # removed, not followed
+    (instances / "links" / "osv.monitor").symlink_to(sandbox.outside / "dir")
+    assert cli("delete", "links").code == 0
+    assert not (instances / "links").exists()
+    _capstan_dir(sandbox.outside / "dir")  # an instance directory that is a symlink
+    (instances / "away").symlink_to(sandbox.outside / "dir")
+    sandbox.before = snapshot(sandbox.outside)
+    check(cli("delete", "away"), 65, "no such instance")
+    assert (sandbox.outside / "dir" / "osv.config").is_file()
