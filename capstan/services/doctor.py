@@ -141,7 +141,7 @@ def _microvm(config: Config) -> Finding:
                    "install QEMU 4.2 or later (microvm), Firecracker or Cloud Hypervisor")
 
 
-_CHECKS: tuple[Callable[[Config], Finding], ...] = (_root, _qemu_img, _kvm, _kvm_runs, _nested,
+_CHECKS: tuple[Callable[[Config], Finding], ...] = (_root, _qemu_img, _kvm, _nested, _kvm_runs,
                                                      _microvm)
 
 
