@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from capstan.core import proc
+from capstan.core import pids, proc
 from capstan.core.config import Config
 from capstan.core.errors import UsageError
 from capstan.core.fs import atomic_write
@@ -163,16 +163,9 @@ class MicroVmDriver(HostedDriver):
 
     def _alive(self, name: str) -> bool:
         """Whether the VMM of *name* runs (its pid, not a zombie, naming its folder)."""
-        pid = self._pid(name)
-        if pid is None:
-            return False
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-        return stat.rsplit(")", 1)[1].split()[0] != "Z" and \
-            os.fsencode(self.folder(name)) in cmd
+        found = pids.look(self._pid(name))
+        return found is not None and not found.zombie and \
+            os.fsencode(self.folder(name)) in found.command
 
     def _signal(self, name: str, sig: signal.Signals) -> None:
         pid = self._pid(name)

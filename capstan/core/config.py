@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -96,7 +96,8 @@ class Config:
             return self
         known = {**self.settings, **{s.key: s for s in new}}
         prefixes = ("",) if complete else tuple({_prefix(s.key) for s in new})
-        return _resolve(self.root, self.layers, known, self.sources["root"], warn=prefixes)
+        return _resolve(self.root, self.layers, known, self.sources["root"],
+                        report=lambda key: key.startswith(prefixes))
 
     def with_layer(self, where: str, values: Mapping[str, Any]) -> Config:
         """This configuration with *values* (read from *where*) above every other layer."""
@@ -191,8 +192,9 @@ def load(flags: Mapping[str, Any] | None = None,
     parsed.save()
     known = {s.key: s for s in SETTINGS}
     drivers = installed_drivers()
+    prefixes = tuple(_prefix(name) for name in drivers)  # their keys: checked as each loads
     config = _resolve(root, layers, known, "environment" if env.get("CAPSTAN_ROOT") else "default",
-                      warn=tuple(_prefix(name) for name in drivers), but_drivers=True)
+                      report=lambda key: not key.startswith(prefixes))
     _check_hypervisor(config, drivers)
     return config
 
@@ -232,19 +234,16 @@ def _unknown(where: str, key: str) -> None:
 
 def _resolve(root: Path, layers: tuple[tuple[str, Mapping[str, Any]], ...],
              known: Mapping[str, Setting], root_source: str, *,
-             warn: tuple[str, ...] = (), but_drivers: bool = False) -> Config:
-    """The values of the *known* keys: each from its highest layer, else its default.
-
-    An unknown key of config.yaml is reported if it starts with one of *warn*; with
-    *but_drivers*, if it starts with none of them (the prefixes of the installed drivers,
-    whose keys are checked when each driver loads)."""
+             report: Callable[[str], bool] = lambda key: False) -> Config:
+    """The values of the *known* keys: each from its highest layer, else its default;
+    an unknown key of config.yaml is reported (a warning) if *report* says so."""
     values: dict[str, Any] = {k: s.default for k, s in known.items()}
     sources: dict[str, str] = dict.fromkeys(known, "default")
     for where, layer in layers:
         for key, value in layer.items():
             setting = known.get(key)
             if setting is None:
-                if where == str(root / "config.yaml") and str(key).startswith(warn) != but_drivers:
+                if where == str(root / "config.yaml") and report(str(key)):
                     _unknown(where, key)
                 continue
             values[key] = setting.coerce(value, where)

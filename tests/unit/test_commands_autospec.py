@@ -10,7 +10,7 @@ from unittest import mock
 import pytest
 
 from capstan.core.checks import Finding, Status
-from capstan.core.errors import NotFound
+from capstan.core.errors import BackendError, NotFound
 from capstan.services import doctor, volumes
 
 
@@ -43,7 +43,8 @@ def test_volume_create_and_list_call_the_volumes_service(cli, spec_of,  # type: 
 def test_a_service_error_is_the_commands_one_line(cli, spec_of) -> None:  # type: ignore
     spec_of(volumes, "delete", side_effect=NotFound("no volume named 'x' in /p/volumes"))
     result = cli("volume", "delete", "x", "-C", "/p")
-    assert (result.code, result.err) == (65, "capstan: no volume named 'x' in /p/volumes\n")
+    assert (result.code, result.err) == (NotFound.exit_code,
+                                         "capstan: no volume named 'x' in /p/volumes\n")
 
 
 def test_doctor_shows_the_findings_and_fails_on_a_failure(cli, spec_of) -> None:  # type: ignore
@@ -51,7 +52,7 @@ def test_doctor_shows_the_findings_and_fails_on_a_failure(cli, spec_of) -> None:
              Finding("kvm", Status.FAIL, "no /dev/kvm", "modprobe kvm")]
     diagnose = spec_of(doctor, "diagnose", return_value=found)
     result = cli("doctor", "-f", "json")
-    assert result.code == 69
+    assert result.code == BackendError.exit_code
     diagnose.assert_called_once()
     assert [(r["Check"], r["Status"], r["Fix"]) for r in json.loads(result.out)] == [
         ("qemu", "ok", ""), ("kvm", "fail", "modprobe kvm")]

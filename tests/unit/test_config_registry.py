@@ -54,7 +54,7 @@ def test_a_driver_key_with_a_bad_value_fails_as_its_driver_loads(cli,
     (capstan_root / "config.yaml").write_text("qemu_aio_type: sideways\n")
     assert cli("images").code == 0
     result = cli("instances")
-    assert result.code == 78
+    assert result.code == ConfigError.exit_code
     assert result.err.strip() == (f"capstan: {capstan_root / 'config.yaml'}: qemu_aio_type "
                                   "must be one of threads, native, not 'sideways'")
 
@@ -68,7 +68,7 @@ def test_a_bad_hypervisor_is_78_at_load_naming_the_drivers(cli, capstan_root: Pa
     else:
         monkeypatch.setenv("CAPSTAN_HYPERVISOR", "qemuu")
     result = cli("images")
-    assert result.code == 78 and result.err.count("\n") == 1
+    assert result.code == ConfigError.exit_code and result.err.count("\n") == 1
     installed = config.installed_drivers()
     assert {"qemu", "libvirt", "aws"} <= set(installed)
     assert (f"hypervisor: 'qemuu' is not an installed driver (installed: "

@@ -74,7 +74,7 @@ def test_no_pid_and_another_users_pid(host: str) -> None:
     assert fs.process_token().startswith(f"{os.getpid()}-")
 
 
-@pytest.mark.parametrize(("platform", "device", "disable", "expected"), [
+@pytest.mark.parametrize("case", [
     ("darwin", False, False, "hvf"),
     ("darwin", False, True, "tcg"),
     ("linux", True, False, "kvm"),
@@ -82,9 +82,10 @@ def test_no_pid_and_another_users_pid(host: str) -> None:
     ("linux", False, False, "tcg"),
     ("freebsd14", True, False, "tcg"),
 ])
-def test_auto_accelerator(platform: str, device: bool, disable: bool, expected: str,
-                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                          caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_accelerator(case: tuple[str, bool, bool, str], monkeypatch: pytest.MonkeyPatch,
+                          tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """(platform, /dev/kvm usable, disable_kvm, what auto picks)"""
+    platform, device, disable, expected = case
     kvm = tmp_path / "kvm"
     if device:
         kvm.write_bytes(b"")
