@@ -13,12 +13,17 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
 def fail(message: str) -> None:
     print(f"cpio-receiver: {message}", flush=True)
     sys.exit(3)
+
+
+_HEADER = 110  # bytes of a newc header
+_MAGIC = b"070701"
 
 
 def main() -> None:
@@ -41,40 +46,50 @@ def main() -> None:
         return data
 
     previous = ""
-    while True:
-        head = read(110)
-        if head[:6] != b"070701":
-            fail(f"bad magic {head[:6]!r}")
-        try:
-            fields = [int(head[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
-        except ValueError:
-            fail("a header field is not hexadecimal")
-        mode_bits, size, namesize = fields[1], fields[6], fields[11]
-        name = read(namesize)
-        if not name.endswith(b"\0"):
-            fail("name is not NUL-terminated")
-        read(-(110 + namesize) % 4)
-        path = name[:-1].decode()
-        if path == "TRAILER!!!":
-            break
+    while (entry := _entry(read)) is not None:
+        path, mode_bits, data = entry
         if not path.startswith("/") or path <= previous:
             fail(f"names must be absolute and sorted: {previous!r} then {path!r}")
         previous = path
-        data = read(size)
-        read(-size % 4)
-        target = out / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if stat.S_ISDIR(mode_bits):
-            target.mkdir(exist_ok=True)
-        elif stat.S_ISLNK(mode_bits):
-            os.symlink(data.decode(), target)
-        elif stat.S_ISREG(mode_bits):
-            target.write_bytes(data)
-            target.chmod(stat.S_IMODE(mode_bits))
-        else:
-            fail(f"unexpected mode {mode_bits:o} for {path}")
+        _create(out / path.lstrip("/"), mode_bits, data, path)
         print(f"Adding {path}...", flush=True)
     print("cpiod finished", flush=True)
+
+
+def _entry(read: Callable[[int], bytes]) -> tuple[str, int, bytes] | None:
+    """The next entry's (path, mode, data) read and checked; None at the trailer."""
+    head = read(_HEADER)
+    if head[:6] != _MAGIC:
+        fail(f"bad magic {head[:6]!r}")
+    try:
+        fields = [int(head[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+    except ValueError:
+        fail("a header field is not hexadecimal")
+    mode_bits, size, namesize = fields[1], fields[6], fields[11]
+    name = read(namesize)
+    if not name.endswith(b"\0"):
+        fail("name is not NUL-terminated")
+    read(-(_HEADER + namesize) % 4)
+    path = name[:-1].decode()
+    if path == "TRAILER!!!":
+        return None
+    data = read(size)
+    read(-size % 4)
+    return path, mode_bits, data
+
+
+def _create(target: Path, mode_bits: int, data: bytes, path: str) -> None:
+    """Make *target* as the entry for guest *path* says."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if stat.S_ISDIR(mode_bits):
+        target.mkdir(exist_ok=True)
+    elif stat.S_ISLNK(mode_bits):
+        os.symlink(data.decode(), target)
+    elif stat.S_ISREG(mode_bits):
+        target.write_bytes(data)
+        target.chmod(stat.S_IMODE(mode_bits))
+    else:
+        fail(f"unexpected mode {mode_bits:o} for {path}")
 
 
 if __name__ == "__main__":

@@ -207,68 +207,74 @@ class _Handler(BaseHTTPRequestHandler):
             self._route(method, match.group(2), query, body)
 
     def _route(self, method: str, rest: str, query: dict[str, str], body: Any) -> None:
-        fake = self.server
         parts = rest.split("/")
         if parts[0] == "zones" and parts[1] not in ZONES:
             self._error(404, f"The resource 'projects/p/zones/{parts[1]}' was not found")
-            return
-        if re.fullmatch(r"(global|zones/[^/]+)/operations/[^/]+(/wait)?", rest):
-            name = parts[-2] if parts[-1] == "wait" else parts[-1]
-            if name not in fake.operations:
-                self._error(404, f"operation {name} was not found")
-                return
-            self._reply(200, fake.finish(name))
-            return
-        if len(parts) == 2 and parts[0] == "zones" and method == "GET":
+        elif re.fullmatch(r"(global|zones/[^/]+)/operations/[^/]+(/wait)?", rest):
+            self._operation(parts[-2] if parts[-1] == "wait" else parts[-1])
+        elif len(parts) == 2 and parts[0] == "zones" and method == "GET":
             self._reply(200, {"kind": "compute#zone", "name": parts[1], "status": "UP"})
-            return
-        if len(parts) == 4 and parts[2] == "machineTypes":
-            if parts[3] not in MACHINE_TYPES:
-                self._error(404, f"The resource 'machineTypes/{parts[3]}' was not found")
-                return
-            cpus, mem = MACHINE_TYPES[parts[3]]
-            self._reply(200, {"name": parts[3], "guestCpus": cpus, "memoryMb": mem})
-            return
-        if parts[:2] == ["global", "images"]:
+        elif len(parts) == 4 and parts[2] == "machineTypes":
+            self._machine_type(parts[3])
+        elif parts[:2] == ["global", "images"]:
             self._images(method, parts[2:], query, body)
-            return
-        if parts[0] == "zones" and len(parts) >= 3 and parts[2] == "instances":
+        elif parts[0] == "zones" and len(parts) >= 3 and parts[2] == "instances":
             self._instances(method, parts[1], parts[3:], query, body)
-            return
-        self._error(404, f"no such resource {rest}")
+        else:
+            self._error(404, f"no such resource {rest}")
+
+    def _operation(self, name: str) -> None:
+        if name not in self.server.operations:
+            self._error(404, f"operation {name} was not found")
+        else:
+            self._reply(200, self.server.finish(name))
+
+    def _machine_type(self, name: str) -> None:
+        if name not in MACHINE_TYPES:
+            self._error(404, f"The resource 'machineTypes/{name}' was not found")
+        else:
+            cpus, mem = MACHINE_TYPES[name]
+            self._reply(200, {"name": name, "guestCpus": cpus, "memoryMb": mem})
 
     def _images(self, method: str, rest: list[str], query: dict[str, str], body: Any) -> None:
-        fake = self.server
         if not rest and method == "POST":
-            name = body.get("name", "")
-            if name in fake.images:
-                self._error(409, f"The resource 'images/{name}' already exists",
-                            "alreadyExists")
-                return
-            image = {**body, "kind": "compute#image", "id": fake.next_id(), "status": "PENDING",
-                     "creationTimestamp": f"2026-01-01T00:00:{len(fake.images):02d}Z",
-                     "selfLink": f"{fake.url}/compute/v1/projects/p/global/images/{name}"}
-            fake.images[name] = image
+            self._insert_image(body)
+        elif not rest and method == "GET":
+            self._list_images(query)
+        else:
+            self._image(method, rest)
 
-            def finish() -> tuple[str, str] | None:
-                error = fake.check_tarball(image)
-                image["status"] = "FAILED" if error else "READY"
-                return error
+    def _insert_image(self, body: Any) -> None:
+        fake = self.server
+        name = body.get("name", "")
+        if name in fake.images:
+            self._error(409, f"The resource 'images/{name}' already exists", "alreadyExists")
+            return
+        image = {**body, "kind": "compute#image", "id": fake.next_id(), "status": "PENDING",
+                 "creationTimestamp": f"2026-01-01T00:00:{len(fake.images):02d}Z",
+                 "selfLink": f"{fake.url}/compute/v1/projects/p/global/images/{name}"}
+        fake.images[name] = image
 
-            self._reply(200, fake.operation("insert", image["selfLink"], None, finish))
+        def finish() -> tuple[str, str] | None:
+            error = fake.check_tarball(image)
+            image["status"] = "FAILED" if error else "READY"
+            return error
+
+        self._reply(200, fake.operation("insert", image["selfLink"], None, finish))
+
+    def _list_images(self, query: dict[str, str]) -> None:
+        items = list(self.server.images.values())
+        label = re.fullmatch(r'labels\.([a-z0-9_-]+) = "([^"]*)"', query.get("filter", ""))
+        if query.get("filter") and not label:
+            self._error(400, f"Invalid value for field 'filter': {query['filter']}", "invalid")
             return
-        if not rest and method == "GET":
-            items = list(fake.images.values())
-            label = re.fullmatch(r'labels\.([a-z0-9_-]+) = "([^"]*)"', query.get("filter", ""))
-            if query.get("filter") and not label:
-                self._error(400, f"Invalid value for field 'filter': {query['filter']}",
-                            "invalid")
-                return
-            if label:
-                items = [i for i in items
-                         if i.get("labels", {}).get(label.group(1)) == label.group(2)]
-            self._reply(200, {"kind": "compute#imageList", "items": items})
-            return
+        if label:
+            items = [i for i in items
+                     if i.get("labels", {}).get(label.group(1)) == label.group(2)]
+        self._reply(200, {"kind": "compute#imageList", "items": items})
+
+    def _image(self, method: str, rest: list[str]) -> None:
+        fake = self.server
         image = fake.images.get(rest[0]) if len(rest) == 1 else None
         if image is None:
             self._error(404, f"The resource 'images/{rest[0] if rest else ''}' was not found")
@@ -287,42 +293,48 @@ class _Handler(BaseHTTPRequestHandler):
                    body: Any) -> None:
         fake = self.server
         if not rest and method == "POST":
-            name = body.get("name", "")
-            problem = _instance_problem(fake, zone, body)
-            if problem:
-                self._error(400, problem, "invalid")
-                return
-            if (zone, name) in fake.instances:
-                self._error(409, f"The resource 'instances/{name}' already exists",
-                            "alreadyExists")
-                return
-            vm = {**body, "kind": "compute#instance", "id": fake.next_id(),
-                  "status": "PROVISIONING",
-                  "zone": f"{fake.url}/compute/v1/projects/p/zones/{zone}",
-                  "selfLink": f"{fake.url}/compute/v1/projects/p/zones/{zone}/instances/{name}"}
-            for nic in vm.get("networkInterfaces", []):
-                nic["networkIP"] = "10.128.0.2"
-                for access in nic.get("accessConfigs", []):
-                    access["natIP"] = "203.0.113.7"
-            fake.instances[(zone, name)] = vm
-
-            def finish() -> tuple[str, str] | None:
-                if fake.fail_instances:
-                    vm["status"] = "TERMINATED"
-                    return ("ZONE_RESOURCE_POOL_EXHAUSTED", fake.fail_instances)
-                vm["status"] = "RUNNING"
-                return None
-
-            self._reply(200, fake.operation("insert", vm["selfLink"], zone, finish))
-            return
-        if not rest and method == "GET":
+            self._insert_instance(zone, body)
+        elif not rest and method == "GET":
             items = [v for (z, _), v in fake.instances.items() if z == zone]
             self._reply(200, {"kind": "compute#instanceList", "items": items})
-            return
-        vm = fake.instances.get((zone, rest[0]))
-        if vm is None:
+        elif (zone, rest[0]) not in fake.instances:
             self._error(404, f"The resource 'instances/{rest[0]}' was not found")
+        else:
+            self._instance(method, zone, rest, query)
+
+    def _insert_instance(self, zone: str, body: Any) -> None:
+        fake = self.server
+        name = body.get("name", "")
+        problem = _instance_problem(fake, zone, body)
+        if problem:
+            self._error(400, problem, "invalid")
             return
+        if (zone, name) in fake.instances:
+            self._error(409, f"The resource 'instances/{name}' already exists", "alreadyExists")
+            return
+        vm = {**body, "kind": "compute#instance", "id": fake.next_id(),
+              "status": "PROVISIONING",
+              "zone": f"{fake.url}/compute/v1/projects/p/zones/{zone}",
+              "selfLink": f"{fake.url}/compute/v1/projects/p/zones/{zone}/instances/{name}"}
+        for nic in vm.get("networkInterfaces", []):
+            nic["networkIP"] = "10.128.0.2"
+            for access in nic.get("accessConfigs", []):
+                access["natIP"] = "203.0.113.7"
+        fake.instances[(zone, name)] = vm
+
+        def finish() -> tuple[str, str] | None:
+            if fake.fail_instances:
+                vm["status"] = "TERMINATED"
+                return ("ZONE_RESOURCE_POOL_EXHAUSTED", fake.fail_instances)
+            vm["status"] = "RUNNING"
+            return None
+
+        self._reply(200, fake.operation("insert", vm["selfLink"], zone, finish))
+
+    def _instance(self, method: str, zone: str, rest: list[str],
+                  query: dict[str, str]) -> None:
+        fake = self.server
+        vm = fake.instances[(zone, rest[0])]
         action = rest[1] if len(rest) > 1 else ""
         if method == "GET" and not action:
             self._reply(200, vm)
@@ -345,7 +357,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, fake.operation(action, vm["selfLink"], zone, change))
         else:
             self._error(405, "method not allowed", "invalid")
-
 
 def _b64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -249,31 +249,34 @@ class _Handler(BaseHTTPRequestHandler):
               body: Any) -> None:
         fake = self.server
         if parts[0] == "flavors":
-            if parts[1:] in (["detail"], []):
-                self._reply(200, {"flavors": [_flavor(f) for f in FLAVORS]})
-                return
-            found = [f for f in FLAVORS if f["id"] == parts[1]]
-            if found:
-                self._reply(200, {"flavor": _flavor(found[0])})
-            else:
-                self._error(404, f"Flavor {parts[1]} could not be found.")
-            return
-        if parts[0] != "servers":
+            self._flavors(parts)
+        elif parts[0] != "servers":
             self._error(404, f"no such resource {parts[0]}")
-            return
-        if parts == ["servers"] and method == "POST":
+        elif parts == ["servers"] and method == "POST":
             self._create_server(body.get("server", {}))
-            return
-        if parts[1:] in (["detail"], []) and method == "GET":
+        elif parts[1:] in (["detail"], []) and method == "GET":
             servers = list(fake.servers.values())
             if "name" in query:
                 servers = [s for s in servers if re.search(query["name"][0], s["name"])]
             self._reply(200, {"servers": [self._show(s) for s in servers]})
-            return
-        server = fake.servers.get(parts[1])
-        if server is None:
+        elif parts[1] not in fake.servers:
             self._error(404, f"Instance {parts[1]} could not be found.")
+        else:
+            self._server(method, parts, body)
+
+    def _flavors(self, parts: list[str]) -> None:
+        if parts[1:] in (["detail"], []):
+            self._reply(200, {"flavors": [_flavor(f) for f in FLAVORS]})
             return
+        found = [f for f in FLAVORS if f["id"] == parts[1]]
+        if found:
+            self._reply(200, {"flavor": _flavor(found[0])})
+        else:
+            self._error(404, f"Flavor {parts[1]} could not be found.")
+
+    def _server(self, method: str, parts: list[str], body: Any) -> None:
+        fake = self.server
+        server = fake.servers[parts[1]]
         if len(parts) == 2 and method == "GET":
             self._reply(200, {"server": self._show(server)})
         elif len(parts) == 2 and method == "DELETE":
@@ -286,19 +289,22 @@ class _Handler(BaseHTTPRequestHandler):
                         fip.update(port_id=None, fixed_ip_address=None, status="DOWN")
             self._reply(204)
         elif parts[2:] == ["action"] and method == "POST":
-            if "os-stop" in body:
-                server["status"] = "SHUTOFF"
-                self._reply(202)
-            elif "os-start" in body:
-                server["status"] = "ACTIVE"
-                self._reply(202)
-            elif "os-getConsoleOutput" in body:
-                self._reply(200, {"output": fake.console if server["status"] == "ACTIVE"
-                                  else ""})
-            else:
-                self._error(400, f"unknown action {sorted(body)}")
+            self._server_action(server, body)
         else:
             self._error(405, "method not allowed")
+
+    def _server_action(self, server: dict[str, Any], body: Any) -> None:
+        if "os-stop" in body:
+            server["status"] = "SHUTOFF"
+            self._reply(202)
+        elif "os-start" in body:
+            server["status"] = "ACTIVE"
+            self._reply(202)
+        elif "os-getConsoleOutput" in body:
+            self._reply(200, {"output": self.server.console if server["status"] == "ACTIVE"
+                              else ""})
+        else:
+            self._error(400, f"unknown action {sorted(body)}")
 
     def _create_server(self, spec: dict[str, Any]) -> None:
         fake = self.server
@@ -363,56 +369,66 @@ class _Handler(BaseHTTPRequestHandler):
     def _neutron(self, method: str, parts: list[str], query: dict[str, list[str]],
                  body: Any) -> None:
         fake = self.server
-        if parts == ["networks"] and method == "GET":
-            nets = NETWORKS
-            if "name" in query:
-                nets = [n for n in nets if n["name"] == query["name"][0]]
-            if "router:external" in query:
-                wanted = query["router:external"][0].lower() == "true"
-                nets = [n for n in nets if n["router:external"] is wanted]
-            self._reply(200, {"networks": nets})
-        elif parts[0] == "networks" and len(parts) == 2 and method == "GET":
-            found = [n for n in NETWORKS if n["id"] == parts[1]]
-            if found:
-                self._reply(200, {"network": found[0]})
-            else:
-                self._error(404, f"Network {parts[1]} could not be found.")
+        if parts[0] == "networks" and len(parts) <= 2 and method == "GET":
+            self._networks(parts, query)
         elif parts == ["ports"] and method == "GET":
             ports = list(fake.ports.values())
             if "device_id" in query:
                 ports = [p for p in ports if p["device_id"] == query["device_id"][0]]
             self._reply(200, {"ports": ports})
         elif parts == ["floatingips"] and method == "POST":
-            spec = body.get("floatingip", {})
-            port = fake.ports.get(spec.get("port_id") or "")
-            if spec.get("floating_network_id") != "net-public" or (
-                    spec.get("port_id") and port is None):
-                self._error(400, "invalid floating IP request")
-                return
-            fip_id = str(uuid.uuid4())
-            fip = {"id": fip_id, "floating_ip_address": f"198.51.100.{len(fake.floating) + 5}",
-                   "floating_network_id": "net-public", "port_id": spec.get("port_id"),
-                   "fixed_ip_address": port["fixed_ips"][0]["ip_address"] if port else None,
-                   "status": "ACTIVE" if port else "DOWN", "description": spec.get(
-                       "description", "")}
-            fake.floating[fip_id] = fip
-            self._reply(201, {"floatingip": fip})
+            self._create_floating_ip(body.get("floatingip", {}))
         elif parts == ["floatingips"] and method == "GET":
             self._reply(200, {"floatingips": list(fake.floating.values())})
         elif parts[0] == "floatingips" and len(parts) == 2:
-            fip = fake.floating.get(parts[1])
-            if fip is None:
-                self._error(404, f"Floating IP {parts[1]} could not be found.")
-            elif method == "GET":
-                self._reply(200, {"floatingip": fip})
-            elif method == "DELETE":
-                del fake.floating[parts[1]]
-                self._reply(204)
-            else:
-                self._error(405, "method not allowed")
+            self._floating_ip(method, parts[1])
         else:
             self._error(404, f"no such resource {'/'.join(parts)}")
 
+    def _networks(self, parts: list[str], query: dict[str, list[str]]) -> None:
+        if len(parts) == 2:
+            found = [n for n in NETWORKS if n["id"] == parts[1]]
+            if found:
+                self._reply(200, {"network": found[0]})
+            else:
+                self._error(404, f"Network {parts[1]} could not be found.")
+            return
+        nets = NETWORKS
+        if "name" in query:
+            nets = [n for n in nets if n["name"] == query["name"][0]]
+        if "router:external" in query:
+            wanted = query["router:external"][0].lower() == "true"
+            nets = [n for n in nets if n["router:external"] is wanted]
+        self._reply(200, {"networks": nets})
+
+    def _create_floating_ip(self, spec: dict[str, Any]) -> None:
+        fake = self.server
+        port = fake.ports.get(spec.get("port_id") or "")
+        if spec.get("floating_network_id") != "net-public" or (
+                spec.get("port_id") and port is None):
+            self._error(400, "invalid floating IP request")
+            return
+        fip_id = str(uuid.uuid4())
+        fip = {"id": fip_id, "floating_ip_address": f"198.51.100.{len(fake.floating) + 5}",
+               "floating_network_id": "net-public", "port_id": spec.get("port_id"),
+               "fixed_ip_address": port["fixed_ips"][0]["ip_address"] if port else None,
+               "status": "ACTIVE" if port else "DOWN", "description": spec.get(
+                   "description", "")}
+        fake.floating[fip_id] = fip
+        self._reply(201, {"floatingip": fip})
+
+    def _floating_ip(self, method: str, fip_id: str) -> None:
+        fake = self.server
+        fip = fake.floating.get(fip_id)
+        if fip is None:
+            self._error(404, f"Floating IP {fip_id} could not be found.")
+        elif method == "GET":
+            self._reply(200, {"floatingip": fip})
+        elif method == "DELETE":
+            del fake.floating[fip_id]
+            self._reply(204)
+        else:
+            self._error(405, "method not allowed")
 
 def _flavor(flavor: dict[str, Any]) -> dict[str, Any]:
     return {**flavor, "swap": "", "OS-FLV-EXT-DATA:ephemeral": 0, "rxtx_factor": 1.0,

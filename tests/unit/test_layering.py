@@ -12,6 +12,7 @@ as they never run.
 from __future__ import annotations
 
 import ast
+import graphlib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -105,38 +106,13 @@ def test_imports_point_down() -> None:
 
 
 def _cycles() -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan), on the
-    imports that run."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    found: list[list[str]] = []
-
-    def visit(m: str) -> None:
-        index[m] = low[m] = len(index)
-        stack.append(m)
-        for t in sorted(imports(m, typing=False)):
-            if t not in MODULES:
-                continue
-            if t not in index:
-                visit(t)
-                low[m] = min(low[m], low[t])
-            elif t in stack:
-                low[m] = min(low[m], index[t])
-        if low[m] == index[m]:
-            group = []
-            while True:
-                top = stack.pop()
-                group.append(top)
-                if top == m:
-                    break
-            if len(group) > 1:
-                found.append(sorted(group))
-
-    for m in sorted(MODULES):
-        if m not in index:
-            visit(m)
-    return found
+    """Import cycles among the modules, on the imports that run: one found, or none."""
+    graph = {m: {t for t in imports(m, typing=False) if t in MODULES} for m in MODULES}
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as err:
+        return [err.args[1]]
+    return []
 
 
 def test_no_import_cycles() -> None:
@@ -164,4 +140,18 @@ LONG = {
 def test_no_module_over_about_400_lines() -> None:
     long = sorted(m for m, path in MODULES.items()
                   if len(path.read_text().splitlines()) > 420 and m not in LONG)
+    assert long == []
+
+
+MAX_FUNCTION_LINES = 50
+
+
+def test_no_function_over_50_lines() -> None:
+    """From ``def`` to its last line, decorators left out (issue 15, section 2)."""
+    long = sorted(f"{m}.{node.name} (line {node.lineno}: {node.end_lineno - node.lineno + 1})"
+                  for m, path in MODULES.items()
+                  for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                  if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.end_lineno is not None
+                  and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES)
     assert long == []
