@@ -92,9 +92,9 @@ class FleetUp(_OutcomeLister):
         from capstan.services import fleet
 
         spec = fleet.load_fleet(parsed_args.file)
-        return self.rows(fleet.up(app_config(self), spec, jobs=parsed_args.jobs,
-                                  keep_going=parsed_args.keep_going,
-                                  dry_run=parsed_args.dry_run, timeout=parsed_args.timeout))
+        return self.rows(fleet.up(app_config(self), spec, fleet.UpOptions(
+            jobs=parsed_args.jobs, keep_going=parsed_args.keep_going,
+            dry_run=parsed_args.dry_run, timeout=parsed_args.timeout)))
 
 
 class FleetDown(_OutcomeLister):

@@ -28,7 +28,7 @@ from capstan.services.fleet.parse import Fleet
 from capstan.services.fleet.plan import Action, Member, build_spec, decide, plan
 from capstan.services.instances import create_instance, memory_mib
 
-__all__ = ["JOBS", "Outcome", "down", "up"]
+__all__ = ["JOBS", "Outcome", "UpOptions", "down", "up"]
 
 # Instances launched at once: each launch mostly waits for its QEMU, so a pool as
 # large as a typical fleet lets every QEMU initialise before the guests take the CPUs.
@@ -108,8 +108,19 @@ def placement(hosts: HostSet, fleet: Fleet, record: state.Record, *,
 # -- up -----------------------------------------------------------------------
 
 
-def up(config: Config, fleet: Fleet, *, jobs: int = JOBS, keep_going: bool = False,
-       dry_run: bool = False, timeout: float = 30) -> list[Outcome]:
+@dataclass(frozen=True)
+class UpOptions:
+    """How ``up`` works: *jobs* instances at a time, on after a failure (*keep_going*;
+    else what this ``up`` made is rolled back), only planning (*dry_run*), and the
+    *timeout* in seconds of a graceful stop."""
+
+    jobs: int = JOBS
+    keep_going: bool = False
+    dry_run: bool = False
+    timeout: float = 30
+
+
+def up(config: Config, fleet: Fleet, options: UpOptions = UpOptions()) -> list[Outcome]:
     """Make the running instances match *fleet*; see the module docstring."""
     hosts = hosts_of(config, fleet)
     _check_private(fleet, hosts)
@@ -118,14 +129,14 @@ def up(config: Config, fleet: Fleet, *, jobs: int = JOBS, keep_going: bool = Fal
         members = plan(config, fleet, hosts=hosts,
                        placement=placement(hosts, fleet, record, probe=True))
         actions, removals = _decide_all(hosts, fleet, record, members)
-        if dry_run:
+        if options.dry_run:
             return ([Outcome(n, record.instances[n]["service"], Action.REMOVE, "planned",
                              host=record.host(n)) for n in removals]
                     + [Outcome(m.name, m.service.name, actions[m.name], "planned",
                                host=m.host) for m in members])
-        run = _Run(config, fleet, hosts, record, jobs, timeout)
+        run = _Run(config, fleet, hosts, record, options.jobs, options.timeout)
         outcomes = _remove(run, removals)
-        outcomes += _launch(run, members, actions, keep_going)
+        outcomes += _launch(run, members, actions, options.keep_going)
         state.save(config, fleet, record)
     return outcomes
 
