@@ -8,8 +8,11 @@ corrupt a listing.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
+import tarfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,6 +42,20 @@ class State:
     release: threading.Event = field(default_factory=threading.Event)  # ends the hold
     hits: Counter[str] = field(default_factory=Counter)
     ranges: list[str] = field(default_factory=list)
+
+
+def mpm(name: str, payload: bytes = b"hello", manifest: bytes | None = None) -> bytes:
+    """A small package archive in Capstan's format (*manifest*: its package.yaml, by
+    default only the name)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
+        for path, data in (("/meta/package.yaml", manifest or f"name: {name}\n".encode()),
+                           (f"/{name}/data", payload)):
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 class _Handler(BaseHTTPRequestHandler):

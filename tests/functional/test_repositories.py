@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +17,7 @@ from capstan.image.loader import probe_loader_path
 
 from conftest import expect_errors
 from repo_server import Release, RepoServer
+from repo_server import mpm as archive
 
 pytestmark = pytest.mark.qemu
 
@@ -31,16 +30,8 @@ def manifest(name: str) -> bytes:
 
 
 def mpm(name: str, payload: bytes = b"hello") -> bytes:
-    """A small package archive in Capstan's format."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
-        for path, data in (("/meta/package.yaml", manifest(name)),
-                           (f"/{name}/data", payload)):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    """A small package archive in Capstan's format, with that manifest."""
+    return archive(name, payload, manifest(name))
 
 
 @pytest.fixture

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,19 +32,6 @@ def states(cli: Any) -> dict[str, list[str]]:
     rows = cli("instances", "-f", "value", "-c", "Name", "-c", "Status", "-c", "PID"
                ).out.splitlines()
     return {r.split(" ")[0]: r.split(" ")[1:] for r in rows}
-
-
-def mpm(name: str, payload: bytes = b"hello") -> bytes:
-    """A small package archive in Capstan's format."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
-        for path, data in (("/meta/package.yaml", f"name: {name}\n".encode()),
-                           (f"/{name}/data", payload)):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def spawn(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

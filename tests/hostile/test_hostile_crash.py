@@ -21,7 +21,6 @@ from crashkit import (
     bucket,
     can_mount,
     kill9,
-    mpm,
     publish_package,
     spawn,
     states,
@@ -32,7 +31,7 @@ from crashkit import (
 from capstan.image.loader import probe_loader_path
 
 from hostile_kit import Sandbox, check
-from repo_server import RepoServer
+from repo_server import RepoServer, mpm
 
 PROBE = probe_loader_path().read_bytes()
 BIG = os.urandom(3 << 20)  # random: gzip keeps it about 3 MiB on the wire

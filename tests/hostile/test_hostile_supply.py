@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,20 +12,9 @@ import pytest
 from capstan.image.loader import probe_loader_path
 
 from hostile_kit import Sandbox, check
+from repo_server import mpm
 
 PROBE = probe_loader_path().read_bytes()
-
-
-def _mpm(name: str, payload: bytes = b"hello") -> bytes:
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
-        for path, data in (("/meta/package.yaml", f"name: {name}\n".encode()),
-                           (f"/{name}/data", payload)):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -37,7 +23,7 @@ def bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     top = tmp_path / "bucket"
     (top / "packages").mkdir(parents=True)
     (top / "packages" / "osv.evil.yaml").write_text("name: osv.evil\n")
-    (top / "packages" / "osv.evil.mpm").write_bytes(_mpm("osv.evil"))
+    (top / "packages" / "osv.evil.mpm").write_bytes(mpm("osv.evil"))
     (top / "ns" / "img").mkdir(parents=True)
     (top / "ns" / "img" / "img.qemu").write_bytes(PROBE)
     (top / "ns" / "img" / "index.yaml").write_text("format_version: '1'\n")
@@ -105,7 +91,7 @@ def test_verified_pulls_are_recorded_verified(cli, sandbox: Sandbox, bucket: Pat
 def test_push_publishes_manifest_digests_and_a_tampered_manifest_is_refused(
         cli, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pkg = tmp_path / "osv.tool.mpm"
-    pkg.write_bytes(_mpm("osv.tool"))
+    pkg.write_bytes(mpm("osv.tool"))
     pkg.with_suffix(".yaml").write_text("name: osv.tool\n")
     loader = tmp_path / "loader.raw"
     loader.write_bytes(PROBE)
