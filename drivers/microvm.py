@@ -162,9 +162,10 @@ class MicroVmDriver(HostedDriver):
             return None
 
     def _alive(self, name: str) -> bool:
-        """Whether the VMM of *name* runs (its pid, not a zombie, naming its folder)."""
+        """Whether the VMM of *name* runs: its pid, not a zombie, of our real uid (any
+        user can copy an argv), naming its folder."""
         found = pids.look(self._pid(name))
-        return found is not None and not found.zombie and \
+        return found is not None and not found.zombie and found.uid == os.getuid() and \
             os.fsencode(self.folder(name)) in found.command
 
     def _signal(self, name: str, sig: signal.Signals) -> None:

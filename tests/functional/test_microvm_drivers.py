@@ -173,3 +173,16 @@ def test_doctor_says_which_microvm_targets_run(cli, vmm_fakes: Path,
     found = {r["Check"]: r for r in json.loads(cli("doctor", "-f", "json").out)}
     assert found["microvm"]["Status"] == "missing"
     assert "-p firecracker: no (not installed)" in found["microvm"]["Detail"]
+
+
+def test_a_vmm_of_another_uid_is_not_taken_for_ours(cli, vmm_fakes: Path, kernel_less: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any user can run a process whose argv names the instance's folder."""
+    assert cli("run", "-p", "firecracker", "-d", "-i", kernel_less, "--kernel",
+               "probe-kernel", "-e", "/x @hold", "u").code == 0
+    uid = os.getuid()
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "getuid", lambda: uid + 1)
+        assert _states(cli, "firecracker") == {"u": "stopped"}
+    assert _states(cli, "firecracker") == {"u": "running"}
+    assert cli("delete", "-p", "firecracker", "u").code == 0
