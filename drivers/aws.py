@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -32,21 +33,16 @@ from capstan.core.errors import (
     BackendError,
     CapstanError,
     ConfigError,
-    Conflict,
     GuestTimeout,
     NotFound,
     RemoteError,
     ToolMissing,
-    UnsupportedOperation,
 )
 from capstan.core.fs import atomic_write
 from capstan.drivers.base import (
-    UPLOAD,
     Capability,
     DiskPreparer,
-    Driver,
     Finding,
-    ImageStore,
     Instance,
     InstanceSpec,
     InstanceState,
@@ -55,6 +51,7 @@ from capstan.drivers.base import (
     StoredImage,
     UploadResult,
 )
+from capstan.drivers.cloud import CloudDriver
 
 LOG = logging.getLogger(__name__)
 _SAVE_EVERY = 16  # blocks between saves of an upload's progress
@@ -116,7 +113,7 @@ class _BlockUpload:
             self.progress(size)
 
 
-class AwsDriver(Driver, ImageStore):
+class AwsDriver(CloudDriver):
     """EC2 instances from AMIs made of pycapstan images (``-p aws``)."""
 
     name = "aws"
@@ -149,14 +146,19 @@ class AwsDriver(Driver, ImageStore):
                             "aws configure, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")]
         return [Finding("aws", Status.OK, "credentials from " + ", ".join(sources))]
 
+    name_pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,254}")
+    name_rule = ("letters, digits, '.', '_', '+' and '-', starting with a letter or digit, "
+                 "at most 255 characters")
+    image_key, source_key = "ami", "image"
+
     def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
         super().__init__(config, disks)
-        self.region = str(self.config.values.get("aws_region") or "") or None
-        self.instance_type = str(self.config.values.get("aws_instance_type") or "t3.micro")
-        self.subnet = str(self.config.values.get("aws_subnet") or "") or None
-        self.security_group = str(self.config.values.get("aws_security_group") or "") or None
-        self.upload_mode = str(self.config.values.get("aws_upload") or "ebs")
-        self.bucket = str(self.config.values.get("aws_bucket") or "") or None
+        self.region = self.setting("aws_region") or None
+        self.instance_type = self.setting("aws_instance_type")
+        self.subnet = self.setting("aws_subnet") or None
+        self.security_group = self.setting("aws_security_group") or None
+        self.upload_mode = self.setting("aws_upload")
+        self.bucket = self.setting("aws_bucket") or None
         self._clients: dict[str, Any] = {}
         self.jobs = 8
         self.bytes_sent = 0  # by the last EBS direct upload (for benchmarks)
@@ -430,9 +432,6 @@ class AwsDriver(Driver, ImageStore):
 
     # -- instances -------------------------------------------------------------
 
-    def _record(self, name: str) -> Path:
-        return self.config.instances / "aws" / name / "instance.json"
-
     def dry_run(self, spec: InstanceSpec) -> Sequence[str]:
         """What create and start would do, without calling AWS to change anything."""
         return [f"upload {spec.image} as an EBS snapshot ({self.upload_mode}), skipping zero "
@@ -441,28 +440,11 @@ class AwsDriver(Driver, ImageStore):
                 f"run instance {spec.name}: {self.instance_type}, subnet "
                 f"{self.subnet or 'default'}, security group {self.security_group or 'default'}"]
 
-    def create(self, spec: InstanceSpec) -> Instance:
-        record = self._record(spec.name)
-        if record.exists():
-            raise Conflict(f"instance {spec.name} exists: delete it first")
-        with tempfile.TemporaryDirectory(prefix="capstan-aws-") as work:
-            image = self.disks.prepare(spec, Path(work) / "disk.qcow2", UPLOAD).path
-            ami = self.upload(image, spec.name).id
-        record.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(record, json.dumps({"ami": ami, "image": str(spec.image),
-                                         "instance": None}).encode())
-        return Instance(spec.name, self.name, InstanceState.STOPPED, str(spec.image),
-                        extra={"ami": ami})
-
-    def _load(self, name: str) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self._record(name).read_text())
-        except FileNotFoundError as err:
-            raise NotFound(f"no such instance: {name}") from err
-        return data
+    def plan(self, spec: InstanceSpec) -> dict[str, Any]:
+        return {"instance": None}
 
     def start(self, name: str) -> Instance:
-        data = self._load(name)
+        data = self.load_record(name)
         ec2 = self.client("ec2")
         if data.get("instance"):
             self._call("start_instances", ec2.start_instances,
@@ -479,7 +461,7 @@ class AwsDriver(Driver, ImageStore):
             kwargs["SecurityGroupIds"] = [self.security_group]
         reply = self._call("run_instances", ec2.run_instances, **kwargs)
         data["instance"] = reply["Instances"][0]["InstanceId"]
-        atomic_write(self._record(name), json.dumps(data).encode())
+        self.save_record(name, data)
         return self.get(name)
 
     def _describe(self, instance_id: str) -> dict[str, Any]:
@@ -491,24 +473,22 @@ class AwsDriver(Driver, ImageStore):
         raise NotFound(f"EC2 instance {instance_id} is gone")
 
     def stop(self, name: str, timeout: float = 30) -> Instance:
-        data = self._load(name)
+        data = self.load_record(name)
         if data.get("instance"):
             self._call("stop_instances", self.client("ec2").stop_instances,
                        InstanceIds=[data["instance"]])
         return self.get(name)
 
     def delete(self, name: str) -> None:
-        data = self._load(name)
+        data = self.load_record(name)
         if data.get("instance"):
             with contextlib.suppress(NotFound):
                 self._call("terminate_instances", self.client("ec2").terminate_instances,
                            InstanceIds=[data["instance"]])
-        self._record(name).unlink()
-        with contextlib.suppress(OSError):
-            self._record(name).parent.rmdir()
+        self.drop_record(name)
 
     def get(self, name: str) -> Instance:
-        data = self._load(name)
+        data = self.load_record(name)
         state = InstanceState.STOPPED
         extra: dict[str, Any] = {"ami": data["ami"]}
         if data.get("instance"):
@@ -519,26 +499,14 @@ class AwsDriver(Driver, ImageStore):
         return Instance(name, self.name, state, data.get("image", ""),
                         ports=tuple(filter(None, [extra.get("ip", "")])), extra=extra)
 
-    def list(self) -> Iterator[Instance]:
-        home = self.config.instances / "aws"
-        found = []
-        for record in sorted(home.glob("*/instance.json")) if home.is_dir() else []:
-            with contextlib.suppress(NotFound):
-                found.append(self.get(record.parent.name))
-        return iter(found)
-
     def read_log(self, name: str) -> bytes:
         """The instance's console output (EC2 keeps the last 64 KiB)."""
-        data = self._load(name)
+        data = self.load_record(name)
         if not data.get("instance"):
             return b""
         reply = self._call("get_console_output", self.client("ec2").get_console_output,
                            InstanceId=data["instance"])
         return str(reply.get("Output", "")).encode()
-
-    def log_path(self, name: str) -> Path:
-        raise UnsupportedOperation(self.name, "following logs (EC2 console output is a "
-                                   "snapshot: capstan logs without -f)")
 
 
 def _load_json(path: Path) -> dict[str, Any]:

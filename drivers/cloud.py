@@ -1,22 +1,24 @@
-"""What the cloud drivers (GCE, OpenStack) share: instance records kept under
-``$CAPSTAN_ROOT/instances/<driver>/<name>/instance.json``, checked instance names,
-and a foreground run that follows a console the cloud hands out as snapshots."""
+"""What the cloud drivers (AWS, GCE, OpenStack) share: each is an image store; an instance
+is the image uploaded (its command line written in) and a local record under
+``$CAPSTAN_ROOT/instances/<driver>/<name>/instance.json``; names are checked; a
+foreground run follows a console the cloud hands out as snapshots."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import re
-import time
+import tempfile
+from abc import abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 
-from capstan.core.errors import Conflict, GuestTimeout, NotFound, UnsupportedOperation, UsageError
+from capstan.core.errors import Conflict, NotFound, UnsupportedOperation, UsageError
 from capstan.core.fs import atomic_write
-from capstan.drivers.base import Driver, Instance, InstanceSpec, console_verdict
+from capstan.drivers.base import UPLOAD, Driver, Foreground, ImageStore, Instance, InstanceSpec
 
-__all__ = ["CloudDriver", "label_value"]
+__all__ = ["CloudDriver", "SnapshotFollower", "label_value"]
 
 _LABEL = re.compile(r"[^a-z0-9_-]+")
 
@@ -27,12 +29,32 @@ def label_value(text: str) -> str:
     return _LABEL.sub("-", text.lower())[:63]
 
 
-class CloudDriver(Driver):
+class CloudDriver(Driver, ImageStore):
     """A driver whose instances live in a cloud; a local record names each one."""
 
     name_pattern: ClassVar[re.Pattern[str]]
     name_rule: ClassVar[str]
     poll_seconds: ClassVar[float] = 2.0
+    #: the record's keys for the uploaded image's id and the local image it was made of
+    image_key: ClassVar[str] = "image"
+    source_key: ClassVar[str] = "source"
+
+    def create(self, spec: InstanceSpec) -> Instance:
+        """Upload *spec*'s image (its command line written in) unless the store holds
+        the same bytes, and record the instance: :meth:`start` makes the VM."""
+        self.new_record(spec)
+        planned = self.plan(spec)
+        with tempfile.TemporaryDirectory(prefix=f"capstan-{self.name}-") as work:
+            image = self.disks.prepare(spec, Path(work) / "disk.qcow2", UPLOAD).path
+            uploaded = self.upload(image, spec.name)
+        self.save_record(spec.name, {**planned, self.image_key: uploaded.id,
+                                     self.source_key: str(spec.image)})
+        return self.get(spec.name)
+
+    @abstractmethod
+    def plan(self, spec: InstanceSpec) -> dict[str, Any]:
+        """Check the cloud can run *spec* before anything is uploaded; the record's
+        other fields (its VM not made yet)."""
 
     def check_name(self, name: str) -> str:
         """*name* when the cloud accepts it as an instance name, else UsageError."""
@@ -93,36 +115,34 @@ class CloudDriver(Driver):
         raise UnsupportedOperation(self.name, f"following logs (the {self.name} console "
                                    "is a snapshot: capstan logs without -f)")
 
-    def run_foreground(self, name: str, out: BinaryIO, timeout: float | None = None) -> int:
-        """Start *name* and copy its console snapshots to *out* until it stops."""
-        self.start(name)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        shown = b""  # the last snapshot
-        seen = bytearray()  # everything printed
+    def foreground(self, name: str) -> Foreground:
+        """Start *name*; its console is followed through the cloud's snapshots."""
+        return SnapshotFollower(self, name)
 
-        def pump() -> None:
-            nonlocal shown
-            now = self.read_log(name)
-            if not now:  # nothing yet, or no longer kept
-                return
-            new = now[len(shown):] if now.startswith(shown) else now
-            if new:
-                out.write(new)
-                out.flush()
-                seen.extend(new)
-            shown = now
 
-        try:
-            while self.get(name).state.live:
-                pump()
-                if deadline is not None and time.monotonic() > deadline:
-                    self.stop(name)
-                    raise GuestTimeout(f"instance {name} did not finish within {timeout} s")
-                time.sleep(self.poll_seconds)
-        except KeyboardInterrupt:
-            out.write(b"\r\ncapstan: stopping the instance...\r\n")
-            out.flush()
-            self.stop(name)
-            raise
-        pump()
-        return console_verdict(name, bytes(seen))
+class SnapshotFollower(Foreground):
+    """A cloud instance, its console read as the snapshots the cloud hands out (each
+    may restart or drop its start): what is new since the last one is printed."""
+
+    interrupt_note = "stopping the instance"
+
+    def __init__(self, driver: CloudDriver, name: str) -> None:
+        self.driver, self.name = driver, name
+        self.poll_seconds = driver.poll_seconds
+        self.shown = b""  # the last snapshot
+        driver.start(name)
+
+    def running(self) -> bool:
+        return self.driver.get(self.name).state.live
+
+    def read(self) -> bytes:
+        now = self.driver.read_log(self.name)
+        if not now:  # nothing yet, or no longer kept
+            return b""
+        new = now[len(self.shown):] if now.startswith(self.shown) else now
+        self.shown = now
+        return new
+
+    def stop(self, *, hard: bool = False) -> None:
+        if not hard:  # a cloud has no faster stop than the one already asked for
+            self.driver.stop(self.name)

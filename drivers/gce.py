@@ -34,11 +34,9 @@ from capstan.core.errors import (
     RemoteError,
 )
 from capstan.drivers.base import (
-    UPLOAD,
     Capability,
     DiskPreparer,
     Finding,
-    ImageStore,
     Instance,
     InstanceSpec,
     InstanceState,
@@ -68,7 +66,7 @@ _NO_CREDENTIALS = ("no Google credentials: run 'gcloud auth application-default 
                    "set GOOGLE_APPLICATION_CREDENTIALS")
 
 
-class GceDriver(CloudDriver, ImageStore):
+class GceDriver(CloudDriver):
     """Compute Engine VMs from GCE images made of pycapstan images (``-p gce``)."""
 
     name = "gce"
@@ -98,13 +96,12 @@ class GceDriver(CloudDriver, ImageStore):
 
     def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
         super().__init__(config, disks)
-        values = self.config.values
-        self.project = str(values.get("gce_project") or "") or None
-        self.zone = str(values.get("gce_zone") or "us-central1-a")
-        self.machine_type = str(values.get("gce_machine_type") or "e2-small")
-        self.network = str(values.get("gce_network") or "default")
-        self.bucket = str(values.get("gce_bucket") or "") or None
-        self.endpoint = str(values.get("gce_endpoint") or "") or None
+        self.project = self.setting("gce_project") or None
+        self.zone = self.setting("gce_zone")
+        self.machine_type = self.setting("gce_machine_type")
+        self.network = self.setting("gce_network")
+        self.bucket = self.setting("gce_bucket") or None
+        self.endpoint = self.setting("gce_endpoint") or None
         self._clients: dict[str, Any] = {}
         self._credentials: Any = None
         self.bytes_sent = 0  # by the last upload
@@ -318,17 +315,9 @@ class GceDriver(CloudDriver, ImageStore):
                 f"create instance {spec.name}: {self.machine_type} in {self.zone}, network "
                 f"{self.network}, labels {LABEL}=true capstan-name={label_value(spec.name)}"]
 
-    def create(self, spec: InstanceSpec) -> Instance:
-        self.new_record(spec)
+    def plan(self, spec: InstanceSpec) -> dict[str, Any]:
         self._check_target()
-        with tempfile.TemporaryDirectory(prefix="capstan-gce-") as work:
-            image = self.disks.prepare(spec, Path(work) / "disk.qcow2", UPLOAD).path
-            gce_image = self.upload(image, spec.name).id
-        self.save_record(spec.name, {"image": gce_image, "source": str(spec.image),
-                                     "project": self.project, "zone": self.zone,
-                                     "instance": None})
-        return Instance(spec.name, self.name, InstanceState.STOPPED, str(spec.image),
-                        extra={"gce_image": gce_image})
+        return {"project": self.project, "zone": self.zone, "instance": None}
 
     def start(self, name: str) -> Instance:
         data = self.load_record(name)

@@ -198,9 +198,9 @@ class LibvirtDriver(Driver):
 
     def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
         super().__init__(config, disks)
-        self.uri = str(self.config.values.get("libvirt_uri") or "qemu:///system")
-        self.pool = str(self.config.values.get("libvirt_pool") or "")
-        self.network = str(self.config.values.get("libvirt_network") or "")
+        self.uri = self.setting("libvirt_uri")
+        self.pool = self.setting("libvirt_pool")
+        self.network = self.setting("libvirt_network")
         self._conn: Any = None
 
     # -- connection ---------------------------------------------------------

@@ -38,11 +38,9 @@ from capstan.core.errors import (
     RemoteError,
 )
 from capstan.drivers.base import (
-    UPLOAD,
     Capability,
     DiskPreparer,
     Finding,
-    ImageStore,
     Instance,
     InstanceSpec,
     InstanceState,
@@ -96,7 +94,7 @@ def pick_flavor(flavors: Iterable[Flavor], disk_mib: int, memory_mib: int = -1,
     return min(fits, key=lambda f: (f.disk_gib, f.ram_mib, f.vcpus, f.name))
 
 
-class OpenStackDriver(CloudDriver, ImageStore):
+class OpenStackDriver(CloudDriver):
     """Nova servers from Glance images made of pycapstan images (``-p openstack``)."""
 
     name = "openstack"
@@ -126,12 +124,11 @@ class OpenStackDriver(CloudDriver, ImageStore):
 
     def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
         super().__init__(config, disks)
-        values = self.config.values
-        self.cloud = str(values.get("openstack_cloud") or "") or None
-        self.flavor = str(values.get("openstack_flavor") or "") or None
-        self.network = str(values.get("openstack_network") or "") or None
-        self.floating_ip = bool(values.get("openstack_floating_ip") or False)
-        self.floating_network = str(values.get("openstack_floating_network") or "") or None
+        self.cloud = self.setting("openstack_cloud") or None
+        self.flavor = self.setting("openstack_flavor") or None
+        self.network = self.setting("openstack_network") or None
+        self.floating_ip = bool(self.config.values.get("openstack_floating_ip"))
+        self.floating_network = self.setting("openstack_floating_network") or None
         self._conn: Any = None
         self.bytes_sent = 0  # by the last upload
 
@@ -260,20 +257,11 @@ class OpenStackDriver(CloudDriver, ImageStore):
             lines.append(f"attach a floating IP from {pool}")
         return lines
 
-    def create(self, spec: InstanceSpec) -> Instance:
-        self.new_record(spec)
+    def plan(self, spec: InstanceSpec) -> dict[str, Any]:
         disk_mib = math.ceil(self.disks.info(spec.image).virtual_size / (1 << 20))
         flavor = self.choose_flavor(disk_mib, spec.memory_mib, spec.cpus)
-        network = self._network_id()
-        with tempfile.TemporaryDirectory(prefix="capstan-openstack-") as work:
-            image = self.disks.prepare(spec, Path(work) / "disk.qcow2", UPLOAD).path
-            glance_id = self.upload(image, spec.name).id
-        self.save_record(spec.name, {"image": glance_id, "flavor": flavor.id,
-                                     "flavor_name": flavor.name, "network": network,
-                                     "source": str(spec.image), "server": None,
-                                     "floating_ip": None})
-        return Instance(spec.name, self.name, InstanceState.STOPPED, str(spec.image),
-                        extra={"glance_image": glance_id, "flavor": flavor.name})
+        return {"flavor": flavor.id, "flavor_name": flavor.name, "network": self._network_id(),
+                "server": None, "floating_ip": None}
 
     def _network_id(self) -> str | None:
         if not self.network:

@@ -61,7 +61,7 @@ class VirtualBoxDriver(HostedDriver):
         return name in _NAMES.findall(self.cli("list", "vms"))
 
     def build(self, spec: InstanceSpec, folder: Path, forwards: Sequence[PortForward]) -> None:
-        controller = str(self.config.values.get("vbox_storage") or "ahci")
+        controller = self.setting("vbox_storage")
         if controller not in ("ahci", "virtio-scsi"):
             raise UsageError(f"invalid VirtualBox storage '{controller}': ahci or virtio-scsi")
         disk = self.disk(spec, folder, "vdi")

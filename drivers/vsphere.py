@@ -104,15 +104,14 @@ class VSphereDriver(Driver):
 
     def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
         super().__init__(config, disks)
-        v = self.config.values
-        self.url = str(v.get("vsphere_url") or "")
-        self.user = str(v.get("vsphere_user") or "")
-        self.password = str(v.get("vsphere_password") or "")
-        self.insecure = bool(v.get("vsphere_insecure"))
-        self.cafile = str(v.get("vsphere_cafile") or "") or None
-        self.datacenter = str(v.get("vsphere_datacenter") or "")
-        self.datastore = str(v.get("vsphere_datastore") or "")
-        self.network = str(v.get("vsphere_network") or "VM Network")
+        self.url = self.setting("vsphere_url")
+        self.user = self.setting("vsphere_user")
+        self.password = self.setting("vsphere_password")
+        self.insecure = bool(self.config.values.get("vsphere_insecure"))
+        self.cafile = self.setting("vsphere_cafile") or None
+        self.datacenter = self.setting("vsphere_datacenter")
+        self.datastore = self.setting("vsphere_datastore")
+        self.network = self.setting("vsphere_network")
         self._si: Any = None
 
     # -- connection ------------------------------------------------------------

@@ -113,7 +113,7 @@ class Run(Command):
         if args.dry_run:
             self.app.stdout.write("".join(f"would {line}\n" for line in driver.dry_run(spec)))
             return 0
-        create_instance(driver, spec)
+        create_instance(driver, spec, replace=True)  # Capstan's run -i: a new instance
         self.app.stdout.write(f"Created instance: {name}\n")
         return self._launch(driver, name, args, created=True)
 

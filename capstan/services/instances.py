@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -10,14 +11,23 @@ from pathlib import Path
 from typing import BinaryIO
 
 from capstan.core.config import Config
-from capstan.core.errors import ConfigError, ImageError, NotFound, UsageError
+from capstan.core.errors import (
+    CapstanError,
+    ConfigError,
+    GuestTimeout,
+    ImageError,
+    NotFound,
+    UsageError,
+)
 from capstan.core.sizes import parse_size
 from capstan.drivers.base import (
     Driver,
+    Foreground,
     Instance,
     InstanceSpec,
     PortForward,
     Volume,
+    console_verdict,
     mac_address,
     required_capabilities,
 )
@@ -174,11 +184,12 @@ def _kernel(config: Config, ref: str | None, machine: str | None) -> Path | None
     return path.absolute()
 
 
-def create_instance(driver: Driver, spec: InstanceSpec) -> Instance:
+def create_instance(driver: Driver, spec: InstanceSpec, *, replace: bool = False) -> Instance:
     """Create *spec* with *driver*, first checking the driver can do what *spec* asks
-    (UnsupportedOperation naming the missing capability)."""
+    (UnsupportedOperation naming the missing capability). With *replace*, a stopped
+    instance of that name may be replaced where the driver allows it (QEMU)."""
     driver.require(*required_capabilities(spec))
-    return driver.create(spec)
+    return driver.replace(spec) if replace else driver.create(spec)
 
 
 def _volume(text: str) -> Volume:
@@ -228,14 +239,79 @@ def exists(driver: Driver, name: str) -> bool:
 
 def run_foreground(driver: Driver, name: str, out: BinaryIO, timeout: float | None,
                    *, remove: bool = False) -> int:
-    """Start *name* and stream its console to *out* until the guest ends; its status
-    (see :meth:`~capstan.drivers.base.Driver.run_foreground`). *remove* deletes the
-    instance afterwards, whatever happened."""
+    """Start *name*, stream its console to *out* until the guest ends.
+
+    Returns 0 after a clean power-off, or the application's non-zero status when the
+    guest reports one; raises GuestFailure for a crash, GuestTimeout after *timeout*
+    (the guest is stopped). Ctrl-C stops the guest gracefully (a second one stops it
+    at once) and is re-raised. *remove* deletes the instance afterwards, whatever
+    happened.
+    """
     try:
-        return int(driver.run_foreground(name, out, timeout))
+        return _follow(driver, name, _Console(out), timeout)
     finally:
         if remove:
             driver.delete(name)
+
+
+class _Console:
+    """The terminal a foreground run writes to, and everything written."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.seen = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.seen.extend(data)
+            self.out.write(data)
+            self.out.flush()
+
+    def note(self, text: str) -> None:
+        self.out.write(f"\r\ncapstan: {text}...\r\n".encode())
+        self.out.flush()
+
+
+def _follow(driver: Driver, name: str, console: _Console, timeout: float | None) -> int:
+    """The foreground run loop, over the driver's :class:`Foreground` primitives."""
+    run: Foreground | None = None
+    try:
+        run = driver.foreground(name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while run.running():
+            console.write(run.read())
+            if deadline is not None and time.monotonic() > deadline:
+                run.stop()
+                raise GuestTimeout(f"instance {name} did not finish within {timeout} s")
+            time.sleep(run.poll_seconds)
+    except KeyboardInterrupt:  # also while the instance is starting
+        console.note(run.interrupt_note if run else Foreground.interrupt_note)
+        _interrupted(driver, name, run)
+        raise
+    finally:
+        if run is not None:
+            try:
+                with contextlib.suppress(CapstanError):
+                    console.write(run.read())
+            finally:
+                run.close()
+    run.check_exit()
+    return console_verdict(name, bytes(console.seen))
+
+
+def _interrupted(driver: Driver, name: str, run: Foreground | None) -> None:
+    """Stop *name* after a Ctrl-C (through *run*, or the driver while it was starting);
+    a second Ctrl-C stops it at once."""
+    try:
+        if run is not None:
+            run.stop()
+        else:
+            driver.stop(name)
+    except KeyboardInterrupt:
+        if run is not None:
+            run.stop(hard=True)
+        else:
+            driver.stop(name, timeout=0)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,11 +28,8 @@ from capstan.core import fs, timestamps
 from capstan.core.checks import Finding
 from capstan.core.config import Config
 from capstan.core.errors import (
-    BackendError,
     CapstanError,
     Conflict,
-    GuestFailure,
-    GuestTimeout,
     ImageError,
     InputError,
     NotFound,
@@ -43,12 +39,12 @@ from capstan.core.errors import (
 from capstan.drivers.base import (
     Capability,
     Driver,
+    Foreground,
     Instance,
     InstanceSpec,
     InstanceState,
     PortForward,
     Volume,
-    console_verdict,
     free_port,
     mac_address,
 )
@@ -60,6 +56,7 @@ from capstan.drivers.qemu.capstan_made import (
     is_capstan_made,
     stop_capstan_made,
 )
+from capstan.drivers.qemu.foreground import MachineRun
 from capstan.drivers.qemu.kvmprobe import kvm_verdict
 from capstan.drivers.qemu.machine import QemuMachine, find_pid, pid_alive
 
@@ -232,8 +229,15 @@ class QemuDriver(Driver):
 
     def create(self, spec: InstanceSpec) -> Instance:
         """Build the instance in a temporary directory and rename it into place: it
-        appears complete or not at all. An existing instance of that name is
-        replaced unless it runs or another live run has just created it."""
+        appears complete or not at all. Conflict when an instance of that name exists."""
+        return self._create(spec, replace=False)
+
+    def replace(self, spec: InstanceSpec) -> Instance:
+        """:meth:`create`, replacing an instance of that name unless it runs or another
+        live run has just created it (Capstan's ``run -i``)."""
+        return self._create(spec, replace=True)
+
+    def _create(self, spec: InstanceSpec, *, replace: bool) -> Instance:
         d = self._dir(spec.name)
         if not spec.image.is_file():
             raise NotFound(f"no such image: {spec.image}")
@@ -242,6 +246,8 @@ class QemuDriver(Driver):
             fs.sweep(self.home)
             if (d / "instance.json").exists():
                 self._claimed(self._load(spec.name, damaged_ok=True))
+                if not replace:
+                    raise Conflict(f"instance {spec.name} exists: delete it first")
                 self._remove(spec.name)
             elif d.exists():
                 with contextlib.suppress(OSError):
@@ -449,66 +455,13 @@ class QemuDriver(Driver):
         for path, fmt in state.volumes:
             self.disks.attachable(Volume(Path(path), fmt))
 
-    def run_foreground(self, name: str, out: BinaryIO, timeout: float | None = None) -> int:
-        """Start *name*, stream its console to *out* until the guest ends.
-
-        Returns 0 after a clean power-off, or the application's non-zero status
-        when the guest reports one; raises GuestFailure for a crash, GuestTimeout
-        after *timeout*. Ctrl-C stops the guest gracefully (a second one kills
-        it) and is re-raised.
-        """
+    def foreground(self, name: str) -> Foreground:
+        """Launch *name* bound to this process (QEMU dies with the CLI); its console is
+        followed from where it stands now."""
         log = Path(self._load(name).console_log)
         offset = log.stat().st_size if log.exists() else 0  # this run's output starts here
-        seen = b""
-        machine = None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            _, machine = self._launch(name, outlive=False)
-            while machine.running():
-                seen += self._pump(log, offset + len(seen), out)
-                if deadline is not None and time.monotonic() > deadline:
-                    machine.shutdown()
-                    raise GuestTimeout(f"instance {name} did not finish within {timeout} s")
-                time.sleep(0.05)
-        except KeyboardInterrupt:  # also while QEMU is starting
-            out.write(b"\r\ncapstan: stopping the guest (Ctrl-C again kills it)...\r\n")
-            out.flush()
-            self._interrupted(name, machine)
-            raise
-        finally:
-            seen += self._pump(log, offset + len(seen), out)
-            if machine is not None:
-                machine.close()
-        assert machine is not None
-        code = machine.exit_code()
-        assert code is not None
-        return self._verdict(name, code, seen)
-
-    def _interrupted(self, name: str, machine: QemuMachine | None) -> None:
-        """Stop *name* after a Ctrl-C; a second one kills it."""
-        if machine is None:  # still starting: find it by its socket
-            machine = self._machine(self._load(name, damaged_ok=True))
-        try:
-            machine.shutdown()
-        except KeyboardInterrupt:
-            machine.kill()
-
-    @staticmethod
-    def _pump(log: Path, offset: int, out: BinaryIO) -> bytes:
-        """Copy what *log* holds past *offset* to *out*."""
-        data = QemuMachine.read_console(log, offset)
-        if data:
-            out.write(data)
-            out.flush()
-        return data
-
-    @staticmethod
-    def _verdict(name: str, code: int, console: bytes) -> int:
-        if code < 0:
-            raise GuestFailure(f"QEMU for {name} was killed by signal {-code}")
-        if code != 0:
-            raise BackendError(f"QEMU for {name} exited with status {code}")
-        return console_verdict(name, console)
+        _, machine = self._launch(name, outlive=False)
+        return MachineRun(machine, log, offset)
 
     def stop(self, name: str, timeout: float = 30) -> Instance:
         if is_capstan_made(self._dir(name)):

@@ -221,8 +221,6 @@ class TestDriverContract:
 
     def test_a_second_create_of_one_name_conflicts(self, driver: Driver,
                                                     spec: InstanceSpec) -> None:
-        if driver.name == "qemu":
-            pytest.xfail("qemu's create replaces a stopped instance of the same name")
         create_instance(driver, spec)
         try:
             with pytest.raises(Conflict):
