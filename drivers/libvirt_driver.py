@@ -15,21 +15,18 @@ import logging
 import os
 import shutil
 import stat
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlparse
 
-from capstan.core import qemuopt, timestamps
+from capstan.core import timestamps
 from capstan.core.checks import has_module, install_command
 from capstan.core.config import Config
 from capstan.core.errors import (
     BackendError,
-    CapstanError,
     ConfigError,
     Conflict,
     NotFound,
@@ -45,107 +42,19 @@ from capstan.drivers.base import (
     Instance,
     InstanceSpec,
     InstanceState,
-    PortForward,
     Setting,
     Status,
-    mac_address,
 )
+from capstan.drivers.libvirt_console import relay
+from capstan.drivers.libvirt_xml import NS, DomainHost, domain_xml
 from capstan.drivers.qemu.accel import QEMU_ACCEL
 
 LOG = logging.getLogger(__name__)
 
 __all__ = ["NS", "DomainHost", "LibvirtDriver", "domain_xml"]
 
-NS = "https://pycapstan.dev/xmlns/instance/1"
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 _CHUNK = 1 << 20
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class DomainHost:
-    """How the host runs a domain: the libvirt *domain_type*, the *disk*
-    (``{"file": PATH}`` or ``{"pool": P, "volume": V}``), the *console_log* file, the
-    *network* (``""``: user mode, *forwards* through QEMU's own ``hostfwd``;
-    ``network:NAME`` or ``bridge:NAME``) and our *meta* data."""
-
-    domain_type: str
-    disk: dict[str, str]
-    console_log: str | None
-    network: str
-    meta: dict[str, str]
-    forwards: tuple[PortForward, ...] = ()
-
-
-def domain_xml(spec: InstanceSpec, host: DomainHost) -> str:
-    """The domain XML for *spec* as *host* runs it."""
-    ET.register_namespace("capstan", NS)
-    ET.register_namespace("qemu", QEMU_NS)
-    dom = ET.Element("domain", type=host.domain_type)
-    ET.SubElement(dom, "name").text = spec.name
-    metadata = ET.SubElement(ET.SubElement(dom, "metadata"), f"{{{NS}}}instance")
-    for key, value in host.meta.items():
-        ET.SubElement(metadata, f"{{{NS}}}{key}").text = value
-    ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
-    ET.SubElement(dom, "vcpu").text = str(spec.cpus)
-    os_el = ET.SubElement(dom, "os")
-    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
-    ET.SubElement(os_el, "boot", dev="hd")
-    ET.SubElement(ET.SubElement(dom, "features"), "acpi")
-    if spec.cpu_model:
-        ET.SubElement(ET.SubElement(dom, "cpu", mode="custom", match="exact"),
-                      "model", fallback="allow").text = spec.cpu_model
-    for event, action in (("on_poweroff", "destroy"), ("on_reboot", "restart"),
-                          ("on_crash", "destroy")):
-        ET.SubElement(dom, event).text = action
-    _devices(ET.SubElement(dom, "devices"), spec, host)
-    if host.forwards and not host.network:
-        # libvirt 9 has port forwards only with passt; QEMU's slirp does them itself.
-        rules = "".join("," + qemuopt.join("", {
-            "hostfwd": f"{f.protocol}:{f.host_addr}:{f.host_port}-:{f.guest_port}"})
-            for f in host.forwards)
-        cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-        for arg in ("-netdev", f"user,id=capstan-un0{rules}",
-                    "-device", "virtio-net-pci,netdev=capstan-un0,romfile=,bus=pci.0,addr=0x1e"):
-            ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
-    ET.indent(dom)
-    return ET.tostring(dom, encoding="unicode")
-
-
-def _devices(devices: ET.Element, spec: InstanceSpec, host: DomainHost) -> None:
-    """Fill the domain's *devices*: disks, network, serial console, RNG."""
-    _disk(devices, host.disk, "qcow2", "vda")
-    for i, vol in enumerate(spec.volumes, start=1):
-        if vol.format is None:
-            raise CapstanError(f"volume {vol.path} reached the libvirt driver unprobed")
-        _disk(devices, {"file": str(vol.path)}, vol.format, f"vd{chr(ord('a') + i)}",
-              cache=vol.cache or "writeback")
-    if host.network:
-        kind, _, name = host.network.partition(":")
-        iface = ET.SubElement(devices, "interface", type=kind)
-        ET.SubElement(iface, "source", {kind: name})
-        ET.SubElement(iface, "mac", address=mac_address(spec.mac))
-        ET.SubElement(iface, "model", type="virtio")
-    elif not host.forwards:
-        ET.SubElement(ET.SubElement(devices, "interface", type="user"), "model", type="virtio")
-    serial = ET.SubElement(devices, "serial", type="pty")
-    if host.console_log:
-        ET.SubElement(serial, "log", file=host.console_log, append="off")
-    ET.SubElement(serial, "target", port="0")
-    ET.SubElement(ET.SubElement(devices, "console", type="pty"), "target", type="serial",
-                  port="0")
-    rng = ET.SubElement(devices, "rng", model="virtio")
-    ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
-    ET.SubElement(devices, "memballoon", model="none")
-
-
-def _disk(devices: ET.Element, source: dict[str, str], fmt: str, target: str,
-          cache: str = "writeback") -> None:
-    kind = "volume" if "pool" in source else "file"
-    disk = ET.SubElement(devices, "disk", type=kind, device="disk")
-    ET.SubElement(disk, "driver", name="qemu", type=fmt, cache=cache)
-    ET.SubElement(disk, "source", source)
-    ET.SubElement(disk, "target", dev=target, bus="virtio")
 
 
 def _translated(method: Callable[..., T]) -> Callable[..., T]:
@@ -478,41 +387,7 @@ class LibvirtDriver(Driver):
         stream = self.conn.newStream(0)
         self._call(f"console of {name}", dom.openConsole, None, stream,
                    libvirt.VIR_DOMAIN_CONSOLE_FORCE)
-        finished = threading.Event()
-
-        def guest_to_user() -> None:
-            with contextlib.suppress(libvirt.libvirtError):  # "stream is closed" after stop
-                while data := stream.recv(65536):
-                    if isinstance(data, bytes):
-                        stdout.write(data)
-                        stdout.flush()
-            finished.set()
-
-        reader = threading.Thread(target=guest_to_user, daemon=True)
-        reader.start()
-        try:
-            while not finished.is_set():
-                data = _read_ready(stdin, 0.2)
-                if data is None:
-                    continue
-                if not data:  # end of input: keep copying output until the guest ends
-                    finished.wait()
-                    break
-                if escape and escape in data:
-                    self._send(stream, data.split(escape, 1)[0])
-                    break
-                self._send(stream, data)
-        finally:
-            with contextlib.suppress(libvirt.libvirtError):
-                stream.finish()
-
-
-def _read_ready(fd: int, timeout: float) -> bytes | None:
-    """Bytes from *fd* when it has some within *timeout*, else None."""
-    import select
-
-    readable, _, _ = select.select([fd], [], [], timeout)
-    return os.read(fd, 4096) if readable else None
+        relay(stream, stdin, stdout, escape, functools.partial(self._send, stream))
 
 
 def _qemu_pid(name: str) -> int | None:

@@ -11,14 +11,13 @@ resolves on the host.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,15 +26,7 @@ from filelock import FileLock
 from capstan.core import fs, timestamps
 from capstan.core.checks import Finding
 from capstan.core.config import Config
-from capstan.core.errors import (
-    CapstanError,
-    Conflict,
-    ImageError,
-    InputError,
-    NotFound,
-    ToolMissing,
-    UsageError,
-)
+from capstan.core.errors import Conflict, ImageError, InputError, NotFound, ToolMissing, UsageError
 from capstan.drivers.base import (
     Capability,
     Driver,
@@ -49,7 +40,7 @@ from capstan.drivers.base import (
     mac_address,
 )
 from capstan.drivers.qemu import accel, checks
-from capstan.drivers.qemu.argv import Host, Paths, argv, interface
+from capstan.drivers.qemu.argv import Host, Paths, argv
 from capstan.drivers.qemu.capstan_made import (
     capstan_instance,
     delete_capstan_made,
@@ -57,60 +48,17 @@ from capstan.drivers.qemu.capstan_made import (
     stop_capstan_made,
 )
 from capstan.drivers.qemu.foreground import MachineRun
+from capstan.drivers.qemu.host import attach_volume, bridge_helper, direct_io, host_interface
 from capstan.drivers.qemu.kvmprobe import kvm_verdict
 from capstan.drivers.qemu.machine import QemuMachine, find_pid, pid_alive
+from capstan.drivers.qemu.state import State, pidfile, run_dir, write_osv_config
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["QemuDriver", "bridge_helper"]
+__all__ = ["QemuDriver"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _QEMU_PATHS = ("qemu-system-x86_64", "/usr/libexec/qemu-kvm", "/usr/local/bin/qemu-system-x86_64")
-_SOCKET_MAX = 100
-_BRIDGE_HELPERS = ("/usr/lib/qemu/qemu-bridge-helper", "/usr/libexec/qemu-bridge-helper",
-                   "/usr/local/libexec/qemu-bridge-helper")
-
-
-@dataclass
-class _State:
-    """``instance.json``: what we need to find, reconcile and stop an instance."""
-
-    name: str
-    image: str
-    image_digest: str
-    disk: str
-    argv: list[str]
-    qmp: str
-    console: str
-    console_log: str
-    qemu_log: str
-    ports: list[str] = field(default_factory=list)
-    pid: int | None = None
-    created: str = ""
-    accel: str = ""
-    creator: str = ""  # fs.process_token() of the run that created it
-    volumes: list[list[str]] = field(default_factory=list)  # [path, probed format]
-    forwards: list[PortForward] = field(default_factory=list, repr=False)
-    damaged: bool = field(default=False, repr=False)  # rebuilt from what survives
-
-
-def bridge_helper() -> str:
-    """``qemu-bridge-helper``: ``$CAPSTAN_QEMU_BRIDGE_HELPER`` or QEMU's usual places."""
-    env = os.environ.get("CAPSTAN_QEMU_BRIDGE_HELPER")
-    for candidate in ([env] if env else _BRIDGE_HELPERS):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    raise ToolMissing("no qemu-bridge-helper found: install qemu-system-x86 or set "
-                      "CAPSTAN_QEMU_BRIDGE_HELPER")
-
-
-def _direct_io(path: Path) -> bool:
-    """Whether *path* can be opened with O_DIRECT (not on tmpfs, for one)."""
-    try:
-        os.close(os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0)))
-    except OSError:
-        return False
-    return True
 
 
 class QemuDriver(Driver):
@@ -155,18 +103,18 @@ class QemuDriver(Driver):
                     taken.add((addr, int(host), rest.rsplit("/", 1)[1]))
         return taken
 
-    def _load(self, name: str, damaged_ok: bool = False) -> _State:
+    def _load(self, name: str, damaged_ok: bool = False) -> State:
         """The state of *name*; with *damaged_ok*, a damaged ``instance.json`` gives
         what can be rebuilt (the QEMU process found by pidfile or QMP socket)."""
         d = self._dir(name)
         path = d / "instance.json"
         try:
-            state = _State(**json.loads(path.read_text()))
+            state = State(**json.loads(path.read_text()))
             if not isinstance(state.name, str) or not isinstance(state.qmp, str) or not (
                     state.pid is None or isinstance(state.pid, int)):
                 raise TypeError("wrong types")
             if not pid_alive(state.pid, state.qmp):  # killed before it recorded the PID?
-                pid = self._pidfile(d)
+                pid = pidfile(d)
                 state.pid = pid if pid_alive(pid, state.qmp) else state.pid
             return state
         except FileNotFoundError as err:
@@ -175,25 +123,17 @@ class QemuDriver(Driver):
             if not damaged_ok:
                 raise InputError(f"instance {name} is damaged ({path} is unreadable): "
                                  f"delete it with 'capstan delete {name}'") from err
-        run = self._run_dir(d)
+        run = run_dir(d)
         qmp = str(run / "qmp.sock")
-        pid = self._pidfile(d)
+        pid = pidfile(d)
         if not pid_alive(pid, qmp):
             pid = find_pid(qmp)
-        return _State(name=name, image="", image_digest="", disk=str(d / "disk.qcow2"),
+        return State(name=name, image="", image_digest="", disk=str(d / "disk.qcow2"),
                       argv=[], qmp=qmp, console=str(run / "console.sock"),
                       console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
                       pid=pid, damaged=True)
 
-    @staticmethod
-    def _pidfile(d: Path) -> int | None:
-        """The PID in ``qemu.pid`` of instance directory *d*, if any."""
-        try:
-            return int((d / "qemu.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def _save(self, state: _State, folder: Path | None = None) -> None:
+    def _save(self, state: State, folder: Path | None = None) -> None:
         """Write ``instance.json`` into the instance's directory (or *folder*)."""
         data = asdict(state)
         del data["forwards"]  # only needed while creating; ports hold the same facts
@@ -264,7 +204,7 @@ class QemuDriver(Driver):
                 raise
         return self._instance(state)
 
-    def _claimed(self, state: _State) -> None:
+    def _claimed(self, state: State) -> None:
         """Conflict when instance *state* runs, or another live run created it and
         has not started it yet: a same-name race has one winner."""
         if state.pid is None and not state.damaged and state.creator and \
@@ -274,7 +214,7 @@ class QemuDriver(Driver):
         if pid_alive(state.pid, state.qmp) or find_pid(state.qmp):
             raise Conflict(f"instance {state.name} is already running")
 
-    def _prepare(self, spec: InstanceSpec, d: Path, staged: Path) -> _State:
+    def _prepare(self, spec: InstanceSpec, d: Path, staged: Path) -> State:
         """Write the instance *d* into *staged*: paths in its state name *d*."""
         image = spec.image.absolute()
         disk = d / "disk.qcow2"
@@ -282,8 +222,8 @@ class QemuDriver(Driver):
         # its byte 512 the filesystem
         written = replace(spec, cmdline=None) if spec.kernel else spec
         digest = self.disks.prepare(written, staged / disk.name).digest
-        run = self._run_dir(d)
-        state = _State(
+        run = run_dir(d)
+        state = State(
             name=spec.name, image=str(image), image_digest=digest, disk=str(disk),
             argv=[], qmp=str(run / "qmp.sock"), console=str(run / "console.sock"),
             console_log=str(d / "console.log"), qemu_log=str(d / "qemu.log"),
@@ -293,22 +233,13 @@ class QemuDriver(Driver):
         with self._lock(".ports"):  # allocation and record, atomic among instances
             state.argv = self._argv(spec, state)
             self._save(state, staged)  # hidden by name from listings, seen by _allocate
-        self._write_osv_config(spec, state, staged)
+        write_osv_config(spec, state, folder=staged, aio=self.config.qemu_aio_type)
         return state
 
-    @staticmethod
-    def _run_dir(d: Path) -> Path:
-        """Where the sockets of instance directory *d* go: *d*, or a short
-        directory when *d* is too long for a unix socket path."""
-        if len(str(d / "console.sock")) < _SOCKET_MAX:
-            return d
-        base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/capstan-{os.getuid()}")
-        return base / hashlib.sha1(str(d).encode()).hexdigest()[:16]  # made by _launch
-
-    def _argv(self, spec: InstanceSpec, state: _State) -> list[str]:
+    def _argv(self, spec: InstanceSpec, state: State) -> list[str]:
         """QEMU's argv for *spec*: the host's part resolved here (ports allocated
         and recorded in *state*, volumes checked, MACs chosen), then :func:`argv`."""
-        volumes = tuple(self._volume(vol) for vol in spec.volumes)
+        volumes = tuple(attach_volume(vol) for vol in spec.volumes)
         state.volumes += [[str(vol.path), str(vol.format)] for vol in volumes]
         helper = None
         if spec.networking == "nat":
@@ -317,7 +248,7 @@ class QemuDriver(Driver):
             state.ports += [str(rule) for rule in forwards]
         else:
             forwards = spec.forwards
-            helper = self._host_interface(spec)
+            helper = host_interface(spec)
         resolved = replace(spec, volumes=volumes, forwards=forwards,
                            mac=mac_address(spec.mac) if spec.networking in ("bridge", "tap")
                            else spec.mac,
@@ -334,45 +265,10 @@ class QemuDriver(Driver):
         """``qemu_aio_type`` for the boot disk; ``native`` needs ``O_DIRECT`` (the disk
         then gets ``cache=none``), so without it here the disk gets ``threads``."""
         aio = str(self.config.qemu_aio_type)
-        if aio == "native" and not _direct_io(disk):
+        if aio == "native" and not direct_io(disk):
             LOG.warning("%s cannot use O_DIRECT here: the boot disk uses aio=threads", disk)
             return "threads"
         return aio
-
-    @staticmethod
-    def _volume(vol: Volume) -> Volume:
-        """*vol* as attached: it exists, and gets Capstan's ``cache=none,aio=native``
-        unless it says otherwise, or, without ``O_DIRECT`` here, ``cache=writeback,
-        aio=threads``."""
-        if vol.format is None:
-            raise CapstanError(f"volume {vol.path} reached the qemu driver unprobed")
-        if not vol.path.is_file():
-            raise NotFound(f"no such volume: {vol.path}")
-        vol = replace(vol, path=vol.path.absolute())
-        direct = _direct_io(vol.path)
-        if not direct and (vol.cache in ("none", "directsync") or vol.aio == "native"):
-            LOG.warning("volume %s cannot use O_DIRECT here: using cache=writeback, "
-                        "aio=threads", vol.path)
-        return vol.resolved(direct)
-
-    @staticmethod
-    def _host_interface(spec: InstanceSpec) -> Path | None:
-        """Check that *spec*'s bridge or tap device exists; the bridge helper's path
-        (bridge networking). Forwards here are refused by :func:`argv`."""
-        if spec.forwards:
-            return None
-        if spec.networking == "bridge":
-            bridge = interface(spec.bridge or "virbr0")
-            if not Path(f"/sys/class/net/{bridge}/bridge").is_dir():
-                raise NotFound(f"no bridge '{bridge}': create it (ip link add {bridge} type "
-                               "bridge) or name one with -b")
-            return Path(bridge_helper()).absolute()
-        if spec.networking == "tap" and spec.bridge:
-            tap = interface(spec.bridge)
-            if not Path(f"/sys/class/net/{tap}/tun_flags").is_file():
-                raise NotFound(f"no tap device '{tap}': create it with "
-                               f"ip tuntap add dev {tap} mode tap user $USER")
-        return None
 
     def _allocate(self, fwd: PortForward) -> PortForward:
         """*fwd* with a host port free now (bind() fails for any holder) and not
@@ -387,24 +283,6 @@ class QemuDriver(Driver):
                 return PortForward(port, fwd.guest_port, fwd.protocol, fwd.host_addr)
         raise Conflict(f"no free {fwd.protocol} port on {fwd.host_addr}")
 
-    def _write_osv_config(self, spec: InstanceSpec, state: _State, folder: Path) -> None:
-        d = self._dir(spec.name)
-        rules = [{"hostport": str(f.host_port), "guestport": str(f.guest_port)}
-                 for f in state.forwards]
-        capstan_view = {
-            "name": spec.name, "verbose": False, "cmd": spec.cmdline or "",
-            "disablekvm": state.accel != "kvm", "persist": True, "instancedir": str(d),
-            "monitor": state.qmp, "configfile": str(d / "osv.config"),
-            "aiotype": self.config.qemu_aio_type, "image": state.disk, "backingfile": True,
-            "volumes": [str(v.path) for v in spec.volumes], "memory": spec.memory_mib,
-            "cpus": spec.cpus, "networking": spec.networking, "bridge": spec.bridge or "",
-            "natrules": rules, "mac": spec.mac or "", "vncfile": "", "kernelmode": False,
-            "kernelpath": "",
-        }
-        # JSON is YAML (a subset that Capstan's parser reads): no YAML emitter to load
-        fs.atomic_write(folder / "osv.config",
-                        (json.dumps(capstan_view, indent=2) + "\n").encode(), 0o600)
-
     # -- lifecycle ----------------------------------------------------------
 
     def start(self, name: str) -> Instance:
@@ -412,7 +290,7 @@ class QemuDriver(Driver):
         machine.close()
         return self._instance(state)
 
-    def _launch(self, name: str, outlive: bool) -> tuple[_State, QemuMachine]:
+    def _launch(self, name: str, outlive: bool) -> tuple[State, QemuMachine]:
         """Start QEMU for *name* and wait until it is ready (its QMP connection
         open); unless *outlive*, it dies with the CLI."""
         with self._lock(name):
@@ -437,7 +315,7 @@ class QemuDriver(Driver):
             raise
         return state, machine
 
-    def _check_image(self, state: _State) -> None:
+    def _check_image(self, state: State) -> None:
         """Refuse to boot *state*'s overlay on any image but the one it was made on."""
         image = Path(state.image)
         if not image.is_file():
@@ -449,7 +327,7 @@ class QemuDriver(Driver):
                              f"{state.image_digest}, which now has sha256 {digest}: delete "
                              "the instance and run the image again")
 
-    def _check_volumes(self, state: _State) -> None:
+    def _check_volumes(self, state: State) -> None:
         """Probe *state*'s volumes again: each must still be a standalone image of the
         format its ``-drive`` names (a file may have been replaced since)."""
         for path, fmt in state.volumes:
@@ -473,7 +351,7 @@ class QemuDriver(Driver):
         return self._instance(state)
 
     @staticmethod
-    def _machine(state: _State) -> QemuMachine:
+    def _machine(state: State) -> QemuMachine:
         """The QEMU of *state*, attached to (by its pid, else by its QMP socket)."""
         return QemuMachine.attach(state.name, qmp=Path(state.qmp), pid=state.pid,
                                   log=Path(state.qemu_log))
@@ -503,7 +381,7 @@ class QemuDriver(Driver):
 
     # -- queries ------------------------------------------------------------
 
-    def _instance(self, state: _State) -> Instance:
+    def _instance(self, state: State) -> Instance:
         running = pid_alive(state.pid, state.qmp)
         status = InstanceState.RUNNING if running else InstanceState.STOPPED
         return Instance(

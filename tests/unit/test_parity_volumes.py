@@ -18,6 +18,7 @@ import pytest
 from capstan.drivers.base import InstanceSpec, Volume
 from capstan.drivers.qemu.argv import Host, Paths, argv
 from capstan.drivers.qemu.driver import QemuDriver
+from capstan.drivers.qemu.host import attach_volume
 
 
 @pytest.mark.parametrize(("text", "direct", "cache", "aio"), [
@@ -39,11 +40,12 @@ def test_the_driver_probes_o_direct(tmp_path: Path, caplog: pytest.LogCaptureFix
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     disk = tmp_path / "v.img"
     disk.write_bytes(b"\0" * 4096)
-    vol = QemuDriver._volume(Volume(disk, "raw"))  # ext4 or xfs: O_DIRECT works
+    vol = attach_volume(Volume(disk, "raw"))  # ext4 or xfs: O_DIRECT works
     assert (vol.cache, vol.aio) == ("none", "native")
     # a file system without O_DIRECT (tmpfs before Linux 6.6, some FUSE and 9p mounts)
-    monkeypatch.setattr("capstan.drivers.qemu.driver._direct_io", lambda path: False)
-    vol = QemuDriver._volume(Volume(disk, "raw", "none", "native"))
+    monkeypatch.setattr("capstan.drivers.qemu.host.direct_io", lambda path: False)
+    monkeypatch.setattr("capstan.drivers.qemu.driver.direct_io", lambda path: False)
+    vol = attach_volume(Volume(disk, "raw", "none", "native"))
     assert (vol.cache, vol.aio) == ("writeback", "threads")
     assert "cannot use O_DIRECT here" in caplog.text
     config = type("C", (), {"qemu_aio_type": "native"})()

@@ -1,12 +1,6 @@
-"""AWS driver: images become AMIs through EBS direct snapshots; instances are EC2.
-
-Upload: the image as raw bytes, 512 KiB blocks, all-zero blocks skipped,
-``PutSnapshotBlock`` with SHA-256 checksums from a bounded pool (botocore's
-adaptive retry absorbs throttling), progress saved in
-``$CAPSTAN_ROOT/cache/aws/<digest>.json`` so that a killed upload resumes. The
-fallback (``aws_upload: s3``) is a multipart S3 upload and ``ImportSnapshot``.
-Everything created is tagged ``capstan:managed`` and reused by image digest.
-"""
+"""AMIs made of pycapstan images: an EBS direct snapshot of the raw disk (zero blocks
+skipped, resumable) or an S3 upload and ImportSnapshot, registered and tagged with
+the image's digest so that the same bytes reuse the same AMI."""
 
 from __future__ import annotations
 
@@ -15,56 +9,28 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from capstan.core import proc
-from capstan.core.checks import has_module
-from capstan.core.config import Config
-from capstan.core.errors import (
-    BackendError,
-    CapstanError,
-    ConfigError,
-    GuestTimeout,
-    NotFound,
-    RemoteError,
-    ToolMissing,
-)
+from capstan.core.errors import BackendError, CapstanError, ConfigError, GuestTimeout, NotFound
 from capstan.core.fs import atomic_write
-from capstan.drivers.base import (
-    Capability,
-    DiskPreparer,
-    Finding,
-    Instance,
-    InstanceSpec,
-    InstanceState,
-    Setting,
-    Status,
-    StoredImage,
-    UploadResult,
-)
-from capstan.drivers.cloud import CloudDriver
+from capstan.drivers.aws.api import TAG, AwsApi
+from capstan.drivers.base import StoredImage, UploadResult
 
 LOG = logging.getLogger(__name__)
-_SAVE_EVERY = 16  # blocks between saves of an upload's progress
 
-__all__ = ["AwsDriver", "BLOCK", "image_drivers", "nonzero_blocks"]
+__all__ = ["BLOCK", "AmiStore", "image_drivers", "nonzero_blocks"]
 
 BLOCK = 512 * 1024
-TAG = "capstan:managed"
+_SAVE_EVERY = 16  # blocks between saves of an upload's progress
 _NITRO = ("a1", "c5", "c6", "c7", "m5", "m6", "m7", "r5", "r6", "r7", "t3", "t4", "z1", "x2")
-#: EC2 instance states (a terminated instance is not mapped: it is gone)
-_STATES = {"pending": InstanceState.STARTING, "running": InstanceState.RUNNING,
-           "stopping": InstanceState.STOPPING, "stopped": InstanceState.STOPPED,
-           "shutting-down": InstanceState.STOPPING}
 
 
 def nonzero_blocks(raw: Path) -> Iterator[tuple[int, bytes]]:
@@ -113,110 +79,8 @@ class _BlockUpload:
             self.progress(size)
 
 
-class AwsDriver(CloudDriver):
-    """EC2 instances from AMIs made of pycapstan images (``-p aws``)."""
-
-    name = "aws"
-    capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
-                              Capability.GRACEFUL_STOP, Capability.REMOTE})
-    settings = (
-        Setting("aws_region", help="empty: AWS_REGION or the profile's region"),
-        Setting("aws_instance_type", default="t3.micro", help="EC2 instance type"),
-        Setting("aws_subnet", help="empty: the default VPC's"),
-        Setting("aws_security_group", help="empty: the default group"),
-        Setting("aws_upload", default="ebs", choices=("ebs", "s3"),
-                help="ebs (EBS direct, zero blocks skipped) or s3 (+ ImportSnapshot)"),
-        Setting("aws_bucket", help="the S3 bucket for aws_upload: s3"),
-    )
-
-    @classmethod
-    def doctor(cls, config: Config) -> Sequence[Finding]:
-        if not has_module("boto3"):
-            return [Finding("aws", Status.MISSING, "boto3 is not installed",
-                            "pip install 'pycapstan[aws]'")]
-        home = Path.home() / ".aws"
-        sources = [name for name, present in (
-            ("environment", "AWS_ACCESS_KEY_ID" in os.environ),
-            ("profile " + os.environ.get("AWS_PROFILE", ""), "AWS_PROFILE" in os.environ),
-            (str(home / "credentials"), (home / "credentials").is_file()),
-            (str(home / "config"), (home / "config").is_file()),
-        ) if present]
-        if not sources:
-            return [Finding("aws", Status.WARN, "boto3 found, no AWS credentials configured",
-                            "aws configure, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")]
-        return [Finding("aws", Status.OK, "credentials from " + ", ".join(sources))]
-
-    name_pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,254}")
-    name_rule = ("letters, digits, '.', '_', '+' and '-', starting with a letter or digit, "
-                 "at most 255 characters")
-    image_key, source_key = "ami", "image"
-
-    def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
-        super().__init__(config, disks)
-        self.region = self.setting("aws_region") or None
-        self.instance_type = self.setting("aws_instance_type")
-        self.subnet = self.setting("aws_subnet") or None
-        self.security_group = self.setting("aws_security_group") or None
-        self.upload_mode = self.setting("aws_upload")
-        self.bucket = self.setting("aws_bucket") or None
-        self._clients: dict[str, Any] = {}
-        self.jobs = 8
-        self.bytes_sent = 0  # by the last EBS direct upload (for benchmarks)
-
-    # -- clients --------------------------------------------------------------
-
-    def client(self, service: str) -> Any:
-        """A boto3 client (standard credential chain; region from config or profile)."""
-        if service not in self._clients:
-            try:
-                import boto3
-                from botocore.config import Config as BotoConfig
-            except ImportError as err:
-                raise ToolMissing("the aws driver needs boto3: pip install "
-                                  "'pycapstan[aws]'") from err
-            session = boto3.session.Session(region_name=self.region)
-            region = session.region_name
-            if not region:
-                raise ConfigError("no AWS region: set aws_region, AWS_REGION or a profile's "
-                                  "region")
-            if region not in session.get_available_regions("ec2"):
-                raise ConfigError(f"unknown AWS region '{region}'")
-            if session.get_credentials() is None:
-                raise ConfigError("no AWS credentials: run 'aws configure' or set "
-                                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-            retries = {"mode": "adaptive", "max_attempts": 10}
-            self._clients[service] = session.client(
-                service, config=BotoConfig(retries=retries, max_pool_connections=self.jobs * 2))
-        return self._clients[service]
-
-    def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        """*fn(**kwargs)* with AWS errors as ours (credentials, throttling, the rest)."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-        try:
-            return fn(**kwargs)
-        except NoCredentialsError as err:
-            raise ConfigError("no AWS credentials: run 'aws configure' or set "
-                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from err
-        except ClientError as err:
-            code = err.response.get("Error", {}).get("Code", "")
-            message = err.response.get("Error", {}).get("Message", str(err))
-            if "Throttl" in code or code == "RequestLimitExceeded":
-                raise RemoteError(f"AWS kept throttling {what} after retries: {message} "
-                                  "(run the command again to resume)") from err
-            if code in ("AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId"):
-                raise ConfigError(f"AWS rejected the credentials: {message}") from err
-            if code.endswith("NotFound") or code.endswith(".NotFound"):
-                raise NotFound(f"{what}: {message}") from err
-            raise BackendError(f"AWS {what}: {code}: {message}") from err
-        except BotoCoreError as err:
-            raise RemoteError(f"AWS {what}: {err}") from err
-
-    # -- images ---------------------------------------------------------------
-
-    def _tags(self, name: str, digest: str) -> list[dict[str, str]]:
-        return [{"Key": TAG, "Value": "true"}, {"Key": "capstan:name", "Value": name},
-                {"Key": "capstan:image-digest", "Value": digest}, {"Key": "Name", "Value": name}]
+class AmiStore(AwsApi):
+    """The AWS driver as an image store of AMIs."""
 
     def find_ami(self, digest: str) -> str | None:
         """Our AMI made from an image with SHA-256 *digest*, if there is one."""
@@ -429,84 +293,6 @@ class AwsDriver(CloudDriver):
             for snap in snapshots | {t["SnapshotId"] for t in tagged}:
                 with contextlib.suppress(NotFound):
                     self._call("delete_snapshot", ec2.delete_snapshot, SnapshotId=snap)
-
-    # -- instances -------------------------------------------------------------
-
-    def dry_run(self, spec: InstanceSpec) -> Sequence[str]:
-        """What create and start would do, without calling AWS to change anything."""
-        return [f"upload {spec.image} as an EBS snapshot ({self.upload_mode}), skipping zero "
-                "blocks, unless an AMI of the same bytes exists",
-                "register an AMI (x86_64, HVM, ENA), tagged capstan:managed",
-                f"run instance {spec.name}: {self.instance_type}, subnet "
-                f"{self.subnet or 'default'}, security group {self.security_group or 'default'}"]
-
-    def plan(self, spec: InstanceSpec) -> dict[str, Any]:
-        return {"instance": None}
-
-    def start(self, name: str) -> Instance:
-        data = self.load_record(name)
-        ec2 = self.client("ec2")
-        if data.get("instance"):
-            self._call("start_instances", ec2.start_instances,
-                       InstanceIds=[data["instance"]])
-            return self.get(name)
-        tags = [{"Key": TAG, "Value": "true"}, {"Key": "capstan:name", "Value": name},
-                {"Key": "Name", "Value": name}]
-        kwargs: dict[str, Any] = {
-            "ImageId": data["ami"], "InstanceType": self.instance_type, "MinCount": 1,
-            "MaxCount": 1, "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}]}
-        if self.subnet:
-            kwargs["SubnetId"] = self.subnet
-        if self.security_group:
-            kwargs["SecurityGroupIds"] = [self.security_group]
-        reply = self._call("run_instances", ec2.run_instances, **kwargs)
-        data["instance"] = reply["Instances"][0]["InstanceId"]
-        self.save_record(name, data)
-        return self.get(name)
-
-    def _describe(self, instance_id: str) -> dict[str, Any]:
-        found = self._call("describe_instances", self.client("ec2").describe_instances,
-                           InstanceIds=[instance_id])
-        for reservation in found["Reservations"]:
-            for inst in reservation["Instances"]:
-                return dict(inst)
-        raise NotFound(f"EC2 instance {instance_id} is gone")
-
-    def stop(self, name: str, timeout: float = 30) -> Instance:
-        data = self.load_record(name)
-        if data.get("instance"):
-            self._call("stop_instances", self.client("ec2").stop_instances,
-                       InstanceIds=[data["instance"]])
-        return self.get(name)
-
-    def delete(self, name: str) -> None:
-        data = self.load_record(name)
-        if data.get("instance"):
-            with contextlib.suppress(NotFound):
-                self._call("terminate_instances", self.client("ec2").terminate_instances,
-                           InstanceIds=[data["instance"]])
-        self.drop_record(name)
-
-    def get(self, name: str) -> Instance:
-        data = self.load_record(name)
-        state = InstanceState.STOPPED
-        extra: dict[str, Any] = {"ami": data["ami"]}
-        if data.get("instance"):
-            inst = self._describe(data["instance"])
-            state = _STATES.get(inst["State"]["Name"], InstanceState.UNKNOWN)
-            extra.update(instance=data["instance"], ip=inst.get("PublicIpAddress", ""),
-                         type=inst.get("InstanceType", ""))
-        return Instance(name, self.name, state, data.get("image", ""),
-                        ports=tuple(filter(None, [extra.get("ip", "")])), extra=extra)
-
-    def read_log(self, name: str) -> bytes:
-        """The instance's console output (EC2 keeps the last 64 KiB)."""
-        data = self.load_record(name)
-        if not data.get("instance"):
-            return b""
-        reply = self._call("get_console_output", self.client("ec2").get_console_output,
-                           InstanceId=data["instance"])
-        return str(reply.get("Output", "")).encode()
 
 
 def _load_json(path: Path) -> dict[str, Any]:

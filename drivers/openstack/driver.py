@@ -1,70 +1,39 @@
-"""OpenStack driver: images go to Glance as qcow2, instances are Nova servers (``-p openstack``).
-
-Settings come through ``clouds.yaml`` / ``OS_*`` as openstacksdk reads them (the cloud
-named by ``openstack_cloud``, else ``OS_CLOUD`` or the ``OS_*`` variables); they are
-never logged. Images carry Capstan's tags (``tagOSv``, ``tagCapstan``) and the
-``hw_disk_bus``/``hw_vif_model`` virtio properties, and are reused when Glance holds
-one with the same checksum. The flavor is the one named by ``openstack_flavor``, or
-the smallest that fits the disk, memory and vCPUs asked for (Capstan's picker).
-"""
+"""Nova servers from Glance images made of pycapstan images (``-p openstack``); the
+flavor picker."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
-import logging
 import math
 import os
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
-from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 
-from capstan.core import proc
 from capstan.core.config import Config
-from capstan.core.errors import (
-    BackendError,
-    CapstanError,
-    ConfigError,
-    Conflict,
-    GuestTimeout,
-    NotFound,
-    RemoteError,
-)
+from capstan.core.errors import BackendError, CapstanError, ConfigError, GuestTimeout, NotFound
 from capstan.drivers.base import (
     Capability,
-    DiskPreparer,
     Finding,
     Instance,
     InstanceSpec,
     InstanceState,
     Setting,
     Status,
-    StoredImage,
-    UploadResult,
 )
-from capstan.drivers.cloud import CloudDriver
-
-LOG = logging.getLogger(__name__)
+from capstan.drivers.openstack.images import GlanceStore
 
 __all__ = ["Flavor", "OpenStackDriver", "pick_flavor"]
 
-TAGS = ["tagOSv", "tagCapstan"]
-SHA256_KEY = "owner_specified.openstack.sha256"  # set by openstacksdk's create_image
-GIB = 1 << 30
 #: Nova server statuses
 _STATES = {"BUILD": InstanceState.STARTING, "ACTIVE": InstanceState.RUNNING,
            "REBOOT": InstanceState.STARTING, "HARD_REBOOT": InstanceState.STARTING,
            "PAUSED": InstanceState.PAUSED, "SUSPENDED": InstanceState.PAUSED,
            "SHUTOFF": InstanceState.STOPPED, "STOPPED": InstanceState.STOPPED,
            "ERROR": InstanceState.CRASHED}
-_MISSING = "the openstack driver needs openstacksdk: pip install 'pycapstan[openstack]'"
 
 
 @dataclass(frozen=True)
@@ -94,7 +63,7 @@ def pick_flavor(flavors: Iterable[Flavor], disk_mib: int, memory_mib: int = -1,
     return min(fits, key=lambda f: (f.disk_gib, f.ram_mib, f.vcpus, f.name))
 
 
-class OpenStackDriver(CloudDriver):
+class OpenStackDriver(GlanceStore):
     """Nova servers from Glance images made of pycapstan images (``-p openstack``)."""
 
     name = "openstack"
@@ -121,104 +90,6 @@ class OpenStackDriver(CloudDriver):
         return [Finding("openstack", Status.OK, f"cloud {where}")]
     name_pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
     name_rule = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63"
-
-    def __init__(self, config: Config, disks: DiskPreparer | None = None) -> None:
-        super().__init__(config, disks)
-        self.cloud = self.setting("openstack_cloud") or None
-        self.flavor = self.setting("openstack_flavor") or None
-        self.network = self.setting("openstack_network") or None
-        self.floating_ip = bool(self.config.values.get("openstack_floating_ip"))
-        self.floating_network = self.setting("openstack_floating_network") or None
-        self._conn: Any = None
-        self.bytes_sent = 0  # by the last upload
-
-    # -- connection -----------------------------------------------------------
-
-    def conn(self) -> Any:
-        """An openstacksdk connection (clouds.yaml / OS_* through openstacksdk)."""
-        if self._conn is None:
-            try:
-                openstack = importlib.import_module("openstack")
-            except ImportError as err:
-                raise BackendError(_MISSING) from err
-            self._conn = self._call("connect", lambda: openstack.connect(
-                cloud=self.cloud, app_name="pycapstan"))
-        return self._conn
-
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """*fn()* with openstacksdk's and keystoneauth's errors as ours."""
-        from keystoneauth1 import exceptions as ks
-        from openstack import exceptions as sdk
-
-        try:
-            return fn()
-        except (sdk.SDKException, ks.ClientException, ks.RetriableConnectionFailure) as err:
-            raise _translated(what, err) from err
-
-    # -- images ---------------------------------------------------------------
-
-    def _our_images(self) -> list[Any]:
-        conn = self.conn()
-        return [i for i in self._call("images.list", lambda: list(conn.image.images(
-            tag=TAGS[1]))) if TAGS[1] in (i.tags or [])]
-
-    def find_image(self, checksum: str) -> str | None:
-        """Our active Glance image whose checksum is *checksum* (md5, as Glance keeps it)."""
-        for image in self._our_images():
-            if image.checksum == checksum and image.status == "active":
-                return str(image.id)
-        return None
-
-    def upload(self, image: Path, name: str, progress: Callable[..., None] | None = None,
-               ) -> UploadResult:
-        """A Glance image of *image* as qcow2 (reusing one with the same checksum)."""
-        self.bytes_sent = 0
-        with tempfile.TemporaryDirectory(prefix="capstan-openstack-") as tmp:
-            facts = self.disks.info(image)
-            disk = image
-            if facts.format != "qcow2" or facts.backing_file:  # one self-contained qcow2
-                disk = Path(tmp) / "disk.qcow2"
-                proc.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(image), str(disk)])
-            md5, sha256 = _hashes(disk)
-            existing = self.find_image(md5)
-            if existing:
-                return UploadResult(existing, name, sha256, reused=True)
-            glance = self.conn().image
-            with open(disk, "rb") as f:
-                created = self._call("images.create", lambda: glance.create_image(
-                    name, data=f, md5=md5, sha256=sha256, disk_format="qcow2",
-                    container_format="bare", tags=TAGS, allow_duplicates=True,
-                    validate_checksum=False, wait=False,
-                    min_disk=max(1, math.ceil(facts.virtual_size / GIB)),
-                    hw_disk_bus="virtio", hw_vif_model="virtio", capstan_name=name[:255]))
-            self.bytes_sent = disk.stat().st_size
-        stored = self._call("images.get", lambda: glance.get_image(created.id))
-        if stored.checksum != md5 or stored.status != "active":
-            with contextlib.suppress(CapstanError):
-                self._call("images.delete", lambda: glance.delete_image(created.id))
-            raise BackendError(f"Glance stored image {created.id} as {stored.status} with "
-                               f"checksum {stored.checksum}, not {md5} (deleted)")
-        if progress:
-            progress(self.bytes_sent)
-        return UploadResult(str(created.id), name, sha256, reused=False,
-                            bytes_sent=self.bytes_sent)
-
-    def images(self) -> list[StoredImage]:
-        """Our Glance images (their detail: format and status; their digest: the SHA-256
-        of the qcow2 uploaded, as openstacksdk records it)."""
-        return sorted((StoredImage(str(i.id), str(i.name),
-                                   str((i.properties or {}).get(SHA256_KEY, "")),
-                                   f"{i.disk_format}, {i.status}", str(i.created_at))
-                       for i in self._our_images()), key=lambda r: r.created)
-
-    def remove_image(self, ref: str) -> None:
-        """Delete our Glance image *ref* (id or name)."""
-        matches = [i for i in self._our_images() if ref in (i.id, i.name)]
-        if not matches:
-            raise NotFound(f"no pycapstan Glance image '{ref[:80]}'")
-        glance = self.conn().image
-        for image_id in [str(i.id) for i in matches]:
-            self._call("images.delete", partial(glance.delete_image, image_id))
 
     # -- flavors --------------------------------------------------------------
 
@@ -388,48 +259,3 @@ class OpenStackDriver(CloudDriver):
         reply = self._call("servers.console", lambda: compute.get_server_console_output(
             data["server"]))
         return str((reply or {}).get("output") or "").encode()
-
-
-def _hashes(path: Path) -> tuple[str, str]:
-    """MD5 (Glance's checksum) and SHA-256 of *path*, in one pass."""
-    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return md5.hexdigest(), sha256.hexdigest()
-
-
-def _line(err: BaseException) -> str:
-    """The first line of *err*'s message."""
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
-
-
-def _translated(what: str, err: Exception) -> CapstanError:
-    """Our error for openstacksdk's or keystoneauth's *err*, raised by operation *what*."""
-    from keystoneauth1 import exceptions as ks
-    from openstack import exceptions as sdk
-
-    table: tuple[tuple[type[Exception] | tuple[type[Exception], ...],
-                       Callable[[], CapstanError]], ...] = (
-        ((ks.MissingRequiredOptions, ks.MissingAuthPlugin), lambda: ConfigError(
-            "no OpenStack credentials: set openstack_cloud (a clouds.yaml entry), OS_CLOUD "
-            "or the OS_* variables")),
-        (ks.Unauthorized, lambda: ConfigError("OpenStack rejected the credentials")),
-        ((ks.ConnectFailure, ks.ConnectTimeout, ks.SSLError, ks.RetriableConnectionFailure,
-          ks.DiscoveryFailure, ks.EndpointNotFound),
-         lambda: RemoteError(f"OpenStack {what}: {type(err).__name__}: {_line(err)}")),
-        (sdk.ConfigException, lambda: ConfigError(f"OpenStack configuration: {_line(err)}")),
-        (sdk.NotFoundException, lambda: NotFound(f"OpenStack {what}: {_line(err)}")),
-        (sdk.ConflictException, lambda: Conflict(f"OpenStack {what}: {_line(err)}")),
-    )
-    for kinds, make in table:
-        if isinstance(err, kinds):
-            return make()
-    status = getattr(err, "status_code", None) if isinstance(err, sdk.HttpException) else None
-    if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
-        return ConfigError(f"OpenStack {what}: access denied: {_line(err)}")
-    if status and status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-        return RemoteError(f"OpenStack {what}: {_line(err)}")
-    return BackendError(f"OpenStack {what}: {_line(err)}")
