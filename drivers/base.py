@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, ClassVar
 
-from capstan.core.checks import Finding, Status
+from capstan.core.checks import Finding, Status, has_module
 from capstan.core.config import Config, Setting
 from capstan.core.errors import BackendError, CapstanError, NotFound, UnsupportedOperation
 from capstan.drivers.disks import (
@@ -115,6 +115,15 @@ class Driver(ABC):
     def doctor(cls, config: Config) -> Sequence[Finding]:
         """``capstan doctor``'s checks of this driver (*config* holds its settings)."""
         return ()
+
+    @classmethod
+    def missing_library(cls, module: str, package: str) -> list[Finding]:
+        """A MISSING finding when *module* (PyPI's *package*) cannot be imported: install
+        ``pycapstan[<driver>]``; else none."""
+        if has_module(module):
+            return []
+        return [Finding(cls.name, Status.MISSING, f"{package} is not installed",
+                        f"pip install 'pycapstan[{cls.name}]'")]
 
     @abstractmethod
     def create(self, spec: InstanceSpec) -> Instance:

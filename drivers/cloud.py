@@ -16,7 +16,15 @@ from typing import Any, ClassVar
 
 from capstan.core.errors import Conflict, NotFound, UnsupportedOperation, UsageError
 from capstan.core.fs import atomic_write
-from capstan.drivers.base import UPLOAD, Driver, Foreground, ImageStore, Instance, InstanceSpec
+from capstan.drivers.base import (
+    UPLOAD,
+    Capability,
+    Driver,
+    Foreground,
+    ImageStore,
+    Instance,
+    InstanceSpec,
+)
 
 __all__ = ["CloudDriver", "SnapshotFollower", "label_value"]
 
@@ -32,6 +40,8 @@ def label_value(text: str) -> str:
 class CloudDriver(Driver, ImageStore):
     """A driver whose instances live in a cloud; a local record names each one."""
 
+    capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
+                              Capability.GRACEFUL_STOP, Capability.REMOTE})
     name_pattern: ClassVar[re.Pattern[str]]
     name_rule: ClassVar[str]
     poll_seconds: ClassVar[float] = 2.0

@@ -4,9 +4,11 @@ instance, whether it still runs, what its console printed since, and how to stop
 
 from __future__ import annotations
 
-import os
+import contextlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
+
+from capstan.core.fs import read_from
 
 if TYPE_CHECKING:
     from capstan.drivers.base import Driver
@@ -57,14 +59,10 @@ class LogFollower(Foreground):
         return self.driver.get(self.name).state.live
 
     def read(self) -> bytes:
-        try:
-            with open(self.log, "rb") as f:
-                if os.fstat(f.fileno()).st_size < self.offset:
-                    self.offset = 0  # the log was restarted
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return b""
+        with contextlib.suppress(FileNotFoundError):
+            if self.log.stat().st_size < self.offset:
+                self.offset = 0  # the log was restarted
+        data = read_from(self.log, self.offset)
         self.offset += len(data)
         return data
 

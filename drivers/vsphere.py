@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlparse
 
 from capstan.core import timestamps
-from capstan.core.checks import has_module
 from capstan.core.config import Config
 from capstan.core.errors import (
     BackendError,
@@ -91,9 +90,8 @@ class VSphereDriver(Driver):
 
     @classmethod
     def doctor(cls, config: Config) -> Sequence[Finding]:
-        if not has_module("pyVmomi"):
-            return [Finding("vsphere", Status.MISSING, "pyvmomi is not installed",
-                            "pip install 'pycapstan[vsphere]'")]
+        if missing := cls.missing_library("pyVmomi", "pyvmomi"):
+            return missing
         if not config.vsphere_url:
             return [Finding("vsphere", Status.MISSING, "pyvmomi found, no vsphere_url configured",
                             "set vsphere_url, vsphere_user and CAPSTAN_VSPHERE_PASSWORD")]

@@ -28,8 +28,8 @@ from capstan.core import pids
 from capstan.core.errors import ImageError, LocalIOError
 
 __all__ = ["TEMP_PREFIX", "atomic_output", "atomic_write", "exchange", "lock", "open_regular",
-           "owner_alive", "private_dir", "process_token", "publish_dir", "sha256_of", "sweep",
-           "temp_dir", "temp_path", "write_error"]
+           "owner_alive", "private_dir", "process_token", "publish_dir", "read_from", "sha256_of",
+           "sweep", "temp_dir", "temp_path", "write_error"]
 
 TEMP_PREFIX = ".capstan-tmp."
 _RENAME_EXCHANGE = 2
@@ -187,3 +187,13 @@ def open_regular(path: Path) -> BinaryIO:
         os.close(fd)
         raise ImageError(f"{path}: not a regular file")
     return open(fd, "rb")
+
+
+def read_from(path: Path, offset: int) -> bytes:
+    """What *path* holds past *offset* (nothing when it does not exist): a log's new part."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""

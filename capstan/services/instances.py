@@ -19,6 +19,7 @@ from capstan.core.errors import (
     NotFound,
     UsageError,
 )
+from capstan.core.fs import read_from
 from capstan.core.sizes import parse_size
 from capstan.drivers.base import (
     Driver,
@@ -329,15 +330,6 @@ def instance_log(driver: Driver, name: str) -> LogSource:
                      lambda: driver.get(name).state.live)
 
 
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as log:
-            log.seek(offset)
-            return log.read()
-    except FileNotFoundError:
-        return b""
-
-
 def follow_logs(sources: Sequence[LogSource], out: BinaryIO, *, follow: bool,
                 prefix: bool, interval: float = 0.1) -> None:
     """Copy the logs of *sources* to *out*; with *follow*, until none is running.
@@ -352,7 +344,7 @@ def follow_logs(sources: Sequence[LogSource], out: BinaryIO, *, follow: bool,
         alive = False
         for source in sources:
             alive = source.running() or alive  # sample before reading: nothing is lost
-            data = _read_from(source.path, offsets[source.name])
+            data = read_from(source.path, offsets[source.name])
             offsets[source.name] += len(data)
             if not prefix:
                 out.write(data)

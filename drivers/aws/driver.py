@@ -9,13 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from capstan.core.checks import has_module
 from capstan.core.config import Config
 from capstan.core.errors import NotFound
 from capstan.drivers.aws.ami import AmiStore
 from capstan.drivers.aws.api import TAG
 from capstan.drivers.base import (
-    Capability,
     Finding,
     Instance,
     InstanceSpec,
@@ -36,8 +34,6 @@ class AwsDriver(AmiStore):
     """EC2 instances from AMIs made of pycapstan images (``-p aws``)."""
 
     name = "aws"
-    capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
-                              Capability.GRACEFUL_STOP, Capability.REMOTE})
     settings = (
         Setting("aws_region", help="empty: AWS_REGION or the profile's region"),
         Setting("aws_instance_type", default="t3.micro", help="EC2 instance type"),
@@ -50,9 +46,8 @@ class AwsDriver(AmiStore):
 
     @classmethod
     def doctor(cls, config: Config) -> Sequence[Finding]:
-        if not has_module("boto3"):
-            return [Finding("aws", Status.MISSING, "boto3 is not installed",
-                            "pip install 'pycapstan[aws]'")]
+        if missing := cls.missing_library("boto3", "boto3"):
+            return missing
         home = Path.home() / ".aws"
         sources = [name for name, present in (
             ("environment", "AWS_ACCESS_KEY_ID" in os.environ),

@@ -7,11 +7,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from capstan.core.checks import has_module
 from capstan.core.config import Config
 from capstan.core.errors import CapstanError, ConfigError, NotFound
 from capstan.drivers.base import (
-    Capability,
     Finding,
     Instance,
     InstanceSpec,
@@ -36,8 +34,6 @@ class GceDriver(GceImages):
     """Compute Engine VMs from GCE images made of pycapstan images (``-p gce``)."""
 
     name = "gce"
-    capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
-                              Capability.GRACEFUL_STOP, Capability.REMOTE})
     settings = (
         Setting("gce_project", help="empty: the credentials' project"),
         Setting("gce_zone", default="us-central1-a"),
@@ -49,9 +45,8 @@ class GceDriver(GceImages):
 
     @classmethod
     def doctor(cls, config: Config) -> Sequence[Finding]:
-        if not has_module("google.cloud.compute_v1"):
-            return [Finding("gce", Status.MISSING, "google-cloud-compute is not installed",
-                            "pip install 'pycapstan[gce]'")]
+        if missing := cls.missing_library("google.cloud.compute_v1", "google-cloud-compute"):
+            return missing
         if not config.gce_bucket:
             return [Finding("gce", Status.WARN, "no gce_bucket: images cannot be uploaded",
                             "set gce_bucket to a Cloud Storage bucket you can write")]

@@ -4,7 +4,6 @@ flavor picker."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import os
 import re
@@ -16,7 +15,6 @@ from typing import Any
 from capstan.core.config import Config
 from capstan.core.errors import BackendError, CapstanError, ConfigError, GuestTimeout, NotFound
 from capstan.drivers.base import (
-    Capability,
     Finding,
     Instance,
     InstanceSpec,
@@ -67,8 +65,6 @@ class OpenStackDriver(GlanceStore):
     """Nova servers from Glance images made of pycapstan images (``-p openstack``)."""
 
     name = "openstack"
-    capabilities = frozenset({Capability.LOGS, Capability.IMAGES, Capability.DETACH,
-                              Capability.GRACEFUL_STOP, Capability.REMOTE})
     settings = (
         Setting("openstack_cloud", help="clouds.yaml entry (empty: OS_* variables)"),
         Setting("openstack_flavor", help="empty: the smallest that fits"),
@@ -79,9 +75,8 @@ class OpenStackDriver(GlanceStore):
 
     @classmethod
     def doctor(cls, config: Config) -> Sequence[Finding]:
-        if importlib.util.find_spec("openstack") is None:
-            return [Finding("openstack", Status.MISSING, "openstacksdk is not installed",
-                            "pip install 'pycapstan[openstack]'")]
+        if missing := cls.missing_library("openstack", "openstacksdk"):
+            return missing
         where = config.openstack_cloud or ("OS_* variables" if os.environ.get("OS_AUTH_URL")
                                            else "")
         if not where:

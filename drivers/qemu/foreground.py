@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from capstan.core.errors import BackendError, GuestFailure
+from capstan.core.fs import read_from
 from capstan.drivers.base import Foreground
 from capstan.drivers.qemu.machine import QemuMachine
 
@@ -25,7 +26,7 @@ class MachineRun(Foreground):
         return self.machine.running()
 
     def read(self) -> bytes:
-        data = QemuMachine.read_console(self.log, self.offset)
+        data = read_from(self.log, self.offset)
         self.offset += len(data)
         return data
 

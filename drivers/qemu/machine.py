@@ -176,16 +176,6 @@ class QemuMachine:
                                    f"{self.last_line()}")
             time.sleep(0.02)
 
-    @staticmethod
-    def read_console(console_log: Path, offset: int) -> bytes:
-        """What *console_log* holds past *offset* (nothing when it does not exist)."""
-        try:
-            with open(console_log, "rb") as f:
-                f.seek(offset)
-                return f.read()
-        except FileNotFoundError:
-            return b""
-
     def open_console(self, console: Path) -> socket.socket:
         """A connection to the interactive console socket *console*."""
         guest = socket.socket(socket.AF_UNIX)
