@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from capstan.core.errors import ConfigError, LocalIOError
+from capstan.core.errors import ConfigError, LocalIOError, NotFound
 
 LOG = logging.getLogger(__name__)
 
@@ -166,11 +166,13 @@ def _parse_yaml(text: str, where: str) -> dict[str, Any]:
 
 
 def _read_text(path: Path) -> str:
+    from capstan.core.yamlfile import read_bounded
+
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        return read_bounded(path, ConfigError).decode("utf-8")
+    except NotFound:
         return ""
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
         raise ConfigError(f"cannot read {path}: {err}") from err
 
 

@@ -11,7 +11,9 @@ given twice. Every problem is one error line ``WHERE:LINE: message``.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import yaml
 from capstan.core.errors import CapstanError, InputError, NotFound
 
 __all__ = ["MAX_ALIASES", "MAX_BYTES", "MAX_DEPTH", "MAX_EXPANDED", "line_of", "load_cached",
-           "load_file", "load_strict", "load_text"]
+           "load_file", "load_strict", "load_text", "read_bounded"]
 
 LOG = logging.getLogger(__name__)
 
@@ -160,7 +162,7 @@ def _one_line(text: str | None) -> str:
 def load_file(path: Path, where: str | None = None, *, strict: bool = False) -> Any:
     """Parse the file *path* (named *where* in errors, by default its path) within the
     bounds; errors are InputError (NotFound when it does not exist)."""
-    return load_text(_read(path, InputError), where or str(path), strict=strict)
+    return load_text(read_bounded(path, InputError), where or str(path), strict=strict)
 
 
 def load_strict(path: Path) -> Any:
@@ -189,8 +191,8 @@ def load_cached(path: Path, what: str = "cached file") -> dict[str, Any]:
 def line_of(where: str, key: str) -> str:
     """``:LINE`` of the top-level *key* in the file *where*, when it can be found."""
     try:
-        text = Path(where).read_text()
-    except OSError:
+        text = read_bounded(Path(where), CapstanError).decode(errors="replace")
+    except CapstanError:
         return ""
     for number, line in enumerate(text.splitlines(), start=1):
         if re.match(rf"{re.escape(key)}\s*:", line):
@@ -198,10 +200,18 @@ def line_of(where: str, key: str) -> str:
     return ""
 
 
-def _read(path: Path, error: type[CapstanError]) -> bytes:
-    """At most :data:`MAX_BYTES` + 1 bytes of *path* (a longer file is refused later)."""
+def read_bounded(path: Path, error: type[CapstanError], *, follow: bool = True) -> bytes:
+    """At most :data:`MAX_BYTES` + 1 bytes of *path* (a longer file is refused later).
+
+    Opened without blocking and checked to be a regular file before it is read: a FIFO
+    or a device where a small text file is expected is refused, never waited on. With
+    *follow* false a symbolic link is refused too.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        with open(path, "rb") as f:
+        with open(os.open(path, flags), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise error(f"cannot read {path}: not a regular file")
             return f.read(MAX_BYTES + 1)
     except FileNotFoundError as err:
         raise NotFound(f"no such file: {path}") from err

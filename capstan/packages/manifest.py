@@ -20,7 +20,7 @@ import yaml
 from capstan.core import timestamps
 from capstan.core.errors import Conflict, InputError, NotFound, UsageError
 from capstan.core.names import check_name
-from capstan.core.yamlfile import line_of, load_strict
+from capstan.core.yamlfile import line_of, load_strict, read_bounded
 from capstan.packages.runtimes import RunConfig, parse_run
 
 __all__ = ["Manifest", "ignore_regex", "ignore_rules", "ignored", "init_manifest",
@@ -175,8 +175,9 @@ def ignore_rules(package: Path, *, builtin: bool = True) -> list[re.Pattern[str]
     """The patterns of ``.capstanignore`` plus (*builtin*) Capstan's own, compiled."""
     lines: list[str] = []
     path = package / ".capstanignore"
-    if path.is_file():
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
+    if path.is_file() or path.is_symlink():
+        text = read_bounded(path, InputError, follow=False).decode(errors="replace")
+        lines = [ln.strip() for ln in text.splitlines()]
     patterns = [ln for ln in lines if ln and not ln.startswith("#")]
     if "/meta" in patterns:
         raise InputError(f"{path}: please remove '/meta' from .capstanignore")

@@ -49,12 +49,16 @@ def pidfile(d: Path) -> int | None:
 
 
 def run_dir(d: Path) -> Path:
-    """Where the sockets of instance directory *d* go: *d*, or a short
-    directory when *d* is too long for a unix socket path."""
+    """Where the sockets of instance directory *d* go: *d*, or a short directory
+    (under ``$XDG_RUNTIME_DIR`` when that is short enough, else ``/tmp/capstan-UID``)
+    when *d* is too long for a unix socket path."""
     if len(str(d / "console.sock")) < _SOCKET_MAX:
         return d
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/capstan-{os.getuid()}")
-    return base / hashlib.sha1(str(d).encode()).hexdigest()[:16]  # made by the driver's launch
+    name = hashlib.sha1(str(d).encode()).hexdigest()[:16]  # made by the driver's launch
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and len(str(Path(runtime) / name / "console.sock")) < _SOCKET_MAX:
+        return Path(runtime) / name
+    return Path(f"/tmp/capstan-{os.getuid()}") / name
 
 
 def write_osv_config(spec: InstanceSpec, state: State, *, folder: Path, aio: str) -> None:

@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,9 +106,12 @@ def test_state_is_private_under_umask_000(cli, sandbox: Sandbox, image: Path) ->
 
 
 def test_sockets_outside_a_long_root_are_private(cli, sandbox: Sandbox, image: Path,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path,
+                                                 request: pytest.FixtureRequest) -> None:
     root = tmp_path / ("r" * 100)
-    runtime = tmp_path / "xdg"
+    short = Path(tempfile.mkdtemp(prefix="xdg-", dir="/tmp"))  # whatever tmp_path's length
+    request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))
+    runtime = short / "run"  # made by capstan
     env = {**os.environ, "CAPSTAN_ROOT": str(root), "XDG_RUNTIME_DIR": str(runtime)}
     done = cli.program("run", "-d", "-i", image, "-e", "/x @hold", "far", env=env,
                        preexec_fn=_umask0)
@@ -124,10 +128,11 @@ def test_sockets_outside_a_long_root_are_private(cli, sandbox: Sandbox, image: P
 
 def test_a_socket_directory_of_another_user_is_refused(cli, sandbox: Sandbox, image: Path,
                                                        tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       request: pytest.FixtureRequest) -> None:
     root = tmp_path / ("r" * 100)
-    runtime = tmp_path / "xdg"
-    runtime.mkdir(mode=0o700)
+    runtime = Path(tempfile.mkdtemp(prefix="xdg-", dir="/tmp"))  # whatever tmp_path's length
+    request.addfinalizer(lambda: shutil.rmtree(runtime, ignore_errors=True))
     monkeypatch.setenv("CAPSTAN_ROOT", str(root))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     planted = runtime / hashlib.sha1(str(root / "instances" / "qemu" / "x").encode()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,6 +93,16 @@ def test_run_yaml(cli, sandbox: Sandbox, tmp_path: Path, text: str, message: str
 def test_fleet_file(cli, sandbox: Sandbox, in_tmp: Path, text: str, message: str) -> None:
     (in_tmp / "capstan-fleet.yaml").write_text(text)
     check(cli("up", "--dry-run"), 65, message)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "Capstanfile", "capstan-fleet.yaml"])
+def test_a_fifo_where_a_yaml_file_belongs_is_refused_not_waited_on(
+        cli, sandbox: Sandbox, in_tmp: Path, name: str) -> None:
+    where = sandbox.root if name == "config.yaml" else in_tmp
+    os.mkfifo(where / name)  # opened for reading, a FIFO with no writer blocks forever
+    command = {"config.yaml": ("images",), "Capstanfile": ("build", "x"),
+               "capstan-fleet.yaml": ("up", "--dry-run")}[name]
+    check(cli(*command), 78 if name == "config.yaml" else 65, "not a regular file")
 
 
 @pytest.mark.parametrize("member", ["meta/package.yaml", "meta/run.yaml"])
