@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from capstan.core.errors import ConfigError, LocalIOError, NotFound
+from capstan.core.textfile import read_bounded
 
 LOG = logging.getLogger(__name__)
 
 __all__ = ["KEYS", "SETTINGS", "Config", "Setting", "installed_drivers", "load"]
 
 _TRUE = {"1", "t", "true", "yes", "on"}
+_MAX_CONFIG_BYTES = (1 << 20) + 1  # the YAML bound plus one: a longer file is refused
 _FALSE = {"0", "f", "false", "no", "off"}
 
 
@@ -166,10 +168,8 @@ def _parse_yaml(text: str, where: str) -> dict[str, Any]:
 
 
 def _read_text(path: Path) -> str:
-    from capstan.core.yamlfile import read_bounded
-
     try:
-        return read_bounded(path, ConfigError).decode("utf-8")
+        return read_bounded(path, ConfigError, _MAX_CONFIG_BYTES).decode("utf-8")
     except NotFound:
         return ""
     except UnicodeDecodeError as err:

@@ -11,14 +11,13 @@ given twice. Every problem is one error line ``WHERE:LINE: message``.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from capstan.core import textfile
 from capstan.core.errors import CapstanError, InputError, NotFound
 
 __all__ = ["MAX_ALIASES", "MAX_BYTES", "MAX_DEPTH", "MAX_EXPANDED", "line_of", "load_cached",
@@ -201,19 +200,6 @@ def line_of(where: str, key: str) -> str:
 
 
 def read_bounded(path: Path, error: type[CapstanError], *, follow: bool = True) -> bytes:
-    """At most :data:`MAX_BYTES` + 1 bytes of *path* (a longer file is refused later).
-
-    Opened without blocking and checked to be a regular file before it is read: a FIFO
-    or a device where a small text file is expected is refused, never waited on. With
-    *follow* false a symbolic link is refused too.
-    """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    try:
-        with open(os.open(path, flags), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise error(f"cannot read {path}: not a regular file")
-            return f.read(MAX_BYTES + 1)
-    except FileNotFoundError as err:
-        raise NotFound(f"no such file: {path}") from err
-    except OSError as err:
-        raise error(f"cannot read {path}: {err.strerror or err}") from err
+    """At most :data:`MAX_BYTES` + 1 bytes of the regular file *path* (a longer file is
+    refused later); see :func:`capstan.core.textfile.read_bounded`."""
+    return textfile.read_bounded(path, error, MAX_BYTES + 1, follow=follow)
