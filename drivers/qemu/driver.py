@@ -34,12 +34,10 @@ from capstan.drivers.base import (
     Instance,
     InstanceSpec,
     InstanceState,
-    PortForward,
     Volume,
-    free_port,
     mac_address,
 )
-from capstan.drivers.qemu import accel, checks
+from capstan.drivers.qemu import accel, checks, ports
 from capstan.drivers.qemu.argv import Host, Paths, argv
 from capstan.drivers.qemu.capstan_made import (
     capstan_instance,
@@ -91,17 +89,6 @@ class QemuDriver(Driver):
         Held for milliseconds, so waiters poll every 5 ms (filelock's 50 ms would
         make a fleet's launches queue up behind the ``.ports`` lock)."""
         return fs.lock(self.config.root, "qemu", name, poll_interval=0.005)
-
-    def _reserved_ports(self) -> set[tuple[str, int, str]]:
-        """(addr, port, proto) of every forward recorded by an instance."""
-        taken = set()
-        for state_file in self.home.glob("*/instance.json"):  # staged ones included
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                for port in json.loads(state_file.read_text())["ports"]:
-                    addr_port, rest = port.split("->")
-                    addr, host = addr_port.rsplit(":", 1)
-                    taken.add((addr, int(host), rest.rsplit("/", 1)[1]))
-        return taken
 
     def _load(self, name: str, damaged_ok: bool = False) -> State:
         """The state of *name*; with *damaged_ok*, a damaged ``instance.json`` gives
@@ -232,7 +219,7 @@ class QemuDriver(Driver):
         )
         with self._lock(".ports"):  # allocation and record, atomic among instances
             state.argv = self._argv(spec, state)
-            self._save(state, staged)  # hidden by name from listings, seen by _allocate
+            self._save(state, staged)  # hidden by name from listings, seen by ports.allocate
         write_osv_config(spec, state, folder=staged, aio=self.config.qemu_aio_type)
         return state
 
@@ -243,7 +230,7 @@ class QemuDriver(Driver):
         state.volumes += [[str(vol.path), str(vol.format)] for vol in volumes]
         helper = None
         if spec.networking == "nat":
-            forwards = tuple(self._allocate(fwd) for fwd in spec.forwards)
+            forwards = tuple(ports.allocate(fwd, self.home) for fwd in spec.forwards)
             state.forwards += forwards
             state.ports += [str(rule) for rule in forwards]
         else:
@@ -269,19 +256,6 @@ class QemuDriver(Driver):
             LOG.warning("%s cannot use O_DIRECT here: the boot disk uses aio=threads", disk)
             return "threads"
         return aio
-
-    def _allocate(self, fwd: PortForward) -> PortForward:
-        """*fwd* with a host port free now (bind() fails for any holder) and not
-        recorded by another instance, which may be about to start."""
-        taken = self._reserved_ports()
-        if (fwd.host_addr, fwd.host_port, fwd.protocol) in taken:
-            raise Conflict(f"cannot forward {fwd.host_addr}:{fwd.host_port}/{fwd.protocol}: "
-                           "another instance uses it")
-        for _ in range(64):
-            port = free_port(fwd.host_addr, fwd.protocol, fwd.host_port)
-            if (fwd.host_addr, port, fwd.protocol) not in taken:
-                return PortForward(port, fwd.guest_port, fwd.protocol, fwd.host_addr)
-        raise Conflict(f"no free {fwd.protocol} port on {fwd.host_addr}")
 
     # -- lifecycle ----------------------------------------------------------
 
