@@ -19,25 +19,12 @@ import pytest
 from capstan.image import recompose
 
 from hostile_kit import Sandbox, check
-
-_STAMP = [1_700_000_000_000_000_000]
+from recompose_kit import change, compose
 
 
 @pytest.fixture(autouse=True)
 def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(recompose, "RACY_NS", 0)  # every change below sets a new mtime
-
-
-def change(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    _STAMP[0] += 1_000_000_007
-    os.utime(path, ns=(_STAMP[0], _STAMP[0]))
-
-
-def compose(cli, tree: Path, out: Path) -> bytes:  # type: ignore[no-untyped-def]
-    result = cli("compose", "-l", "probe-loader", "--disk-format", "raw", "-o", out, tree)
-    assert result.code == 0, result.err
-    return out.read_bytes()
 
 
 def app(tmp_path: Path, name: str = "app", data: bytes = b"h" * 9000) -> Path:
