@@ -26,8 +26,11 @@ done
 ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}' | sort
 
 # Processes the tests start (guests, daemons, simulators), counted by name.
-# grep finds nothing on an idle host; under pipefail that must not end the snapshot.
-ps -eo comm= | { grep -E '^(qemu-system-|libvirtd$|virtlogd$|vcsim$)' || true; } | sort | uniq -c |
+# Zombies are left out: a daemon's exited process stays one until PID 1 reaps it, and some
+# container inits never do. grep finds nothing on an idle host; under pipefail that must not
+# end the snapshot.
+ps -eo stat=,comm= | awk '$1 !~ /^Z/ {print $2}' |
+    { grep -E '^(qemu-system-|libvirtd$|virtlogd$|vcsim$)' || true; } | sort | uniq -c |
     awk '{print "process " $2 " x" $1}'
 echo "moto_server processes: $(pgrep -fc 'moto[._]server' || true)"
 for d in /run/pycapstan-libvirtd /tmp/govcsim-*; do
