@@ -107,7 +107,7 @@ class MicroVmDriver(HostedDriver):
         with open(fd, "ab") as log, open(folder / "console.log", "ab") as console:
             child = proc.spawn(argv, stdout=console if self.serial_on_stdout else log,
                                stderr=log, outlive=True)
-        atomic_write(folder / "vmm.pid", f"{child.pid}\n".encode(), 0o600)
+        atomic_write(folder / "vmm.pid", f"{pids.token(child.pid)}\n".encode(), 0o600)
         return self.get(name)
 
     def vm(self, spec: InstanceSpec, folder: Path) -> Vm:
@@ -155,18 +155,25 @@ class MicroVmDriver(HostedDriver):
         data = json.loads((folder / "vmm.json").read_text())
         return Vm(**data)
 
-    def _pid(self, name: str) -> int | None:
+    def _token(self, name: str) -> tuple[int | None, str]:
+        """The VMM's pid and start time as recorded at spawn (``PID-STARTED``)."""
         try:
-            return int((self.folder(name) / "vmm.pid").read_text())
+            pid, _, started = (self.folder(name) / "vmm.pid").read_text().strip().partition("-")
+            return int(pid), started
         except (OSError, ValueError):
-            return None
+            return None, ""
+
+    def _pid(self, name: str) -> int | None:
+        return self._token(name)[0]
 
     def _alive(self, name: str) -> bool:
-        """Whether the VMM of *name* runs: its pid, not a zombie, of our real uid (any
-        user can copy an argv), naming its folder."""
-        found = pids.look(self._pid(name))
+        """Whether the VMM of *name* runs: its pid, not a zombie, of our real uid, started
+        when it was recorded (its argv is no proof: it is empty while the VMM execs, and
+        any user can copy one)."""
+        pid, started = self._token(name)
+        found = pids.look(pid)
         return found is not None and not found.zombie and found.uid == os.getuid() and \
-            os.fsencode(self.folder(name)) in found.command
+            bool(started) and found.started == started
 
     def _signal(self, name: str, sig: signal.Signals) -> None:
         pid = self._pid(name)
