@@ -166,7 +166,7 @@ def test_instances_does_not_load_qemu_qmp(tmp_path: Path) -> None:
     code = ("import sys; from capstan.shell import main\n"
             "rc = main(['instances'])\n"
             "print('QMP', rc, 'qemu.qmp' in sys.modules, 'capstan.drivers.qemu' in sys.modules)")
-    env = {"PATH": "/usr/bin:/bin", "CAPSTAN_ROOT": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "CAPSTAN_ROOT": str(tmp_path), "PYTHONSAFEPATH": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, env=env)
     assert "QMP 0 False True" in done.stdout, done
