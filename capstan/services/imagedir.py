@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from capstan.core.fs import (
     temp_path,
     write_error,
 )
-from capstan.services.store import LocalRepository
+from capstan.services.store import LocalRepository, merged_index
 
 __all__ = ["SUFFIXES", "ImportMeta", "Imported", "check_standalone", "import_image",
            "publish_image"]
@@ -53,16 +54,18 @@ def check_standalone(path: Path, what: str) -> None:
 
 
 def publish_image(repo: LocalRepository, name: str, files: dict[str, Path],
-                   index: bytes) -> None:
+                  index: Mapping[str, object], *, kernel: bool = False) -> None:
     """Replace image *name*'s directory by one holding *files* (moved in, by file
-    name), *index* as ``index.yaml``, and what the old one holds for other
-    platforms and nested images. The caller holds the image's lock."""
+    name), *index* in ``index.yaml``, and what the old one holds for other
+    platforms and nested images (a *kernel*'s *index* is merged in: see
+    :func:`merged_index`). The caller holds the image's lock."""
     folder = repo.image_dir(name)
+    index = merged_index(folder / "index.yaml", index, kernel=kernel)
     staged = temp_dir(repo.images / folder.name)
     try:
         for file_name, source in files.items():
             os.replace(source, staged / file_name)
-        atomic_write(staged / "index.yaml", index)
+        atomic_write(staged / "index.yaml", yaml.safe_dump(index, sort_keys=False).encode())
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(folder):
                 if entry.name in files or entry.name == "index.yaml":
@@ -138,8 +141,7 @@ def import_image(root: Path, name: str, source: Path, meta: ImportMeta) -> Impor
                      "created": timestamps.rfc3339(created) if created else timestamps.now(),
                      "description": meta.description, "build": meta.build,
                      "sha256": digest, "source": str(source.absolute())}
-            publish_image(repo, name, {target.name: copy},
-                          yaml.safe_dump(index, sort_keys=False).encode())
+            publish_image(repo, name, {target.name: copy}, index)
         finally:
             copy.unlink(missing_ok=True)
     return Imported(name, target, fmt, digest)

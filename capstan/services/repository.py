@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-import yaml
 from filelock import FileLock
 
 from capstan.core import timestamps
@@ -34,7 +33,7 @@ from capstan.remotes.catalog import BucketRemote, Found, Remote, remotes
 from capstan.remotes.download import Artifact, fetch
 from capstan.services.disks import open_driver
 from capstan.services.imagedir import check_standalone, publish_image
-from capstan.services.store import LocalRepository
+from capstan.services.store import KERNEL_ENTRY, LocalRepository
 
 __all__ = ["KERNEL", "FileImport", "ImageRow", "PullOptions", "Pulled", "image_store",
            "import_base", "import_file", "list_images", "pull_image", "pull_package", "push_image",
@@ -121,8 +120,9 @@ def pull_image(config: Config, name: str, platform: str = "qemu",
     target = repo.image_file(name, platform)
     with repo.lock(name):
         if target.is_file() and not options.force:
-            return Pulled(name, "image", target, _recorded(repo, name) or sha256_of(target),
-                          "local", "present")
+            return Pulled(name, "image", target,
+                          _recorded(repo, name, platform) or sha256_of(target), "local",
+                          "present")
         hit = _first_hit(config, options.s3, lambda r: r.image(name, platform),
                          f"image {name}")
         verified = _verified(hit, f"image {name}", options.insecure)
@@ -138,8 +138,7 @@ def pull_image(config: Config, name: str, platform: str = "qemu",
         if index:
             meta.update(_remote_meta(index[0], work / "index.remote.yaml", meta))
         meta.update({"sha256": digest, "source": hit.source, "verified": verified})
-        publish_image(repo, name, {target.name: downloaded},
-                       yaml.safe_dump(meta, sort_keys=False).encode())
+        publish_image(repo, name, {target.name: downloaded}, meta, kernel=platform == KERNEL)
         shutil.rmtree(work, ignore_errors=True)
     return Pulled(name, "image", target, digest, hit.source, _status(verified))
 
@@ -171,8 +170,11 @@ def _status(verified: bool) -> str:
     return "downloaded" if verified else "downloaded (unverified)"
 
 
-def _recorded(repo: LocalRepository, name: str) -> str:
+def _recorded(repo: LocalRepository, name: str, platform: str) -> str:
     meta = load_cached(repo.image_dir(name) / "index.yaml", f"index of image {name}")
+    if platform == KERNEL:
+        entry = meta.get(KERNEL_ENTRY)
+        meta = entry if isinstance(entry, dict) else {}
     return str(meta.get("sha256", ""))
 
 
@@ -348,8 +350,8 @@ def import_file(config: Config, source: Path, name: str, how: FileImport) -> Pul
             meta = {"format_version": "1", **how.fields, "build": "",
                     "created": timestamps.now(), "sha256": digest,
                     "source": str(source.absolute())}
-            publish_image(repo, name, {target.name: copy},
-                           yaml.safe_dump(meta, sort_keys=False).encode())
+            publish_image(repo, name, {target.name: copy}, meta,
+                          kernel=how.platform == KERNEL)
         except OSError as err:
             raise LocalIOError(f"cannot read {source}: {err.strerror}") from err
         finally:

@@ -18,7 +18,10 @@ from capstan.core.errors import NotFound, UsageError
 from capstan.core.fs import atomic_write, lock, sha256_of
 from capstan.core.names import check_name
 
-__all__ = ["LocalRepository"]
+__all__ = ["KERNEL_ENTRY", "LocalRepository", "merged_index"]
+
+#: the ``index.yaml`` entry that records a kernel stored under an image's name
+KERNEL_ENTRY = "kernel"
 
 
 class LocalRepository:
@@ -81,6 +84,21 @@ class LocalRepository:
             index["sha256"] = sha256_of(image)
         if packages:
             index["packages"] = [dict(p) for p in packages]
-        atomic_write(self.image_dir(name) / "index.yaml",
-                     yaml.safe_dump(index, sort_keys=False).encode())
+        path = self.image_dir(name) / "index.yaml"
+        atomic_write(path, yaml.safe_dump(merged_index(path, index), sort_keys=False).encode())
+
+
+def merged_index(path: Path, index: Mapping[str, Any], *,
+                 kernel: bool = False) -> dict[str, Any]:
+    """The ``index.yaml`` to write over *path* for a new disk image's *index*, or with
+    *kernel* for a kernel's: a kernel and an image may share a name, and a kernel's
+    record is the index's ``kernel`` entry, so neither overwrites the other's digest."""
+    from capstan.core.yamlfile import load_cached
+
+    old = load_cached(path, f"index {path}")
+    if kernel:
+        return {**old, KERNEL_ENTRY: index}
+    if isinstance(old.get(KERNEL_ENTRY), dict):
+        return {**index, KERNEL_ENTRY: old[KERNEL_ENTRY]}
+    return dict(index)
 

@@ -65,3 +65,22 @@ def test_pull_kernel_then_run(cli, server: RepoServer, kernel_less: Path,
     stored = capstan_root / "repository" / "osv-loader" / "osv-loader.kernel"
     assert stored.read_bytes() == KERNEL
     _boots(cli, kernel_less, "osv-loader")
+
+
+def test_a_kernel_and_an_image_of_one_name_keep_their_own_digests(
+        cli, kernel_less: Path, capstan_root: Path) -> None:
+    import yaml
+
+    index = capstan_root / "repository" / "both" / "index.yaml"
+    assert cli("import", "both", kernel_less).code == 0
+    image_digest = yaml.safe_load(index.read_text())["sha256"]
+    assert cli("base", "import", probe_kernel_path(), "--name", "both", "--kernel").code == 0
+    meta = yaml.safe_load(index.read_text())
+    assert meta["sha256"] == image_digest  # the kernel did not overwrite the image's record
+    kernel_digest = meta["kernel"]["sha256"]
+    assert kernel_digest != image_digest
+    assert cli("import", "both", kernel_less).code == 0  # and an image not the kernel's
+    assert yaml.safe_load(index.read_text())["kernel"]["sha256"] == kernel_digest
+    rows = json.loads(cli("images", "-f", "json").out)
+    assert [r["SHA256"] for r in rows if r["Name"] == "both"] == [image_digest]
+    _boots(cli, kernel_less, "both")
