@@ -218,8 +218,18 @@ def _os_failure(err: OSError) -> tuple[BaseException, int]:
     network error is 75, anything else local I/O (74)."""
     if _is_requests_error(err):
         return err, EXIT_REMOTE
+    if not err.filename and not _cwd_exists():  # a relative path resolved in it
+        return OSError("the current directory no longer exists: cd to one that does"), EXIT_IO
     where = f": {err.filename}" if err.filename else ""
     return OSError(f"{err.strerror or err}{where}"), EXIT_IO
+
+
+def _cwd_exists() -> bool:
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def one_line(message: str) -> str:

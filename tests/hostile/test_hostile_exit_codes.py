@@ -294,3 +294,15 @@ def test_no_socket_left_listening() -> None:
     """The failing servers above are gone (nothing left on the host)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
+
+
+def test_a_deleted_current_directory_is_named(app_tree: Path, tmp_path: Path,
+                                             sandbox: Sandbox) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    argv = [sys.executable, "-m", "capstan", "compose", "-l", "probe-loader", "-c", "/hello",
+            "-o", "out.qcow2", str(app_tree)]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=gone, check=False,
+                          preexec_fn=lambda: os.rmdir(gone))
+    check(Result(done.returncode, done.stdout, done.stderr), 74,
+          "the current directory no longer exists")
