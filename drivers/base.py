@@ -17,6 +17,7 @@ from capstan.core.errors import BackendError, CapstanError, NotFound, Unsupporte
 from capstan.drivers.disks import (
     OVERLAY,
     UPLOAD,
+    DiskDelta,
     DiskFacts,
     DiskForm,
     DiskInfo,
@@ -43,6 +44,7 @@ __all__ = [
     "OVERLAY",
     "UPLOAD",
     "Capability",
+    "DiskDelta",
     "DiskFacts",
     "DiskForm",
     "DiskInfo",

@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from filelock import FileLock
+
 from capstan.core.errors import Conflict, NotFound, UnsupportedOperation, UsageError
-from capstan.core.fs import atomic_write
+from capstan.core.fs import atomic_write, lock
 from capstan.drivers.base import (
     UPLOAD,
     Capability,
@@ -24,6 +26,7 @@ from capstan.drivers.base import (
     ImageStore,
     Instance,
     InstanceSpec,
+    UploadResult,
 )
 
 __all__ = ["CloudDriver", "SnapshotFollower", "label_value"]
@@ -50,16 +53,27 @@ class CloudDriver(Driver, ImageStore):
     source_key: ClassVar[str] = "source"
 
     def create(self, spec: InstanceSpec) -> Instance:
-        """Upload *spec*'s image (its command line written in) unless the store holds
-        the same bytes, and record the instance: :meth:`start` makes the VM."""
+        """Upload *spec*'s disk (:meth:`upload_spec`) and record the instance:
+        :meth:`start` makes the VM."""
         self.new_record(spec)
         planned = self.plan(spec)
-        with tempfile.TemporaryDirectory(prefix=f"capstan-{self.name}-") as work:
-            image = self.disks.prepare(spec, Path(work) / "disk.qcow2", UPLOAD).path
-            uploaded = self.upload(image, spec.name)
+        uploaded = self.upload_spec(spec)
         self.save_record(spec.name, {**planned, self.image_key: uploaded.id,
                                      self.source_key: str(spec.image)})
         return self.get(spec.name)
+
+    def upload_spec(self, spec: InstanceSpec) -> UploadResult:
+        """Upload *spec*'s image, its command line written in, unless the store holds
+        the same bytes: instances with identical disks share one upload, also when made
+        at once (one upload of a digest at a time)."""
+        with tempfile.TemporaryDirectory(prefix=f"capstan-{self.name}-") as work:
+            image = self.disks.prepare(spec, Path(work) / "disk.qcow2", UPLOAD).path
+            with self.upload_lock(self.disks.facts(image).sha256):
+                return self.upload(image, spec.name)
+
+    def upload_lock(self, digest: str) -> FileLock:
+        """The lock held while the store is searched for, then given, image *digest*."""
+        return lock(self.config.root, f"upload-{self.name}", digest)
 
     @abstractmethod
     def plan(self, spec: InstanceSpec) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from typing import Protocol
 
 from capstan.drivers.model import InstanceSpec, Volume
 
-__all__ = ["OVERLAY", "UPLOAD", "DiskFacts", "DiskForm", "DiskInfo", "DiskPreparer",
-           "PreparedDisk"]
+__all__ = ["OVERLAY", "UPLOAD", "DiskDelta", "DiskFacts", "DiskForm", "DiskInfo",
+           "DiskPreparer", "PreparedDisk"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,17 @@ class DiskFacts:
 
 
 @dataclass(frozen=True)
+class DiskDelta:
+    """A run's disk as its image plus the blocks its command line changes: *image* (SHA-256
+    *digest*) as it is, and (index, new content) of each block that writing the run's
+    command line changes (none: the image itself is the run's disk)."""
+
+    image: Path
+    digest: str
+    blocks: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True)
 class DiskInfo:
     """What ``qemu-img info`` says of a disk."""
 
@@ -63,6 +74,10 @@ class DiskPreparer(Protocol):
     def prepare(self, spec: InstanceSpec, disk: Path, form: DiskForm = OVERLAY,
                 ) -> PreparedDisk:
         """*spec*'s image as *disk* in *form*, with *spec*'s command line written in."""
+
+    def delta(self, spec: InstanceSpec, block: int) -> DiskDelta:
+        """*spec*'s image, its command line not written, and the *block*-byte blocks of
+        its virtual disk that writing the command line changes."""
 
     def facts(self, image: Path) -> DiskFacts:
         """The format and SHA-256 of *image*."""

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from capstan.core.errors import ImageError, LocalIOError
 from capstan.core.fs import atomic_write, sha256_of
 from capstan.drivers.base import (
     OVERLAY,
+    DiskDelta,
     DiskFacts,
     DiskForm,
     DiskInfo,
@@ -30,7 +32,8 @@ from capstan.drivers.base import (
     get_driver,
 )
 
-__all__ = ["ImageFacts", "LocalDisks", "image_facts", "make_overlay", "open_driver"]
+__all__ = ["ImageFacts", "LocalDisks", "changed_blocks", "image_facts", "make_overlay",
+           "open_driver"]
 
 _MAX_ENTRIES = 256
 _MAX_OVERLAYS = 64
@@ -97,6 +100,28 @@ def _cmdline(path: Path) -> str | None:
         return None
 
 
+def _standalone(root: Path, image: Path) -> ImageFacts:
+    """The facts of *image*, refused (ImageError) when it reads another file."""
+    facts = image_facts(root, image)
+    if facts.reads:  # the guest would get a host file (/etc/shadow) through the image
+        raise ImageError(f"image {image} reads another file ({facts.reads}): an image "
+                         "must stand alone")
+    return facts
+
+
+def changed_blocks(base: bytes, first: int, block: int, patch: tuple[int, bytes],
+                   ) -> tuple[tuple[int, bytes], ...]:
+    """(index, new content) of the *block*-byte blocks that writing *patch* (a disk
+    offset and its bytes) changes, *base* holding the disk's blocks from index *first*."""
+    offset, data = patch
+    start = offset - first * block
+    if len(base) % block or start < 0 or start + len(data) > len(base):
+        raise ValueError("the blocks given do not cover the patch")
+    new = base[:start] + data + base[start + len(data):]
+    spans = (slice(i, i + block) for i in range(0, len(base), block))
+    return tuple((first + s.start // block, new[s]) for s in spans if new[s] != base[s])
+
+
 def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> ImageFacts:
     """Create a qcow2 overlay *disk* on *image*, with *cmdline* written into it; return
     the image's facts.
@@ -108,10 +133,7 @@ def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> Im
     from capstan.image import cmdline as osv_cmdline
     from capstan.image.formats import write_range
 
-    facts = image_facts(root, image)
-    if facts.reads:  # the guest would get a host file (/etc/shadow) through the image
-        raise ImageError(f"image {image} reads another file ({facts.reads}): an image "
-                         "must stand alone")
+    facts = _standalone(root, image)
     if cmdline is not None:
         osv_cmdline.validate(cmdline)
     key = hashlib.sha256(f"{image}\0{facts.format}\0{facts.sha256}\0{cmdline}".encode())
@@ -158,6 +180,26 @@ class LocalDisks:
         finally:
             overlay.unlink(missing_ok=True)
         return PreparedDisk(disk, facts.sha256)
+
+    def delta(self, spec: InstanceSpec, block: int) -> DiskDelta:
+        """*spec*'s image and the *block*-byte blocks its command line changes (read
+        from the image, the command line written over them)."""
+        from capstan.image import cmdline as osv_cmdline
+        from capstan.image.formats import read_range
+
+        image = spec.image.absolute()
+        facts = _standalone(self.root, image)
+        if spec.cmdline is None:
+            return DiskDelta(image, facts.sha256, ())
+        osv_cmdline.validate(spec.cmdline)
+        patch = (osv_cmdline.AREA_OFFSET, osv_cmdline.area_bytes(spec.cmdline))
+        first = patch[0] // block
+        count = -(-(patch[0] + len(patch[1])) // block) - first
+        with tempfile.TemporaryDirectory(prefix="capstan-delta-") as tmp:
+            raw = Path(tmp) / "blocks.raw"
+            read_range(image, facts.format, raw, first * block, count * block)
+            base = raw.read_bytes()[:count * block].ljust(count * block, b"\0")
+        return DiskDelta(image, facts.sha256, changed_blocks(base, first, block, patch))
 
     def facts(self, image: Path) -> DiskFacts:
         """The format and SHA-256 of *image* (from the facts cache)."""

@@ -98,6 +98,12 @@ class AmiStore(AwsApi):
         existing = self.find_ami(digest)
         if existing:
             return UploadResult(existing, name, digest, reused=True)
+        return self.make_ami(image, name, digest, progress)
+
+    def make_ami(self, image: Path, name: str, digest: str,
+                 progress: Callable[..., None] | None = None) -> UploadResult:
+        """A new AMI of *image* (SHA-256 *digest*), its snapshot made in full (an EBS
+        direct upload resumes one that was interrupted)."""
         with tempfile.TemporaryDirectory(prefix="capstan-aws-") as tmp:
             raw = Path(tmp) / "disk.raw"
             proc.run(["qemu-img", "convert", "-q", "-O", "raw", str(image), str(raw)])
@@ -133,12 +139,8 @@ class AmiStore(AwsApi):
         upload.save()
 
         def put(block: tuple[int, bytes]) -> None:
-            index, data = block
-            checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
-            self._call("put_snapshot_block", ebs.put_snapshot_block, SnapshotId=snapshot,
-                       BlockIndex=index, BlockData=data, DataLength=len(data),
-                       Checksum=checksum, ChecksumAlgorithm="SHA256")
-            upload.sent_block(index, len(data))
+            self.put_block(ebs, snapshot, block)
+            upload.sent_block(block[0], len(block[1]))
 
         try:
             total = self._send_blocks(raw, upload, put)
@@ -150,6 +152,14 @@ class AmiStore(AwsApi):
         state_file.unlink(missing_ok=True)
         self.bytes_sent = upload.sent
         return str(snapshot)
+
+    def put_block(self, ebs: Any, snapshot: str, block: tuple[int, bytes]) -> None:
+        """PutSnapshotBlock of *block* (index, 512 KiB) into *snapshot*, checksummed."""
+        index, data = block
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        self._call("put_snapshot_block", ebs.put_snapshot_block, SnapshotId=snapshot,
+                   BlockIndex=index, BlockData=data, DataLength=len(data),
+                   Checksum=checksum, ChecksumAlgorithm="SHA256")
 
     def _ebs_snapshot(self, ebs: Any, raw: Path, name: str, digest: str,
                       state: dict[str, Any]) -> tuple[str, set[int]]:

@@ -11,8 +11,8 @@ from typing import Any
 
 from capstan.core.config import Config
 from capstan.core.errors import NotFound
-from capstan.drivers.aws.ami import AmiStore
 from capstan.drivers.aws.api import TAG
+from capstan.drivers.aws.child import ChildAmis
 from capstan.drivers.base import (
     Finding,
     Instance,
@@ -30,7 +30,7 @@ _STATES = {"pending": InstanceState.STARTING, "running": InstanceState.RUNNING,
            "shutting-down": InstanceState.STOPPING}
 
 
-class AwsDriver(AmiStore):
+class AwsDriver(ChildAmis):
     """EC2 instances from AMIs made of pycapstan images (``-p aws``)."""
 
     name = "aws"
@@ -69,8 +69,10 @@ class AwsDriver(AmiStore):
 
     def dry_run(self, spec: InstanceSpec) -> Sequence[str]:
         """What create and start would do, without calling AWS to change anything."""
-        return [f"upload {spec.image} as an EBS snapshot ({self.upload_mode}), skipping zero "
-                "blocks, unless an AMI of the same bytes exists",
+        once = ("as an EBS snapshot (EBS direct), skipping zero blocks, once per region; "
+                "then the blocks its command line changes as a child snapshot"
+                if self.upload_mode == "ebs" else "through S3 and ImportSnapshot")
+        return [f"upload {spec.image} {once}, unless an AMI of the same bytes exists",
                 "register an AMI (x86_64, HVM, ENA), tagged capstan:managed",
                 f"run instance {spec.name}: {self.instance_type}, subnet "
                 f"{self.subnet or 'default'}, security group {self.security_group or 'default'}"]

@@ -17,7 +17,7 @@ from botocore.stub import Stubber
 
 from capstan.core.config import load
 from capstan.core.errors import BackendError, ConfigError, RemoteError
-from capstan.drivers.aws import BLOCK, AwsDriver
+from capstan.drivers.aws import BLOCK, AwsDriver, nonzero_blocks
 from capstan.services.disks import LocalDisks, image_facts
 
 from conftest import expect_errors, wait_for
@@ -206,3 +206,90 @@ def test_bad_cli_input(cli, aws_env: str, sparse: Path,
     ]
     expect_errors(cli, monkeypatch, cases)
     assert cli("instances", "-p", "aws", "-f", "value").out == ""
+
+
+def record_ebs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """The EBS direct calls every AWS driver makes from now on: (operation, parameters)."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+    real = AwsDriver.client
+
+    def client(self: AwsDriver, service: str) -> Any:
+        made = service not in self._clients
+        found = real(self, service)
+        if made and service == "ebs":
+            found.meta.events.register("provide-client-params.ebs", lambda params, model, **_:
+                                       calls.append((model.name, dict(params))))
+        return found
+
+    monkeypatch.setattr(AwsDriver, "client", client)
+    return calls
+
+
+def raw_blocks(image: Path, tmp_path: Path) -> dict[int, bytes]:
+    raw = tmp_path / "image.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+    return dict(nonzero_blocks(raw))
+
+
+def test_runs_of_one_image_upload_it_once(cli, aws_env: str, image: Path, capstan_root: Path,
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          ) -> None:
+    """Two runs with their own command lines: the image's blocks are sent once, each
+    run's snapshot is a child of that base holding only block 0."""
+    calls = record_ebs(monkeypatch)
+    amis = {}
+    for n in (1, 2):
+        assert cli("run", "-p", "aws", "-d", "-i", image, "--env", f"FLEET_INDEX={n}",
+                   f"web{n}").code == 0
+        amis[n] = json.loads(cli("instances", "-p", "aws", "-f", "json").out)
+    starts = [p for op, p in calls if op == "StartSnapshot"]
+    (base,) = our_snapshots(image_facts(capstan_root, image).sha256)
+    assert "ParentSnapshotId" not in starts[0]
+    assert [p.get("ParentSnapshotId") for p in starts[1:]] == [base, base]
+    puts = [p for op, p in calls if op == "PutSnapshotBlock"]
+    to_base = [p["BlockIndex"] for p in puts if p["SnapshotId"] == base]
+    want = raw_blocks(image, tmp_path)
+    assert sorted(to_base) == sorted(want)  # each non-zero block once
+    children = [p for p in puts if p["SnapshotId"] != base]
+    assert [p["BlockIndex"] for p in children] == [0, 0]
+    for n, put in zip((1, 2), children, strict=True):
+        assert f"FLEET_INDEX={n}".encode() in put["BlockData"]
+        assert put["BlockData"][1024:] == want[0][1024:]  # the rest of block 0 is the image's
+    completes = [p["ChangedBlocksCount"] for op, p in calls if op == "CompleteSnapshot"]
+    assert completes == [len(want), 1, 1]
+    # the same command line again: its AMI is reused, nothing is sent
+    before = len(calls)
+    assert cli("run", "-p", "aws", "-d", "-i", image, "--env", "FLEET_INDEX=1", "again").code == 0
+    assert len(calls) == before
+    rows = json.loads(cli("images", "-p", "aws", "-f", "json").out)
+    assert sorted(r["Name"] for r in rows) == ["web1", "web1", "web2"]  # base, two children
+    for name in ("web1", "web2", "again"):
+        assert cli("delete", "-p", "aws", name).code == 0
+    for name in ("web1", "web2"):
+        assert cli("rmi", "-p", "aws", name).code == 0
+    ec2 = boto3.client("ec2")
+    assert ec2.describe_images(Owners=["self"])["Images"] == []
+    assert ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": "tag:capstan:managed", "Values": ["true"]}])["Snapshots"] == []
+
+
+def test_instances_made_at_once_share_the_base(aws_env: str, image: Path, capstan_root: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fleet's instances are created in parallel: the base is still sent once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from capstan.drivers.model import InstanceSpec
+
+    calls = record_ebs(monkeypatch)
+    aws = driver(capstan_root)
+    own = image_facts(capstan_root, image).cmdline
+    specs = [InstanceSpec(f"w{n}", image, cmdline=f"--env=FLEET_INDEX={n} {own}")
+             for n in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(aws.create, specs))
+    starts = [p for op, p in calls if op == "StartSnapshot"]
+    (base,) = our_snapshots(image_facts(capstan_root, image).sha256)
+    assert sorted(str(p.get("ParentSnapshotId")) for p in starts) == ["None"] + [base] * 4
+    assert len({aws.load_record(s.name)["ami"] for s in specs}) == 4
+    for s in specs:
+        aws.delete(s.name)
