@@ -33,6 +33,7 @@ from capstan.core.errors import (
     UnsupportedOperation,
     UsageError,
 )
+from capstan.drivers import libvirt_net
 from capstan.drivers.base import (
     Capability,
     DiskForm,
@@ -207,10 +208,12 @@ class LibvirtDriver(Driver):
         undo: list[Callable[[], None]] = [lambda: shutil.rmtree(home, ignore_errors=True)]
         try:
             forwards = tuple(f.allocate() for f in spec.forwards)
+            spec, nic = libvirt_net.reserve_for(self.conn, self.network, spec)
+            undo.append(lambda: libvirt_net.release_for(self.conn, spec.name, nic))
             digest, disk = self._disk(spec, home, undo)
             meta = {"image": str(spec.image.absolute()), "digest": digest,
                     "created": timestamps.now(),
-                    "ports": " ".join(map(str, forwards)), **disk}
+                    "ports": " ".join(map(str, forwards)), **nic, **disk}
             log = None if self.remote else str(home / "console.log")
             xml = domain_xml(spec, DomainHost(
                 domain_type=self.domain_type(), disk=disk, console_log=log,
@@ -327,6 +330,7 @@ class LibvirtDriver(Driver):
         self._call(f"undefine {name}", dom.undefineFlags,
                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        libvirt_net.release_for(self.conn, name, meta)
         shutil.rmtree(self._home(name), ignore_errors=True)
 
     # -- queries ------------------------------------------------------------
@@ -351,7 +355,8 @@ class LibvirtDriver(Driver):
                         image=meta.get("image", ""), pid=pid,
                         ports=tuple(p for p in meta.get("ports", "").split(" ") if p),
                         image_digest=meta.get("digest", ""), created=meta.get("created", ""),
-                        extra={"uri": self.uri, "uuid": dom.UUIDString()})
+                        extra={"uri": self.uri, "uuid": dom.UUIDString(),
+                               **libvirt_net.reported(dom, meta)})
 
     @_translated
     def get(self, name: str) -> Instance:

@@ -18,8 +18,8 @@ if [[ -e /etc/qemu ]]; then
 else
     echo "/etc/qemu absent"
 fi
-# Persistent domains and storage pools a test defined and did not undefine.
-for d in /etc/libvirt/qemu /etc/libvirt/storage; do
+# Persistent domains, networks and storage pools a test defined and did not undefine.
+for d in /etc/libvirt/qemu /etc/libvirt/qemu/networks /etc/libvirt/storage; do
     [[ ! -d $d ]] || find "$d" -maxdepth 1 -name '*.xml' -printf 'libvirt definition %p\n' | sort
 done
 
@@ -30,7 +30,7 @@ ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print "link " $2}' | sort
 # container inits never do. grep finds nothing on an idle host; under pipefail that must not
 # end the snapshot.
 ps -eo stat=,comm= | awk '$1 !~ /^Z/ {print $2}' |
-    { grep -E '^(qemu-system-|libvirtd$|virtlogd$|vcsim$)' || true; } | sort | uniq -c |
+    { grep -E '^(qemu-system-|libvirtd$|virtlogd$|vcsim$|dnsmasq$)' || true; } | sort | uniq -c |
     awk '{print "process " $2 " x" $1}'
 echo "moto_server processes: $(pgrep -fc 'moto[._]server' || true)"
 for d in /run/pycapstan-libvirtd /tmp/govcsim-*; do

@@ -7,8 +7,10 @@ host (unless ``keep_going``). ``down`` removes what ``up`` made. The instances o
 fleet on one host share a private network (on QEMU a loopback multicast segment: no
 root, bridge or daemon) and learn their own and their dependencies' names and
 addresses from their environment; a dependency on another host is given as that
-host's address and the instance's forwarded port. A host that cannot be reached is
-reported once and does not hide the others.
+host's address and the instance's forwarded port, or the address its driver reports
+(an instance on a libvirt network). The record keeps what each dependent was given:
+when a dependency is reached elsewhere now, ``up`` re-creates the dependent. A host that
+cannot be reached is reported once and does not hide the others.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from capstan.core.config import Config
 from capstan.core.errors import CapstanError, Conflict, InputError, NotFound
 from capstan.drivers.base import Driver, Instance
-from capstan.services.fleet import state
+from capstan.services.fleet import reach, state
 from capstan.services.fleet.hosts import LOCAL, HostSet, HostUnreachable, place
 from capstan.services.fleet.parse import Fleet
 from capstan.services.fleet.plan import Action, Member, build_spec, decide, plan
@@ -60,11 +62,12 @@ class _Run:
     timeout: float = 30
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def remember(self, m: Member, driver: Driver) -> None:
-        """Record that *m* runs on its host."""
+    def remember(self, m: Member, driver: Driver, reach: str = "") -> None:
+        """Record that *m* runs on its host, given its remote dependencies at *reach*."""
         with self.lock:
             self.record.instances[m.name] = {"service": m.service.name, "digest": m.digest,
-                                             "driver": driver.name, "host": m.host}
+                                             "driver": driver.name, "host": m.host,
+                                             **({"reach": reach} if m.remote else {})}
 
     def forget(self, name: str) -> None:
         """Record that *name* is gone."""
@@ -128,12 +131,12 @@ def up(config: Config, fleet: Fleet, options: UpOptions = UpOptions()) -> list[O
         record = state.load(config, fleet)
         members = plan(config, fleet, hosts=hosts,
                        placement=placement(hosts, fleet, record, probe=True))
-        actions, removals = _decide_all(hosts, fleet, record, members)
+        actions, removals, notes = _decide_all(hosts, fleet, record, members)
         if options.dry_run:
             return ([Outcome(n, record.instances[n]["service"], Action.REMOVE, "planned",
                              host=record.host(n)) for n in removals]
                     + [Outcome(m.name, m.service.name, actions[m.name], "planned",
-                               host=m.host) for m in members])
+                               notes.get(m.name, ""), host=m.host) for m in members])
         run = _Run(config, fleet, hosts, record, options.jobs, options.timeout)
         outcomes = _remove(run, removals)
         outcomes += _launch(run, members, actions, options.keep_going)
@@ -154,13 +157,15 @@ def _check_private(fleet: Fleet, hosts: HostSet) -> None:
                              "network; set private_network: false")
 
 
-def _decide_all(hosts: HostSet, fleet: Fleet, record: state.Record,
-                members: Sequence[Member]) -> tuple[dict[str, Action], list[str]]:
-    """Each member's action, and the recorded instances to remove first (those no
-    longer in the file, and those moved to another host)."""
+def _decide_all(hosts: HostSet, fleet: Fleet, record: state.Record, members: Sequence[Member]
+                ) -> tuple[dict[str, Action], list[str], dict[str, str]]:
+    """Each member's action, the recorded instances to remove first (those no longer in
+    the file, and those moved to another host), and notes on the actions."""
     wanted = {m.name for m in members}
     removals = [n for n in record.instances if n not in wanted]
     actions: dict[str, Action] = {}
+    notes: dict[str, str] = {}
+    by_name = {m.name: m for m in members}
     for m in members:
         recorded = record.instances.get(m.name)
         if recorded is not None and record.host(m.name) != m.host:
@@ -171,7 +176,29 @@ def _decide_all(hosts: HostSet, fleet: Fleet, record: state.Record,
             raise Conflict(f"instance {m.name} exists on host {m.host} but is not part of "
                            f"fleet {fleet.name}: delete it or rename the fleet")
         actions[m.name] = decide(inst, recorded["digest"] if recorded else None, m)
-    return actions, removals
+        if recorded is not None and m.remote and actions[m.name] in _KEPT:
+            actions[m.name], notes[m.name] = _recheck(hosts, m, by_name, actions,
+                                                      recorded.get("reach"))
+    return actions, removals, notes
+
+
+_KEPT = (Action.KEEP, Action.START)
+_MOVED = "a dependency is reached elsewhere now"
+
+
+def _recheck(hosts: HostSet, m: Member, by_name: Mapping[str, Member],
+             actions: Mapping[str, Action], given: str | None) -> tuple[Action, str]:
+    """RECREATE for *m* (kept or started otherwise) when its remote dependencies are
+    reached elsewhere than it was *given*; one that ``up`` makes first is checked when
+    it runs."""
+    moving = [n for n in m.remote if actions[n] not in _KEPT]
+    if moving:
+        return actions[m.name], f"re-created if {moving[0]} is reached elsewhere"
+    try:
+        now = reach.given(m, reach.reachable(hosts, [by_name[n] for n in m.remote]))
+    except CapstanError:
+        return actions[m.name], ""  # its launch reports it
+    return (Action.RECREATE, _MOVED) if now != given else (actions[m.name], "")
 
 
 def _delete(driver: Driver, name: str, timeout: float) -> None:
@@ -210,55 +237,38 @@ def _launch(run: _Run, members: Sequence[Member], actions: Mapping[str, Action],
                 if outcome.result == "failed":
                     failed.add(outcome.service)
     if failed and not keep_going:
-        _roll_back(run, members, actions, results)
+        _roll_back(run, members, results)
     return [results[m.name] for m in members]
 
 
 def _one(run: _Run, m: Member, action: Action, by_name: Mapping[str, Member]) -> Outcome:
     """Carry out *action* on *m* on its host."""
+    detail = ""
     try:
         driver = run.hosts.driver(m.host, m.service.driver)
+        found = reach.reachable(run.hosts, [by_name[n] for n in m.remote])
+        given = reach.given(m, found)
+        if m.remote and action in _KEPT and \
+                given != run.record.instances.get(m.name, {}).get("reach"):
+            action, detail = Action.RECREATE, _MOVED
         if action in (Action.CREATE, Action.RECREATE):
             if action is Action.RECREATE:
                 _delete(driver, m.name, run.timeout)
                 run.forget(m.name)
-            spec = m.spec
-            if m.remote:
-                spec = build_spec(run.config, run.fleet, m,
-                                  _reachable(run.hosts, [by_name[n] for n in m.remote]))
-            create_instance(driver, spec)
+            create_instance(driver, build_spec(run.config, run.fleet, m, found)
+                            if m.remote else m.spec)
         if action is not Action.KEEP:
             driver.start(m.name)
-        run.remember(m, driver)
-        return Outcome(m.name, m.service.name, action, "ok", host=m.host)
+        run.remember(m, driver, given)
+        return Outcome(m.name, m.service.name, action, "ok", detail, host=m.host)
     except CapstanError as err:
         return Outcome(m.name, m.service.name, action, "failed",
                        run.hosts.scrub(m.host, str(err)), err.exit_code, m.host)
 
 
-def _reachable(hosts: HostSet, deps: Iterable[Member]) -> dict[str, str]:
-    """Where instances on another host reach each of *deps*: its host's address and
-    its first forwarded port (``ADDR:PORT``), or the host's address alone."""
-    found: dict[str, str] = {}
-    for dep in deps:
-        try:
-            inst = hosts.driver(dep.host, dep.service.driver).get(dep.name)
-        except CapstanError:
-            continue  # not there (its own outcome says why): an empty address
-        base = hosts.reach_address(dep.host)
-        if not inst.ports:
-            found[dep.name] = str(inst.extra.get("address") or base)
-            continue
-        bound, port = inst.ports[0].split("->", 1)[0].rsplit(":", 1)
-        local = bound in ("0.0.0.0", "::", "") or bound.startswith("127.")
-        found[dep.name] = f"{base if local else bound}:{port}"
-    return found
-
-
-def _roll_back(run: _Run, members: Sequence[Member], actions: Mapping[str, Action],
-               results: dict[str, Outcome]) -> None:
+def _roll_back(run: _Run, members: Sequence[Member], results: dict[str, Outcome]) -> None:
     """Delete what this ``up`` created, on every host; what was there stays as it was."""
-    made = [m for m in members if actions[m.name] in (Action.CREATE, Action.RECREATE)
+    made = [m for m in members if results[m.name].action in (Action.CREATE, Action.RECREATE)
             and results[m.name].result in ("ok", "failed")]
 
     def undo(m: Member) -> None:
@@ -268,12 +278,13 @@ def _roll_back(run: _Run, members: Sequence[Member], actions: Mapping[str, Actio
             pass
         except CapstanError as err:
             detail = run.hosts.scrub(m.host, f"{results[m.name].detail}; rollback failed: {err}")
-            results[m.name] = Outcome(m.name, m.service.name, actions[m.name], "failed",
+            results[m.name] = Outcome(m.name, m.service.name, results[m.name].action, "failed",
                                       detail, 69, m.host)
             return
         run.forget(m.name)
         if results[m.name].result == "ok":
-            results[m.name] = Outcome(m.name, m.service.name, actions[m.name], "rolled back",
+            results[m.name] = Outcome(m.name, m.service.name, results[m.name].action,
+                                      "rolled back",
                                       "another instance failed", host=m.host)
 
     with ThreadPoolExecutor(max_workers=run.jobs) as pool:
