@@ -138,7 +138,10 @@ class CapstanApp(App):
             factory, name, sub_argv = self.command_manager.find_command(argv)
         except ValueError:
             return self._unknown(argv)
-        cmd = factory(self, self.options, cmd_name=name)
+        # Named at construction, a cliff command scans every installed distribution's
+        # entry points for hooks (``capstan.cli.<name>``); pycapstan registers none.
+        cmd = factory(self, self.options)
+        cmd.cmd_name = name
         # cliff's epilog names the plugin distribution of a command, scanning every
         # installed distribution (~60 ms); ours are all pycapstan's own.
         cmd.get_epilog = lambda: cmd._epilog or ""  # type: ignore[method-assign]

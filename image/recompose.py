@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from capstan.core.errors import LocalIOError
-from capstan.core.fs import atomic_write, lock, private_dir, sweep, temp_path, write_error
+from capstan.core.fs import atomic_write, held, private_dir, sweep, temp_path, write_error
 from capstan.image.rofs import FileEntry, Reuse
 
 LOG = logging.getLogger(__name__)
@@ -103,27 +103,25 @@ class OutputCache:
     def __init__(self, root: Path, output: Path, layout: Sequence[Any]) -> None:
         self.output = output.absolute()
         self.layout = list(layout)
+        self.root = root
         self.dir = state_dir(root, output)
-        digest = self.dir.name
         private_dir(self.dir.parent)
-        self._lock = lock(root, "compose", digest)
+        self._lock = contextlib.ExitStack()
         self.tmp: Path | None = None
         self.spare: dict[str, Any] | None = None
         self.before: dict[int, Fingerprint] = {}
         self.written: tuple[int, int] | None = None  # (device, inode) of the image we wrote
 
     def __enter__(self) -> OutputCache:
-        self._lock.acquire()
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(held(self.root, "compose", self.dir.name))
             private_dir(self.dir)
             sweep(self.dir)
-        except BaseException:
-            self._lock.release()
-            raise
+            self._lock = stack.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+        self._lock.close()
 
     def _load(self, name: str) -> dict[str, Any] | None:
         try:

@@ -11,8 +11,8 @@ exchange with the one they replace). Locks live in ``$CAPSTAN_ROOT/locks``
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import fcntl
 import hashlib
 import os
 import secrets
@@ -20,14 +20,16 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
-
-from filelock import FileLock
+from typing import TYPE_CHECKING, BinaryIO
 
 from capstan.core import pids
 from capstan.core.errors import ImageError, LocalIOError
 
-__all__ = ["TEMP_PREFIX", "atomic_output", "atomic_write", "exchange", "lock", "open_regular",
+if TYPE_CHECKING:
+    from filelock import FileLock
+
+__all__ = ["TEMP_PREFIX", "atomic_output", "atomic_write", "exchange", "held", "lock",
+           "open_regular",
            "owner_alive", "private_dir", "process_token", "publish_dir", "read_from", "sha256_of",
            "sweep", "temp_dir", "temp_path", "write_error"]
 
@@ -106,6 +108,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def exchange(a: Path, b: Path) -> None:
     """Swap *a* and *b* atomically (both must exist; Linux ``renameat2``)."""
+    import ctypes  # only here: ~1 ms of every start-up otherwise
+
     libc = ctypes.CDLL(None, use_errno=True)
     at_fdcwd = -100
     if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
@@ -170,13 +174,43 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def _lock_path(root: Path, kind: str, name: str) -> Path:
+    folder = private_dir(root / "locks")
+    key = name.replace("%", "%25").replace("/", "%2F")
+    return folder / f"{kind}.{key}.lock"
+
+
 def lock(root: Path, kind: str, name: str, poll_interval: float = 0.05) -> FileLock:
     """The lock of *name* among *kind* (``image``, ``package``, ...), kept in
     ``<root>/locks`` (0700). Names may hold ``/``, which the file name encodes."""
-    folder = private_dir(root / "locks")
-    key = name.replace("%", "%25").replace("/", "%2F")
-    return FileLock(str(folder / f"{kind}.{key}.lock"), mode=0o600,
+    from filelock import FileLock  # only where a lock is taken: ~10 ms to import
+
+    return FileLock(str(_lock_path(root, kind, name)), mode=0o600,
                     poll_interval=poll_interval)
+
+
+@contextlib.contextmanager
+def held(root: Path, kind: str, name: str, *, wait: bool = True) -> Iterator[bool]:
+    """The lock :func:`lock` gives, held for the block (True), as a plain ``flock`` of the
+    same file, which excludes filelock's: for the compose path, whose start-up filelock's
+    import would lengthen. With *wait* False a lock held elsewhere is not waited for: the
+    block gets False (and holds nothing)."""
+    path = _lock_path(root, kind, name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise write_error(path, err) from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            got = True
+        except BlockingIOError:
+            got = False
+        except OSError as err:
+            raise write_error(path, err) from err
+        yield got
+    finally:
+        os.close(fd)
 
 
 def open_regular(path: Path) -> BinaryIO:

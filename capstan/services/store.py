@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from filelock import FileLock
+from typing import TYPE_CHECKING, Any
 
 from capstan.core import timestamps
 from capstan.core.errors import NotFound, UsageError
 from capstan.core.fs import atomic_write, lock, sha256_of
 from capstan.core.names import check_name
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 __all__ = ["KERNEL_ENTRY", "LocalRepository", "merged_index"]
 
