@@ -7,6 +7,7 @@ symlink targets are always measured in bytes, so non-ASCII names work.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -15,7 +16,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from capstan.core.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
-from capstan.image.sources import Contents, Extent, Span, copy_span, open_host
+from capstan.image.sources import (
+    Contents,
+    Extent,
+    Span,
+    copy_span,
+    data_spans,
+    open_host,
+    zero_range,
+)
 
 __all__ = [
     "BLOCK",
@@ -202,7 +211,7 @@ class RofsPlan:
                 if reuse is not None and entry.size % BLOCK:
                     out.seek(base + offset + entry.size)
                     out.write(bytes(-entry.size % BLOCK))
-                _copy_content(entry, out, base + offset, reader)
+                _copy_content(entry, out, base + offset, reader, reuse is None)
         out.flush()
         return RofsLayout(
             size=self.size, data_blocks=self.block - 1, inodes=len(self.inodes),
@@ -222,9 +231,12 @@ class RofsPlan:
         out.write(superblock + bytes(BLOCK - len(superblock)))
 
 
-def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents) -> None:
+def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents,
+                  fresh: bool = True) -> None:
     """Write *entry*'s bytes at *offset*; a read error names the source, a write error
-    (an OSError) is left to the caller, which names the output."""
+    (an OSError) is left to the caller, which names the output. Only the data of a host
+    file with holes is copied: its holes are left unwritten when *out* is *fresh* (it reads
+    zero wherever nothing was written), else made zero."""
     extent = entry.extent
     if entry.source is None and (extent is None or extent.gzip):
         out.seek(offset)
@@ -234,12 +246,16 @@ def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents
     path, start = ((entry.source, 0) if entry.source is not None
                    else (extent.path, extent.offset))  # type: ignore[union-attr]
     with open_host(path) as src:
-        written = copy_span(src, out, offset, Span(path, start, entry.size))
-        try:
-            grew = entry.source is not None and src.read(1)
-        except OSError as err:
-            raise LocalIOError(f"cannot read {path}: {err.strerror}") from err
-    if written != entry.size or grew:
+        spans = data_spans(src.fileno(), start, entry.size)
+        first = next(spans, None)  # None: all of it is a hole
+        if first != (start, entry.size) and not fresh:
+            out.flush()
+            zero_range(out.fileno(), offset, entry.size)
+        for at, length in itertools.chain((first,) if first else (), spans):
+            if copy_span(src, out, offset + at - start, Span(path, at, length)) != length:
+                raise LocalIOError(f"{path}: file changed while composing")
+        held = os.fstat(src.fileno()).st_size
+    if held < start + entry.size or (entry.source is not None and held != entry.size):
         raise LocalIOError(f"{path}: file changed while composing")
 
 

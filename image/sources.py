@@ -24,7 +24,8 @@ from capstan.core.limits import CappedReader, expansion_limit
 if TYPE_CHECKING:
     from capstan.image.rofs import FileEntry
 
-__all__ = ["Contents", "Extent", "Span", "copy_span", "open_host", "special_kind"]
+__all__ = ["Contents", "Extent", "Span", "copy_span", "data_spans", "open_host", "special_kind",
+           "zero_range"]
 
 _CHUNK = 1 << 20
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
@@ -182,3 +183,51 @@ def copy_span(src: BinaryIO, out: BinaryIO, offset: int, span: Span) -> int:
         out.flush()
     src.seek(start + done)
     return done
+
+
+def data_spans(fd: int, start: int, size: int) -> Iterator[tuple[int, int]]:
+    """The (offset, length) ranges of ``[start, start + size)`` of file *fd* that hold data
+    (``SEEK_DATA``/``SEEK_HOLE``), in order; the rest reads as zeros, or lies past the end
+    of a file that shrank. The whole range, first, for a file without holes there (or when
+    the filesystem cannot tell)."""
+    end = start + size
+    try:
+        dense = size == 0 or os.lseek(fd, start, os.SEEK_HOLE) >= end  # one call, usually
+    except OSError:  # no SEEK_HOLE here, or *start* is past the end (it shrank)
+        dense = True
+    if dense:
+        yield start, size
+        return
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+        except OSError as err:
+            if err.errno != errno.ENXIO:  # cannot tell: the rest is read as it is
+                yield pos, end - pos
+            return  # ENXIO: no data past pos, a hole up to the end
+        if data >= end:
+            return
+        yield data, min(hole, end) - data
+        pos = hole
+
+
+_PUNCH_HOLE = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_ZEROS = bytes(_CHUNK)
+
+
+def zero_range(fd: int, offset: int, length: int) -> None:
+    """Make *length* bytes of file *fd* from *offset* read as zeros: a hole punched where
+    the filesystem can (the bytes then take no space), zeros written elsewhere."""
+    if length <= 0:
+        return
+    import ctypes  # only here: rewriting a file that has holes in a recomposed image
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, _PUNCH_HOLE, offset, length) == 0:
+        return
+    end = offset + length
+    while offset < end:
+        offset += os.pwrite(fd, memoryview(_ZEROS)[:min(_CHUNK, end - offset)], offset)
