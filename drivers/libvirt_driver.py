@@ -47,6 +47,7 @@ from capstan.drivers.base import (
     Status,
 )
 from capstan.drivers.libvirt_console import relay
+from capstan.drivers.libvirt_pool import Pool, call, send
 from capstan.drivers.libvirt_xml import NS, DomainHost, domain_xml
 from capstan.drivers.qemu.accel import QEMU_ACCEL
 
@@ -54,7 +55,6 @@ LOG = logging.getLogger(__name__)
 
 __all__ = ["NS", "DomainHost", "LibvirtDriver", "domain_xml"]
 
-_CHUNK = 1 << 20
 T = TypeVar("T")
 
 
@@ -137,12 +137,7 @@ class LibvirtDriver(Driver):
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """*fn(*args)*, with libvirt's errors as BackendError naming *what*."""
-        import libvirt
-
-        try:
-            return fn(*args)
-        except libvirt.libvirtError as err:
-            raise BackendError(f"libvirt: {what}: {err.get_error_message()}") from err
+        return call(what, fn, *args)
 
     def _domain(self, name: str) -> Any:
         import libvirt
@@ -239,51 +234,9 @@ class LibvirtDriver(Driver):
             return overlay.digest, {"file": str(overlay.path)}
         flat = self.disks.prepare(spec, home / "upload.qcow2", DiskForm(standalone=True))
         volume = f"{spec.name}.qcow2"
-        self._upload(flat.path, volume, undo)
+        Pool(self.conn, self.uri, self.pool).upload(flat.path, volume, undo)
         flat.path.unlink()
         return flat.digest, {"pool": self.pool, "volume": volume}
-
-    def _upload(self, source: Path, volume: str, undo: list[Callable[[], None]]) -> None:
-        """Create *volume* in the pool and send *source* through a libvirt stream."""
-        import libvirt
-
-        try:
-            pool = self.conn.storagePoolLookupByName(self.pool)
-        except libvirt.libvirtError as err:
-            raise NotFound(f"no storage pool '{self.pool}' at {self.uri}: create it (virsh "
-                           f"pool-define-as {self.pool} dir --target /var/lib/libvirt/images; "
-                           f"virsh pool-start {self.pool})") from err
-        size = source.stat().st_size
-        vol_xml = ET.Element("volume")
-        ET.SubElement(vol_xml, "name").text = volume
-        ET.SubElement(vol_xml, "capacity", unit="bytes").text = str(size)
-        ET.SubElement(ET.SubElement(vol_xml, "target"), "format", type="raw")
-        vol = self._call(f"create volume {volume} in pool {self.pool}", pool.createXML,
-                         ET.tostring(vol_xml, encoding="unicode"), 0)
-        undo.append(vol.delete)
-        stream = self.conn.newStream(0)
-        self._call(f"upload to {volume}", vol.upload, stream, 0, size, 0)
-        from capstan.remotes.download import progress_bar
-
-        progress = progress_bar(size, f"uploading {volume}")
-        with open(source, "rb") as f:
-            try:
-                while chunk := f.read(_CHUNK):
-                    self._send(stream, chunk)
-                    progress(len(chunk))
-                self._call(f"finish upload to {volume}", stream.finish)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    stream.abort()
-                raise
-            finally:
-                progress(0, done=True)
-
-    def _send(self, stream: Any, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while view:
-            sent = self._call("upload", stream.send, bytes(view))
-            view = view[sent:]
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -324,9 +277,7 @@ class LibvirtDriver(Driver):
         dom = self._domain(name)
         meta = self._meta(dom) or {}
         if meta.get("pool"):
-            with contextlib.suppress(libvirt.libvirtError):
-                pool = self.conn.storagePoolLookupByName(meta["pool"])
-                pool.storageVolLookupByName(meta["volume"]).delete(0)
+            Pool(self.conn, self.uri, meta["pool"]).delete(meta["volume"])
         self._call(f"undefine {name}", dom.undefineFlags,
                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
@@ -392,7 +343,7 @@ class LibvirtDriver(Driver):
         stream = self.conn.newStream(0)
         self._call(f"console of {name}", dom.openConsole, None, stream,
                    libvirt.VIR_DOMAIN_CONSOLE_FORCE)
-        relay(stream, stdin, stdout, escape, functools.partial(self._send, stream))
+        relay(stream, stdin, stdout, escape, functools.partial(send, stream))
 
 
 def _qemu_pid(name: str) -> int | None:
