@@ -19,6 +19,10 @@ composing"), and a source changed within the last :data:`RACY_NS` is never trust
 unchanged later (timestamps are coarser than writes), so it is always copied again.
 Records of an earlier boot are ignored: images are not synced, so a crash may have kept
 their new timestamps without their new bytes.
+
+Spares are bounded: after each compose, the state of an output that no longer exists is
+removed, and so is all but that of the :data:`KEEP` outputs composed last; a state another
+compose holds (its lock) is left for later.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import stat
 import time
 from collections.abc import Iterator, Sequence
@@ -41,10 +47,14 @@ from capstan.image.rofs import FileEntry, Reuse
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["RACY_NS", "OutputCache", "fingerprint", "state_dir"]
+__all__ = ["KEEP", "RACY_NS", "OutputCache", "fingerprint", "state_dir"]
 _OURS_AND_OUTPUT = 2  # links of a kept image: the output's and ours
 
 RACY_NS = 2_000_000_000
+#: outputs whose recompose state (and spare: a whole image) is kept, the last composed
+KEEP = 8
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+_PATH_MAX = 4096
 _VERSION = 1
 _NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 Fingerprint = list[Any] | None
@@ -208,6 +218,7 @@ class OutputCache:
         except OSError as err:
             tmp.unlink(missing_ok=True)
             raise write_error(self.output, err) from err
+        collect_garbage(self.root, self.dir.name)
 
     def _swap(self, tmp: Path, record: dict[str, Any]) -> None:
         current = self._load("current.json")
@@ -215,7 +226,7 @@ class OutputCache:
         os.replace(tmp, self.output)
         try:
             self._record(kept, current, record)
-        except OSError as err:  # the output is written: the state is only forgotten
+        except (OSError, LocalIOError) as err:  # the output is written: the state is forgotten
             LOG.warning("forgetting the recompose state of %s: %s", self.output, err)
             for name in ("spare.json", "current.json"):
                 with contextlib.suppress(OSError):
@@ -224,7 +235,9 @@ class OutputCache:
     def _record(self, kept: Path | None, current: dict[str, Any] | None,
                 record: dict[str, Any]) -> None:
         """Keep *kept* (the output's previous image, *current*) as the spare, and *record*
-        the new output."""
+        the new output (and its path, for :func:`collect_garbage`)."""
+        if not (self.dir / "output").exists():
+            atomic_write(self.dir / "output", os.fsencode(self.output), 0o600)
         st = os.lstat(self.output)  # None: another compose renamed its image over ours
         record["image"] = _identity(st) if (st.st_dev, st.st_ino) == self.written else None
         (self.dir / "spare.json").unlink(missing_ok=True)
@@ -256,3 +269,53 @@ class OutputCache:
             return kept  # the same inode, unwritten (linking changed only its ctime)
         kept.unlink()
         return None
+
+
+def collect_garbage(root: Path, keep: str) -> None:
+    """Remove the recompose state of outputs that no longer exist, and all but the
+    :data:`KEEP` most recently composed (the state named *keep*, the caller's, counts as one
+    and stays); a state whose lock someone holds is left alone."""
+    folder = root / "cache" / "compose"
+    try:
+        states = [Path(e.path) for e in os.scandir(folder) if e.name != keep
+                  and _DIGEST.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    states.sort(key=_last_composed, reverse=True)
+    for n, state in enumerate(states):
+        with contextlib.suppress(LocalIOError), \
+                held(root, "compose", state.name, wait=False) as got:
+            if got and (n >= KEEP - 1 or _output_gone(state)):
+                shutil.rmtree(state, ignore_errors=True)
+
+
+def _last_composed(state: Path) -> int:
+    try:
+        return (state / "current.json").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _recorded_output(state: Path) -> bytes:
+    """The output path *state* records; empty when unknown (a record that is no regular
+    file, say a FIFO or a link, is not read)."""
+    try:
+        fd = os.open(state / "output", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    with os.fdopen(fd, "rb") as f:
+        return f.read(_PATH_MAX) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+
+
+def _output_gone(state: Path) -> bool:
+    """Whether the output *state* records no longer exists (False when it is not known)."""
+    output = _recorded_output(state)
+    if not output or b"\0" in output:
+        return False
+    try:
+        os.lstat(output)
+        return False
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
