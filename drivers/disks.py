@@ -17,12 +17,15 @@ __all__ = ["OVERLAY", "UPLOAD", "DiskDelta", "DiskFacts", "DiskForm", "DiskInfo"
 class DiskForm:
     """The disk a driver boots: *format* with qemu-img ``-o`` *options*. A qcow2 disk
     that is not *standalone* is an overlay on the image; with *reuse_image* the image
-    itself serves when there is no command line to write (an upload of its bytes)."""
+    itself serves when there is no command line to write (an upload of its bytes).
+    An overlay with *backing* names that absolute path (a qcow2 copy of the image on
+    the host that runs the disk) as its backing file instead of the image."""
 
     format: str = "qcow2"
     options: tuple[str, ...] = ()
     standalone: bool = False
     reuse_image: bool = False
+    backing: str | None = None
 
 
 #: a qcow2 overlay on the image, the run's command line written into it

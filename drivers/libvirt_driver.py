@@ -36,7 +36,6 @@ from capstan.core.errors import (
 from capstan.drivers import libvirt_net
 from capstan.drivers.base import (
     Capability,
-    DiskForm,
     DiskPreparer,
     Driver,
     Finding,
@@ -47,7 +46,7 @@ from capstan.drivers.base import (
     Status,
 )
 from capstan.drivers.libvirt_console import relay
-from capstan.drivers.libvirt_pool import Pool, call, send
+from capstan.drivers.libvirt_pool import Pool, call, metadata, send
 from capstan.drivers.libvirt_xml import NS, DomainHost, domain_xml
 from capstan.drivers.qemu.accel import QEMU_ACCEL
 
@@ -154,13 +153,7 @@ class LibvirtDriver(Driver):
 
     @staticmethod
     def _meta(dom: Any) -> dict[str, str] | None:
-        import libvirt
-
-        try:
-            text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS)
-        except libvirt.libvirtError:
-            return None
-        return {child.tag.split("}")[-1]: child.text or "" for child in ET.fromstring(text)}
+        return metadata(dom)
 
     def _home(self, name: str) -> Path:
         return self.config.instances / "libvirt" / name
@@ -201,11 +194,12 @@ class LibvirtDriver(Driver):
             raise Conflict(f"{home} exists: delete instance {spec.name} first")
         home.mkdir(parents=True)
         undo: list[Callable[[], None]] = [lambda: shutil.rmtree(home, ignore_errors=True)]
+        held = contextlib.ExitStack()  # a pooled disk's base, locked until defined
         try:
             forwards = tuple(f.allocate() for f in spec.forwards)
             spec, nic = libvirt_net.reserve_for(self.conn, self.network, spec)
             undo.append(lambda: libvirt_net.release_for(self.conn, spec.name, nic))
-            digest, disk = self._disk(spec, home, undo)
+            digest, disk = self._disk(spec, home, undo, held)
             meta = {"image": str(spec.image.absolute()), "digest": digest,
                     "created": timestamps.now(),
                     "ports": " ".join(map(str, forwards)), **nic, **disk}
@@ -219,12 +213,14 @@ class LibvirtDriver(Driver):
                 with contextlib.suppress(Exception):
                     step()
             raise
+        finally:
+            held.close()
         return self._instance(dom)
 
-    def _disk(self, spec: InstanceSpec, home: Path,
-              undo: list[Callable[[], None]]) -> tuple[str, dict[str, str]]:
-        """The image's digest, and the domain's disk: an overlay in *home*, or a
-        standalone qcow2 sent to the storage pool."""
+    def _disk(self, spec: InstanceSpec, home: Path, undo: list[Callable[[], None]],
+              held: contextlib.ExitStack) -> tuple[str, dict[str, str]]:
+        """The image's digest, and the domain's disk: an overlay in *home*, or an
+        overlay volume on the image's base volume in the storage pool."""
         if not self.pool:
             if self.remote:
                 raise ConfigError(f"a remote URI ({self.uri}) needs a storage pool: set "
@@ -232,11 +228,8 @@ class LibvirtDriver(Driver):
             overlay = self.disks.prepare(spec, home / "disk.qcow2")
             _make_reachable(home, self.config.root)
             return overlay.digest, {"file": str(overlay.path)}
-        flat = self.disks.prepare(spec, home / "upload.qcow2", DiskForm(standalone=True))
-        volume = f"{spec.name}.qcow2"
-        Pool(self.conn, self.uri, self.pool).upload(flat.path, volume, undo)
-        flat.path.unlink()
-        return flat.digest, {"pool": self.pool, "volume": volume}
+        pool = Pool(self.conn, self.uri, self.pool, self.disks)
+        return pool.instance_disk(spec, home, undo, held)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -276,12 +269,12 @@ class LibvirtDriver(Driver):
         self.stop(name)
         dom = self._domain(name)
         meta = self._meta(dom) or {}
-        if meta.get("pool"):
-            Pool(self.conn, self.uri, meta["pool"]).delete(meta["volume"])
         self._call(f"undefine {name}", dom.undefineFlags,
                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         libvirt_net.release_for(self.conn, name, meta)
+        if meta.get("pool"):
+            Pool(self.conn, self.uri, meta["pool"]).discard(name, meta.get("base", ""))
         shutil.rmtree(self._home(name), ignore_errors=True)
 
     # -- queries ------------------------------------------------------------

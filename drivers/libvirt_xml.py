@@ -14,12 +14,14 @@ __all__ = ["NS", "QEMU_NS", "DomainHost", "domain_xml"]
 
 NS = "https://pycapstan.dev/xmlns/instance/1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+_SOURCE_KEYS = ("file", "pool", "volume")
 
 
 @dataclass(frozen=True)
 class DomainHost:
     """How the host runs a domain: the libvirt *domain_type*, the *disk*
-    (``{"file": PATH}`` or ``{"pool": P, "volume": V}``), the *console_log* file, the
+    (``{"file": PATH}`` or ``{"pool": P, "volume": V}``, with ``"backing"``: the path of
+    its qcow2 backing file on the host), the *console_log* file, the
     *network* (``""``: user mode, *forwards* through QEMU's own ``hostfwd``;
     ``network:NAME`` or ``bridge:NAME``) and our *meta* data."""
 
@@ -98,5 +100,10 @@ def _disk(devices: ET.Element, source: dict[str, str], fmt: str, target: str,
     kind = "volume" if "pool" in source else "file"
     disk = ET.SubElement(devices, "disk", type=kind, device="disk")
     ET.SubElement(disk, "driver", name="qemu", type=fmt, cache=cache)
-    ET.SubElement(disk, "source", source)
+    ET.SubElement(disk, "source", {k: v for k, v in source.items() if k in _SOURCE_KEYS})
+    if "backing" in source:  # the chain, stated: libvirt and QEMU probe nothing
+        store = ET.SubElement(disk, "backingStore", type="file")
+        ET.SubElement(store, "format", type="qcow2")
+        ET.SubElement(store, "source", file=source["backing"])
+        ET.SubElement(store, "backingStore")
     ET.SubElement(disk, "target", dev=target, bus="virtio")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from capstan.core import proc
 from capstan.core.config import Config
-from capstan.core.errors import ImageError, LocalIOError
+from capstan.core.errors import ImageError, InputError, LocalIOError
 from capstan.core.fs import atomic_write, sha256_of
 from capstan.drivers.base import (
     OVERLAY,
@@ -37,6 +37,7 @@ __all__ = ["ImageFacts", "LocalDisks", "changed_blocks", "image_facts", "make_ov
 
 _MAX_ENTRIES = 256
 _MAX_OVERLAYS = 64
+_MAX_BACKING = 1023  # the longest backing file name a qcow2 header holds
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,16 @@ def make_overlay(root: Path, image: Path, cmdline: str | None, disk: Path) -> Im
     return facts
 
 
+def _rebase(overlay: Path, backing: str) -> None:
+    """Point *overlay*'s header at *backing*, a qcow2 file on another host: nothing is
+    read through it here (``qemu-img rebase -u`` opens no backing file)."""
+    if not (backing.startswith("/") and backing.isprintable()
+            and len(backing.encode()) <= _MAX_BACKING):
+        raise InputError(f"not a usable backing file path: {ascii(backing)[:72]}")
+    proc.run(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-b", backing, "-F", "qcow2",
+              str(overlay)])
+
+
 class LocalDisks:
     """The :class:`~capstan.drivers.base.DiskPreparer` of the repository at *root*."""
 
@@ -170,7 +181,10 @@ class LocalDisks:
         if form.reuse_image and spec.cmdline is None:
             return PreparedDisk(spec.image, image_facts(self.root, image).sha256)
         if form.format == "qcow2" and not form.standalone:
-            return PreparedDisk(disk, make_overlay(self.root, image, spec.cmdline, disk).sha256)
+            facts = make_overlay(self.root, image, spec.cmdline, disk)
+            if form.backing is not None:
+                _rebase(disk, form.backing)
+            return PreparedDisk(disk, facts.sha256)
         overlay = disk.with_name(f".{disk.name}.overlay.qcow2")
         try:
             facts = make_overlay(self.root, image, spec.cmdline, overlay)
