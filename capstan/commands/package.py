@@ -176,18 +176,21 @@ class PackageCompose(ShowOne):
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         from capstan.core.errors import UsageError
         from capstan.core.sizes import parse_size
-        from capstan.services.imagefile import disk_format
         from capstan.services.images import PackageOptions, compose_package
 
         a = parsed_args
         if (a.name is None) == (a.output is None):
             raise UsageError("give an image name or -o FILE")
+        fmt = None
+        if a.disk_format:  # imagefile (image inspection, drivers) is for this only
+            from capstan.services.imagefile import disk_format
+
+            fmt = disk_format(a.disk_format)
         result, collected = compose_package(
             app_config(self), a.package_dir, name=a.name, output=a.output,
             options=PackageOptions(
                 loader=a.loader, execute=a.execute, boots=tuple(a.boot), envs=tuple(a.env),
-                size=parse_size(a.size) if a.size != "0" else 0,
-                disk_format=disk_format(a.disk_format) if a.disk_format else None,
+                size=parse_size(a.size) if a.size != "0" else 0, disk_format=fmt,
                 fs=a.fs, require=tuple(a.require), pull_missing=a.pull_missing,
                 s3=self.app.options.s3, update=a.update))
         return (("Image", "Packages", "Command line", "Collisions"),

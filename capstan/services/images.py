@@ -125,14 +125,16 @@ def package_cmdline(run: RunConfig | None, execute: str | None, boots: Sequence[
     only config set), else ``runscript /run/default;``; then ``--env`` as hard
     tokens in front.
     """
-    from capstan.services.instances import env_token
-
     if execute:
         text = execute
     else:
         names = [b.strip() for b in boots if b.strip()] or list(
             run.default_boot() if run else ())
         text = "".join(f"runscript /run/{n};" for n in names) or DEFAULT_BOOT
+    if not envs:  # instances (the drivers' side) is for --env only
+        return text
+    from capstan.services.instances import env_token
+
     return " ".join([*(env_token(e) for e in envs), text])
 
 

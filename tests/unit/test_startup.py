@@ -59,3 +59,24 @@ def test_held_and_filelock_exclude_each_other(tmp_path: Path) -> None:
         assert other.returncode == 3
     with fs.held(tmp_path, "compose", "a/b", wait=False) as got:
         assert got
+
+
+def test_package_compose_loads_neither_drivers_nor_image_inspection(cli, tmp_path: Path
+                                                                   ) -> None:
+    boot = tmp_path / "bootstrap"
+    (boot / "meta").mkdir(parents=True)
+    (boot / "meta" / "package.yaml").write_text("name: osv.bootstrap\ntitle: b\nauthor: t\n")
+    assert cli("package", "import", "-C", boot).code == 0
+    package = tmp_path / "hello"
+    (package / "meta").mkdir(parents=True)
+    (package / "meta" / "package.yaml").write_text("name: hello\ntitle: hello\nauthor: t\n")
+    (package / "hello").write_bytes(b"hello")
+    code = ("import sys\nfrom capstan.shell import main\n"
+            f"assert main(['package', 'compose', '-C', {str(package)!r}, '-l', 'probe-loader',"
+            f" '-o', {str(tmp_path / 'a.qcow2')!r}]) == 0\n"
+            "loaded = {'capstan.services.instances', 'capstan.services.imagefile',"
+            " 'capstan.drivers.base', 'filelock'} & set(sys.modules)\n"
+            "assert not loaded, loaded\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
