@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -293,3 +294,31 @@ def test_instances_made_at_once_share_the_base(aws_env: str, image: Path, capsta
     assert len({aws.load_record(s.name)["ami"] for s in specs}) == 4
     for s in specs:
         aws.delete(s.name)
+
+
+def test_a_fleet_on_an_aws_host_uploads_its_image_once(cli, aws_env: str, image: Path,
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       ) -> None:
+    """``up`` of 3 instances of one image on an AWS host: one base, three children of one
+    block each (every instance has its own FLEET_* command line); ``down`` ends them."""
+    work = tmp_path / "fleet"
+    work.mkdir()
+    image.rename(work / "app.qcow2")
+    (work / "capstan-fleet.yaml").write_text(
+        "name: shop\nprivate_network: false\nhosts:\n  cloud: {driver: aws}\n"
+        "services:\n  web: {image: app.qcow2, count: 3, host: cloud}\n")
+    monkeypatch.chdir(work)
+    calls = record_ebs(monkeypatch)
+    result = cli("up", "-f", "json")
+    assert result.code == 0, result.err + result.out
+    starts = [p.get("ParentSnapshotId") for op, p in calls if op == "StartSnapshot"]
+    assert starts.count(None) == 1 and len(set(starts)) == 2 and len(starts) == 4
+    base = starts[1]
+    children = [p for op, p in calls if op == "PutSnapshotBlock" and p["SnapshotId"] != base]
+    assert [p["BlockIndex"] for p in children] == [0, 0, 0]
+    assert len({p["SnapshotId"] for p in children}) == 3
+    assert sorted(re.search(rb"FLEET_INDEX=(\d)", p["BlockData"])[1]  # type: ignore[index]
+                  for p in children) == [b"1", b"2", b"3"]
+    assert cli("down").code == 0
+    assert json.loads(cli("instances", "-p", "aws", "-f", "json").out) == []

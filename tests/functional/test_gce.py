@@ -259,3 +259,22 @@ def test_help_imports_no_cloud_library() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert "CLOUD []" in done.stdout
+
+
+def test_identical_disks_made_at_once_share_one_upload(fake: FakeCompute, image: Path) -> None:
+    """No block deltas on GCE: each distinct command line is one upload, and instances
+    whose disks are identical share it, also when created in parallel (a fleet's up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from capstan.core.config import load
+    from capstan.drivers.model import InstanceSpec
+    from capstan.services.disks import open_driver
+
+    driver = open_driver("gce", load())
+    specs = [InstanceSpec(f"w{n}", image, cmdline=f"--env=GROUP={n % 2} /hello")
+             for n in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(driver.create, specs))
+    assert len(fake.images) == 2
+    for s in specs:
+        driver.delete(s.name)

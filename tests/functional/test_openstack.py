@@ -207,3 +207,26 @@ def test_children_never_see_the_credentials(cli, cloud: FakeOpenStack, image: Pa
     assert "PATH=" in children  # the wrappers ran
     assert PASSWORD not in children and "OS_" not in children
     assert cli("delete", "-p", "openstack", "env").code == 0
+
+
+def test_identical_disks_made_at_once_share_one_upload(cloud: FakeOpenStack, image: Path,
+                                                       capstan_root: Path) -> None:
+    """No block deltas on Glance: each distinct command line is one upload, and instances
+    whose disks are identical share it, also when created in parallel (a fleet's up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from capstan.core.config import load
+    from capstan.drivers.cloud import CloudDriver
+    from capstan.drivers.model import InstanceSpec
+    from capstan.services.disks import open_driver
+
+    driver = open_driver("openstack", load())
+    assert isinstance(driver, CloudDriver)
+    specs = [InstanceSpec(f"w{n}", image, memory_mib=256, cpus=1,
+                          cmdline=f"--env=GROUP={n % 2} /hello") for n in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(driver.create, specs))
+    assert len(cloud.images) == 2
+    assert len({driver.load_record(s.name)["image"] for s in specs}) == 2
+    for s in specs:
+        driver.delete(s.name)
