@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from capstan.core.errors import BackendError, CapstanError
+from capstan.core.errors import BackendError, CapstanError, NotFound
 from capstan.drivers.aws.ami import BLOCK, AmiStore
 from capstan.drivers.aws.api import TAG
 from capstan.drivers.base import DiskDelta, InstanceSpec, UploadResult
@@ -78,6 +78,7 @@ class ChildAmis(AmiStore):
         with self.upload_lock(digest):
             if existing := self.find_ami(digest):
                 return UploadResult(existing, spec.name, digest, reused=True)
+            self._drop_leftovers(digest)
             ami = self._child(base, delta, spec.name, digest)
         return UploadResult(ami, spec.name, digest, reused=False,
                             bytes_sent=len(delta.blocks) * BLOCK)
@@ -108,6 +109,20 @@ class ChildAmis(AmiStore):
             if isinstance(snap, dict) and (size := _completed_size(snap, digest)):
                 return Base(ami, str(snap["SnapshotId"]), size)
         return None
+
+    def _drop_leftovers(self, digest: str) -> None:
+        """Delete our snapshots tagged *digest*, a child's with no AMI (its run killed
+        between the snapshot and the AMI): unlisted, they could not be removed else."""
+        ec2 = self.client("ec2")
+        found = self._call("describe_snapshots", ec2.describe_snapshots, OwnerIds=["self"],
+                           Filters=[{"Name": f"tag:{TAG}", "Values": ["true"]},
+                                    {"Name": f"tag:{DIGEST}", "Values": [digest]}])["Snapshots"]
+        for snap in found if isinstance(found, list) else []:
+            snapshot = snap.get("SnapshotId") if isinstance(snap, dict) else None
+            if (isinstance(snapshot, str) and _SNAPSHOT_ID.fullmatch(snapshot)
+                    and _tag(snap, DIGEST) == digest and _tag(snap, TAG) == "true"):
+                with contextlib.suppress(NotFound):
+                    self._call("delete_snapshot", ec2.delete_snapshot, SnapshotId=snapshot)
 
     def _child(self, base: Base, delta: DiskDelta, name: str, digest: str) -> str:
         """An AMI of a snapshot of *base* with *delta*'s blocks written over it; what

@@ -322,3 +322,27 @@ def test_a_fleet_on_an_aws_host_uploads_its_image_once(cli, aws_env: str, image:
                   for p in children) == [b"1", b"2", b"3"]
     assert cli("down").code == 0
     assert json.loads(cli("instances", "-p", "aws", "-f", "json").out) == []
+
+
+def test_a_killed_childs_snapshot_is_removed_by_the_next_run(aws_env: str, image: Path,
+                                                             capstan_root: Path) -> None:
+    """A run killed between its child snapshot and its AMI left a snapshot no listing
+    shows: the next run of that command line deletes it (only ours, only that digest)."""
+    from capstan.drivers.aws.child import child_digest
+    from capstan.drivers.model import InstanceSpec
+
+    aws = driver(capstan_root)
+    own = image_facts(capstan_root, image).cmdline
+    spec = InstanceSpec("w", image, cmdline=f"--env=FLEET_INDEX=7 {own}")
+    digest = child_digest(aws.disks.delta(spec, BLOCK))
+    ebs = boto3.client("ebs")
+    tag = {"Key": "capstan:image-digest", "Value": digest}
+    left = ebs.start_snapshot(VolumeSize=1, Tags=[{"Key": "capstan:managed", "Value": "true"},
+                                                  tag])["SnapshotId"]
+    foreign = ebs.start_snapshot(VolumeSize=1, Tags=[tag])["SnapshotId"]
+    aws.create(spec)
+    ids = {s["SnapshotId"] for s in boto3.client("ec2").describe_snapshots(
+        OwnerIds=["self"])["Snapshots"]}
+    assert left not in ids and foreign in ids
+    assert our_snapshots(digest) and our_snapshots(digest) != [left]
+    aws.delete("w")
