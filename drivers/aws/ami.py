@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from capstan.core import proc
 from capstan.core.errors import BackendError, CapstanError, ConfigError, GuestTimeout, NotFound
@@ -227,7 +228,7 @@ class AmiStore(AwsApi):
         key = f"capstan/{digest}.raw"
         s3, ec2 = self.client("s3"), self.client("ec2")
         self._call("upload to S3", s3.upload_file, Filename=str(raw), Bucket=self.bucket,
-                   Key=key, ExtraArgs={"Tagging": f"{TAG}=true&capstan:name={name}"})
+                   Key=key, ExtraArgs={"Tagging": urlencode({TAG: "true", "capstan:name": name})})
         try:
             task = self._call("import_snapshot", ec2.import_snapshot,
                               Description=f"pycapstan {name}",
@@ -258,8 +259,9 @@ class AmiStore(AwsApi):
     def register(self, snapshot: str, name: str, digest: str) -> str:
         """RegisterImage of *snapshot* (x86_64, HVM, BIOS, ENA), tagged as ours."""
         ec2 = self.client("ec2")
+        ami_name = f"{name.replace('+', '-')}-{digest[:12]}"  # AWS takes no + in AMI names
         reply = self._call(
-            "register_image", ec2.register_image, Name=f"{name}-{digest[:12]}",
+            "register_image", ec2.register_image, Name=ami_name,
             Description=f"pycapstan image {name}", Architecture="x86_64",
             VirtualizationType="hvm", RootDeviceName="/dev/xvda", BootMode="legacy-bios",
             EnaSupport=True, SriovNetSupport="simple",

@@ -84,8 +84,9 @@ def test_register_image_request(aws_env: str, sparse: Path, capstan_root: Path) 
     sent: dict[str, Any] = {}
     aws.client("ec2").meta.events.register(
         "provide-client-params.ec2.RegisterImage", lambda params, **_: sent.update(params))
-    ami = aws.upload(sparse, "reg").id
+    ami = aws.upload(sparse, "re+g").id
     snapshot = our_snapshots(image_facts(capstan_root, sparse).sha256)[0]
+    assert sent["Name"].startswith("re-g-")  # AWS takes no + in an AMI name
     assert ami.startswith("ami-")
     assert (sent["Architecture"], sent["VirtualizationType"], sent["BootMode"]) == \
         ("x86_64", "hvm", "legacy-bios")
