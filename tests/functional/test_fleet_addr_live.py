@@ -125,6 +125,7 @@ def test_a_dependent_gets_the_address_on_the_libvirt_network(
     assert "reached elsewhere" in str(planned[f"{name}-web-1"]["Detail"])
     done = {r["Instance"]: r for r in _table(cli, "up")}
     assert done[f"{name}-web-1"]["Action"] == "recreate", done
+    assert "reached elsewhere" in str(done[f"{name}-web-1"]["Detail"])
     _web_sees(cli, name, f"FLEET_HOSTS={name}-db-1={moved}")
     assert {r["Action"] for r in _table(cli, "up")} == {"keep"}
 

@@ -61,6 +61,7 @@ class _Run:
     jobs: int = JOBS
     timeout: float = 30
     lock: threading.Lock = field(default_factory=threading.Lock)
+    notes: dict[str, str] = field(default_factory=dict)  # why up re-creates an instance
 
     def remember(self, m: Member, driver: Driver, reach: str = "") -> None:
         """Record that *m* runs on its host, given its remote dependencies at *reach*."""
@@ -137,7 +138,7 @@ def up(config: Config, fleet: Fleet, options: UpOptions = UpOptions()) -> list[O
                              host=record.host(n)) for n in removals]
                     + [Outcome(m.name, m.service.name, actions[m.name], "planned",
                                notes.get(m.name, ""), host=m.host) for m in members])
-        run = _Run(config, fleet, hosts, record, options.jobs, options.timeout)
+        run = _Run(config, fleet, hosts, record, options.jobs, options.timeout, notes=notes)
         outcomes = _remove(run, removals)
         outcomes += _launch(run, members, actions, options.keep_going)
         state.save(config, fleet, record)
@@ -243,7 +244,7 @@ def _launch(run: _Run, members: Sequence[Member], actions: Mapping[str, Action],
 
 def _one(run: _Run, m: Member, action: Action, by_name: Mapping[str, Member]) -> Outcome:
     """Carry out *action* on *m* on its host."""
-    detail = ""
+    detail = run.notes.get(m.name, "") if action is Action.RECREATE else ""
     try:
         driver = run.hosts.driver(m.host, m.service.driver)
         found = reach.reachable(run.hosts, [by_name[n] for n in m.remote])
