@@ -47,7 +47,7 @@ def _hosts(hosts: str, service: str = "host: h") -> str:
     (_hosts('  h: {driver: libvirt, libvirt_uri: "-oProxyCommand=x"}'),
      "expected a string on one line"),
     (_hosts("  h: {driver: aws, aws_upload: floppy}"), "must be one of ebs, s3"),
-    (_hosts('  h: {driver: libvirt, address: "a\\nb"}'), "expected a host name or address"),
+    (_hosts('  h: {driver: libvirt, address: "a\\nb"}'), "expected a host name or IP address"),
 ])
 def test_bad_hosts_start_nothing(cli, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch,
                                  text: str, message: str) -> None:

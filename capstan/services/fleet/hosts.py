@@ -10,6 +10,7 @@ file defines it.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import threading
@@ -24,13 +25,16 @@ from capstan.core.names import problem
 from capstan.core.secrets import MASK, redact
 from capstan.drivers.base import Capability, Driver, Instance, driver_class, driver_names
 
-__all__ = ["LOCAL", "Host", "HostSet", "HostUnreachable", "parse_hosts", "place", "scrub"]
+__all__ = ["LOCAL", "Host", "HostSet", "HostUnreachable", "is_host_address", "parse_hosts",
+           "place", "scrub"]
 
 LOCAL = "local"
 _HOST_KEYS = {"driver", "address"}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]{0,127})\}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_VALUE = 1024
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63}){0,126}")
+_MAX_HOST_NAME = 253
 
 Bad = Callable[[str, str], InputError]
 
@@ -100,8 +104,8 @@ def _host(name: str, value: Any, bad: Bad) -> Host:
                   f"{', '.join(driver_names())})")
     declared = {s.key: s for s in driver_class(driver).settings}
     address = value.get("address")
-    if address is not None and not _plain(address):
-        raise bad(f"{where}.address", "expected a host name or address")
+    if address is not None and not (_plain(address) and is_host_address(address)):
+        raise bad(f"{where}.address", "expected a host name or IP address")
     settings = []
     for key, item in value.items():
         if key in _HOST_KEYS:
@@ -113,6 +117,17 @@ def _host(name: str, value: Any, bad: Bad) -> Host:
                       f"(its settings: {allowed})")
         settings.append((setting.key, _value(setting, item, f"{where}.{setting.key}", bad)))
     return Host(name, driver, tuple(settings), address)
+
+
+def is_host_address(text: str) -> bool:
+    """Whether *text* is a host name or an IP address (what a command line may hold)."""
+    if _HOSTNAME.fullmatch(text) and len(text) <= _MAX_HOST_NAME:
+        return True
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _plain(value: Any) -> bool:

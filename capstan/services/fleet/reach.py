@@ -9,20 +9,18 @@ a port before it goes into a command line.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import re
 from collections.abc import Iterable
 
 from capstan.core.errors import CapstanError, InputError
 from capstan.drivers.base import Instance
-from capstan.services.fleet.hosts import HostSet
+from capstan.services.fleet.hosts import HostSet, is_host_address
 from capstan.services.fleet.plan import Member
 
 __all__ = ["given", "reachable"]
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63}){0,126}")
 _MAX_PORT = 65535
-_MAX_NAME = 253
 _WILDCARD = ("0.0.0.0", "::", "")
 
 
@@ -69,13 +67,12 @@ def _checked(value: object, name: str, host: str) -> str:
 
 def _host(base: str, host: str) -> str:
     """A host's configured address, if it is an IP address or a host name."""
-    if _HOSTNAME.fullmatch(base) and len(base) <= _MAX_NAME:
-        return base
-    try:
-        return str(ipaddress.ip_address(base))
-    except ValueError:
+    if not is_host_address(base):
         raise InputError(f"host {host}: its address {ascii(base)[:72]} is not an IP "
-                         "address or host name: not passed to dependents") from None
+                         "address or host name: not passed to dependents")
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(base))
+    return base
 
 
 def _bad(value: object, name: str, host: str, what: str) -> InputError:
