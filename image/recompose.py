@@ -18,7 +18,7 @@ source whose identity differs after the copy from before fails the compose ("cha
 composing"), and a source changed within the last :data:`RACY_NS` is never trusted to be
 unchanged later (timestamps are coarser than writes), so it is always copied again.
 Records of an earlier boot are ignored: images are not synced, so a crash may have kept
-their new timestamps without their new bytes.
+their new timestamps without their new bytes (nor are the records: a crash voids them).
 
 Spares are bounded: after each compose, the state of an output that no longer exists is
 removed, and so is all but that of the :data:`KEEP` outputs composed last; a state another
@@ -237,17 +237,18 @@ class OutputCache:
         """Keep *kept* (the output's previous image, *current*) as the spare, and *record*
         the new output (and its path, for :func:`collect_garbage`)."""
         if not (self.dir / "output").exists():
-            atomic_write(self.dir / "output", os.fsencode(self.output), 0o600)
+            atomic_write(self.dir / "output", os.fsencode(self.output), 0o600, sync=False)
         st = os.lstat(self.output)  # None: another compose renamed its image over ours
         record["image"] = _identity(st) if (st.st_dev, st.st_ino) == self.written else None
         (self.dir / "spare.json").unlink(missing_ok=True)
         if kept is not None and current is not None:
             os.replace(kept, self.dir / "spare")
             current["image"] = _identity(os.lstat(self.dir / "spare"))
-            atomic_write(self.dir / "spare.json", json.dumps(current).encode(), 0o600)
+            atomic_write(self.dir / "spare.json", json.dumps(current).encode(), 0o600,
+                         sync=False)
         else:
             (self.dir / "spare").unlink(missing_ok=True)
-        atomic_write(self.dir / "current.json", json.dumps(record).encode(), 0o600)
+        atomic_write(self.dir / "current.json", json.dumps(record).encode(), 0o600, sync=False)
 
     def _keep_output(self, current: dict[str, Any] | None) -> Path | None:
         """A new link to the output's image in the cache, if it is the image *current*

@@ -80,16 +80,18 @@ def temp_dir(target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_output(path: Path, mode: int = 0o644, *, sync: bool = True) -> Iterator[BinaryIO]:
     """A binary file that becomes *path* (with *mode*) only if the block succeeds;
-    a write error raises LocalIOError naming *path*."""
+    a write error raises LocalIOError naming *path*. Its bytes reach the disk before the
+    rename unless *sync* is False (for what a crash makes worthless anyway)."""
     tmp = temp_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)  # whatever the umask
         os.replace(tmp, path)
     except OSError as err:
@@ -100,9 +102,10 @@ def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write *data* to *path* through a unique temporary file and a rename."""
-    with atomic_output(path, mode) as f:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, sync: bool = True) -> None:
+    """Write *data* to *path* through a unique temporary file and a rename (see
+    :func:`atomic_output` for *sync*)."""
+    with atomic_output(path, mode, sync=sync) as f:
         f.write(data)
 
 

@@ -88,7 +88,7 @@ def test_a_state_that_cannot_be_recorded_is_forgotten_not_a_failure(
         tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root, out = tmp_path / "root", tmp_path / "a.raw"
 
-    def full(path: Path, data: bytes, mode: int = 0o644) -> None:
+    def full(path: Path, data: bytes, mode: int = 0o644, **kwargs: object) -> None:
         raise LocalIOError(f"cannot write {path}: No space left on device")
 
     monkeypatch.setattr(recompose, "atomic_write", full)
@@ -98,3 +98,14 @@ def test_a_state_that_cannot_be_recorded_is_forgotten_not_a_failure(
                         out, root)
     assert out.is_file()
     assert not (recompose.state_dir(root, out) / "current.json").exists()
+
+
+def test_records_are_not_synced_other_writes_are(tree: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    compose_to(tree, tmp_path / "a.raw", tmp_path / "root")  # a crash voids the records
+    assert synced == []
+    fs.atomic_write(tmp_path / "other", b"data")
+    assert len(synced) == 1
