@@ -30,8 +30,8 @@ _MAX_TEXT = 64
 
 def valid_ip(value: object) -> str | None:
     """*value* as a canonical IP address, or None when it is not one."""
-    if not isinstance(value, str) or len(value) > _MAX_TEXT:
-        return None
+    if not isinstance(value, str) or len(value) > _MAX_TEXT or "%" in value:
+        return None  # an IPv6 zone (any text after %) means nothing on another host
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:

@@ -120,9 +120,12 @@ def _host(name: str, value: Any, bad: Bad) -> Host:
 
 
 def is_host_address(text: str) -> bool:
-    """Whether *text* is a host name or an IP address (what a command line may hold)."""
+    """Whether *text* is a host name or an IP address (what a command line may hold); an
+    IPv6 zone (``%`` and any text: spaces, commas) is not."""
     if _HOSTNAME.fullmatch(text) and len(text) <= _MAX_HOST_NAME:
         return True
+    if "%" in text:
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:

@@ -49,20 +49,26 @@ def _where(inst: Instance, base: str, host: str) -> str:
         return _checked(reported, inst.name, host) if reported else _host(base, host)
     bound, _, port = str(inst.ports[0]).split("->", 1)[0].rpartition(":")
     bound = bound.strip("[]")
-    if not port.isdecimal() or not 0 < int(port) <= _MAX_PORT:
+    if not (port.isascii() and port.isdecimal()) or not 0 < int(port) <= _MAX_PORT:
         raise _bad(port, inst.name, host, "port")
-    if bound in _WILDCARD or bound.startswith("127."):
-        return f"{_host(base, host)}:{port}"
-    ip = _checked(bound, inst.name, host)
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    where = _host(base, host) if bound in _WILDCARD or bound.startswith("127.") or \
+        bound == "::1" else _checked(bound, inst.name, host)
+    return f"[{where}]:{port}" if ":" in where else f"{where}:{port}"
 
 
 def _checked(value: object, name: str, host: str) -> str:
-    """*value* as an IP address, else InputError."""
+    """*value* as an IP address (:func:`_ip`), else InputError."""
     try:
-        return str(ipaddress.ip_address(str(value)))
+        return _ip(str(value))
     except ValueError:
         raise _bad(value, name, host, "IP address") from None
+
+
+def _ip(text: str) -> str:
+    """*text* as a canonical IP address; an IPv6 zone (``%`` and any text) is refused."""
+    if "%" in text:
+        raise ValueError(text)
+    return str(ipaddress.ip_address(text))
 
 
 def _host(base: str, host: str) -> str:

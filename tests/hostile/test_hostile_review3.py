@@ -1,0 +1,82 @@
+"""Third review of the session's changes: hostile values that got past the first checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from capstan.core.errors import InputError
+from capstan.drivers import libvirt_net
+from capstan.drivers.base import Instance, InstanceState
+from capstan.services.fleet.reach import _where
+
+from hostile_kit import Sandbox
+
+MAC = "02:aa:bb:cc:dd:ee"
+# IPv6 addresses with a zone: ipaddress accepts any zone text, spaces, commas and all
+ZONED = ["fe80::1%eth0 --env=X=1", "fe80::1%x,db=198.51.100.6", "fe80::1%a\nb",
+         "fe80::1%$(reboot)", "::ffff:10.0.0.5%;reboot"]
+
+
+class _Dom:
+    """A running domain whose (hostile) libvirtd leases *addr* and reserves 10.0.0.7."""
+
+    def __init__(self, addr: str) -> None:
+        self.addr = addr
+
+    def isActive(self) -> bool:
+        return True
+
+    def interfaceAddresses(self, _source: int, _flags: int) -> Any:
+        return {"vnet0": {"hwaddr": MAC, "addrs": [{"addr": self.addr, "prefix": 64}]}}
+
+    def connect(self) -> Any:
+        class _Net:
+            def XMLDesc(self, _flags: int) -> str:
+                return ("<network><ip address='10.0.0.1' prefix='24'><dhcp>"
+                        f"<host mac='{MAC}' name='x' ip='10.0.0.7'/></dhcp></ip></network>")
+
+        class _Conn:
+            def networkLookupByName(self, _name: str) -> _Net:
+                return _Net()
+        return _Conn()
+
+
+@pytest.mark.parametrize("bad", ZONED)
+def test_a_lease_with_a_zone_is_no_address(bad: str, sandbox: Sandbox) -> None:
+    assert libvirt_net.valid_ip(bad) is None
+    meta = {"network": "network:n", "mac": MAC}
+    assert libvirt_net.reported(_Dom(bad), meta) == {"address": "10.0.0.7"}
+
+
+@pytest.mark.parametrize(("extra", "ports"), [
+    *(({"address": b}, ()) for b in ZONED),
+    *(({}, (f"[{b}]:80->80/tcp",)) for b in ZONED),
+    ({}, ("10.0.0.5:\u0668\u0660->80/tcp",)),  # Arabic-Indic digits: isdecimal()
+    ({}, ("10.0.0.5:\uff18\uff10->80/tcp",)),  # full-width digits
+])
+def test_a_zoned_address_or_odd_port_reaches_no_dependent(
+        extra: dict[str, str], ports: tuple[str, ...], sandbox: Sandbox) -> None:
+    inst = Instance("f-db-1", "libvirt", InstanceState.RUNNING, "", ports=ports, extra=extra)
+    with pytest.raises(InputError, match="not a valid") as caught:
+        _where(inst, "192.0.2.1", "there")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("base", ["fe80::1%eth0 --env=X=1", "fe80::1%x,db=198.51.100.6"])
+def test_a_host_address_with_a_zone_reaches_no_dependent(base: str, sandbox: Sandbox) -> None:
+    inst = Instance("f-db-1", "qemu", InstanceState.RUNNING, "", ports=("0.0.0.0:80->80/tcp",))
+    with pytest.raises(InputError, match="is not an IP address or host name"):
+        _where(inst, base, "there")
+
+
+@pytest.mark.parametrize(("base", "bound", "want"), [
+    ("2001:db8::1", "0.0.0.0", "[2001:db8::1]:80"),  # was 2001:db8::1:80, another address
+    ("192.0.2.1", "[::1]", "192.0.2.1:80"),  # loopback there is not reached from here
+    ("2001:db8::1", "[::]", "[2001:db8::1]:80"),
+])
+def test_an_ipv6_host_address_keeps_its_port_apart(base: str, bound: str, want: str,
+                                                   sandbox: Sandbox) -> None:
+    inst = Instance("f-db-1", "qemu", InstanceState.RUNNING, "", ports=(f"{bound}:80->80/tcp",))
+    assert _where(inst, base, "there") == want
