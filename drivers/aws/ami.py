@@ -20,7 +20,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from capstan.core import proc
-from capstan.core.errors import BackendError, CapstanError, ConfigError, GuestTimeout, NotFound
+from capstan.core.errors import (
+    BackendError,
+    CapstanError,
+    ConfigError,
+    GuestTimeout,
+    ImageError,
+    NotFound,
+)
 from capstan.core.fs import atomic_write
 from capstan.drivers.aws.api import TAG, AwsApi
 from capstan.drivers.base import StoredImage, UploadResult
@@ -108,6 +115,9 @@ class AmiStore(AwsApi):
         with tempfile.TemporaryDirectory(prefix="capstan-aws-") as tmp:
             raw = Path(tmp) / "disk.raw"
             proc.run(["qemu-img", "convert", "-q", "-O", "raw", str(image), str(raw)])
+            if self.disks.facts(image).sha256 != digest:  # replaced since its digest
+                raise ImageError(f"image {image} changed while it was read: not uploaded "
+                                 "(run again)")
             self.warn_drivers(raw)
             if self.upload_mode == "s3":
                 snapshot = self.import_via_s3(raw, name, digest)

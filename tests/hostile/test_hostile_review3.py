@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from capstan.drivers import libvirt_net
 from capstan.drivers.base import Instance, InstanceState
 from capstan.services.fleet.reach import _where
 
-from hostile_kit import Sandbox
+from hostile_kit import Sandbox, check
 
 MAC = "02:aa:bb:cc:dd:ee"
 # IPv6 addresses with a zone: ipaddress accepts any zone text, spaces, commas and all
@@ -80,3 +82,33 @@ def test_an_ipv6_host_address_keeps_its_port_apart(base: str, bound: str, want: 
                                                    sandbox: Sandbox) -> None:
     inst = Instance("f-db-1", "qemu", InstanceState.RUNNING, "", ports=(f"{bound}:80->80/tcp",))
     assert _where(inst, base, "there") == want
+
+
+@pytest.mark.aws
+def test_an_image_replaced_during_its_base_upload_is_not_tagged_with_its_old_digest(
+        cli, aws_env: str, sandbox: Sandbox, image: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base upload reads the repository's image itself (no private copy): a pull that
+    replaces it between its digest and its read would give the region a base tagged with
+    the old digest holding other bytes, the parent of every later instance of that digest."""
+    import boto3
+
+    from capstan.core import proc
+    from capstan.services.disks import image_facts
+
+    old = image_facts(sandbox.root, image).sha256
+    other = image.with_name("other.qcow2")
+    proc.run(["qemu-img", "convert", "-q", "-c", "-O", "qcow2", str(image), str(other)])
+    real = proc.run
+
+    def swapping(argv: list[str], *args: Any, **kwargs: Any) -> Any:
+        if "convert" in argv and str(image) in argv and other.exists():
+            os.replace(other, image)  # the pull lands between the digest and the read
+        return real(argv, *args, **kwargs)
+
+    monkeypatch.setattr(proc, "run", swapping)
+    check(cli("run", "-p", "aws", "-d", "-i", image, "--env", "FLEET_INDEX=1", "first"), 65,
+          "changed while")
+    tagged = boto3.client("ec2").describe_images(Owners=["self"], Filters=[
+        {"Name": "tag:capstan:image-digest", "Values": [old]}])["Images"]
+    assert tagged == []
