@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from capstan.core.errors import BackendError, CapstanError, Conflict, NotFound, RemoteError
+from capstan.core.errors import (
+    BackendError,
+    CapstanError,
+    Conflict,
+    ImageError,
+    NotFound,
+    RemoteError,
+)
 from capstan.core.names import check_name
 from capstan.drivers.disks import DiskForm, DiskPreparer
 from capstan.drivers.libvirt_xml import NS
@@ -250,7 +257,7 @@ class Pool:
         digest = self.disks.facts(spec.image).sha256
         base = Base.of(digest)
         held.enter_context(_lock((self.uri, self.name, base.volume)))
-        backing = self.ensure_base(base, lambda: self._flatten(spec, home))
+        backing = self.ensure_base(base, lambda: self._flatten(spec, home, digest))
         undo.append(lambda: self.release(base))
         volume = check_name(f"{spec.name}.qcow2", "volume", "")
         overlay = self.disks.prepare(spec, home / "overlay.qcow2", DiskForm(backing=backing))
@@ -259,11 +266,17 @@ class Pool:
         return digest, {"pool": self.name, "volume": volume, "base": base.volume,
                         "backing": backing}
 
-    def _flatten(self, spec: InstanceSpec, home: Path) -> Path:
-        """*spec*'s image as a standalone qcow2 in *home*, its own command line kept."""
+    def _flatten(self, spec: InstanceSpec, home: Path, digest: str) -> Path:
+        """*spec*'s image (SHA-256 *digest*) as a standalone qcow2 in *home*, its own
+        command line kept; ImageError when the image was replaced meanwhile."""
         assert self.disks is not None
         plain = dataclasses.replace(spec, cmdline=None)
-        return self.disks.prepare(plain, home / "base.qcow2", DiskForm(standalone=True)).path
+        flat = self.disks.prepare(plain, home / "base.qcow2", DiskForm(standalone=True)).path
+        if self.disks.facts(spec.image).sha256 != digest:
+            flat.unlink(missing_ok=True)
+            raise ImageError(f"image {spec.image} changed while it was read: not uploaded "
+                             "(run again)")
+        return flat
 
     def ensure_base(self, base: Base, flatten: Callable[[], Path]) -> str:
         """The host path of *base*, uploaded from *flatten()* unless complete already.

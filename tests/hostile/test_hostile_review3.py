@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_libvirt import libvirtd, lv, pool  # noqa: F401 - fixtures
 
 from capstan.core.errors import InputError
 from capstan.drivers import libvirt_net
@@ -112,3 +113,33 @@ def test_an_image_replaced_during_its_base_upload_is_not_tagged_with_its_old_dig
     tagged = boto3.client("ec2").describe_images(Owners=["self"], Filters=[
         {"Name": "tag:capstan:image-digest", "Values": [old]}])["Images"]
     assert tagged == []
+
+
+@pytest.mark.libvirt
+def test_an_image_replaced_before_its_base_volume_is_made_is_not_based_on(
+        cli, image: Path, lv: str, pool: str, sandbox: Sandbox,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool's base is named by the image's digest, then flattened from the image:
+    a pull landing between the two would put other bytes under the old digest's name,
+    the base of every later instance of that digest (with its marker: complete)."""
+    import libvirt
+    from test_libvirt import SYSTEM
+
+    from capstan.core import proc
+    from capstan.services.disks import LocalDisks
+
+    other = image.with_name("other.qcow2")
+    proc.run(["qemu-img", "convert", "-q", "-c", "-O", "qcow2", str(image), str(other)])
+    real = LocalDisks.prepare
+
+    def swapping(self: LocalDisks, spec: Any, *args: Any, **kwargs: Any) -> Any:
+        if other.exists():
+            os.replace(other, image)  # the pull lands between the digest and the read
+        return real(self, spec, *args, **kwargs)
+
+    monkeypatch.setattr(LocalDisks, "prepare", swapping)
+    monkeypatch.setenv("CAPSTAN_LIBVIRT_POOL", pool)
+    check(cli("run", "-d", "-i", image, "lvh-swapped"), 65, "changed while")
+    found = libvirt.open(SYSTEM).storagePoolLookupByName(pool)
+    found.refresh(0)
+    assert found.listVolumes() == []
