@@ -61,12 +61,15 @@ _locks_guard = threading.Lock()
 
 
 def call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """*fn(*args)*, with libvirt's errors as BackendError naming *what*."""
+    """*fn(*args)*, with libvirt's errors as BackendError naming *what* (a domain that
+    vanished meanwhile, another client's doing, is NotFound)."""
     import libvirt
 
     try:
         return fn(*args)
     except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise NotFound(f"libvirt: {what}: {err.get_error_message()}") from err
         raise BackendError(f"libvirt: {what}: {err.get_error_message()}") from err
 
 

@@ -143,3 +143,32 @@ def test_an_image_replaced_before_its_base_volume_is_made_is_not_based_on(
     found = libvirt.open(SYSTEM).storagePoolLookupByName(pool)
     found.refresh(0)
     assert found.listVolumes() == []
+
+
+def test_a_domain_removed_while_listed_is_left_out(sandbox: Sandbox) -> None:
+    """Another client removes a domain between libvirt's listing and its state: the
+    listing goes on without it (was exit 69 'Domain not found' for every instance list
+    and fleet ps on a busy host)."""
+    import libvirt
+
+    from capstan.drivers.libvirt_driver import LibvirtDriver
+    from capstan.drivers.libvirt_xml import NS
+
+    def gone(*_args: Any) -> Any:
+        err = libvirt.libvirtError("Domain not found: no domain with matching uuid")
+        err.err = (libvirt.VIR_ERR_NO_DOMAIN, 0, "Domain not found", 0, "", "", "", 0, 0)
+        raise err
+
+    class _Gone:
+        def metadata(self, _kind: int, _ns: str) -> str:
+            return f"<instance xmlns='{NS}'><image>/x</image></instance>"
+
+        state = gone
+
+    class _Conn:
+        def listAllDomains(self, _flags: int) -> list[_Gone]:
+            return [_Gone()]
+
+    driver = object.__new__(LibvirtDriver)
+    driver.uri, driver._conn = "qemu:///system", _Conn()
+    assert list(driver.list()) == []
