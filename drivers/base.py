@@ -26,6 +26,7 @@ from capstan.drivers.disks import (
 )
 from capstan.drivers.foreground import Foreground, LogFollower
 from capstan.drivers.images import ImageStore, StoredImage, UploadResult
+from capstan.drivers.logs import FileLog, LogReader
 from capstan.drivers.model import (
     VOLUME_SETTINGS,
     Capability,
@@ -50,12 +51,14 @@ __all__ = [
     "DiskInfo",
     "DiskPreparer",
     "Driver",
+    "FileLog",
     "Finding",
     "Foreground",
     "ImageStore",
     "Instance",
     "InstanceSpec",
     "InstanceState",
+    "LogReader",
     "PortForward",
     "PreparedDisk",
     "Setting",
@@ -178,10 +181,15 @@ class Driver(ABC):
         """Memory the host has free for new instances (MiB), or None when it does not say."""
         return None
 
+    def open_log(self, name: str) -> LogReader:
+        """The instance's console log, to read as it grows (by default the file
+        :meth:`log_path` names); nothing is read yet."""
+        return FileLog(self.log_path(name))
+
     def read_log(self, name: str) -> bytes:
         """The console output so far."""
-        path = self.log_path(name)
-        return path.read_bytes() if path.exists() else b""
+        with self.open_log(name) as log:
+            return log.rest()
 
     def dry_run(self, spec: InstanceSpec) -> Sequence[str]:
         """What create and start would do for *spec*, one line each."""
@@ -191,7 +199,7 @@ class Driver(ABC):
     def foreground(self, name: str) -> Foreground:
         """Start *name* for a foreground run: the primitives the instances service's
         loop drives (by default: state from :meth:`get`, the console from
-        :meth:`log_path`, :meth:`stop`)."""
+        :meth:`open_log`, :meth:`stop`)."""
         return LogFollower(self, name)
 
     def console(self, name: str, stdin: int, stdout: BinaryIO, escape: bytes | None) -> None:

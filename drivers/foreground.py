@@ -4,11 +4,8 @@ instance, whether it still runs, what its console printed since, and how to stop
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
-
-from capstan.core.fs import read_from
 
 if TYPE_CHECKING:
     from capstan.drivers.base import Driver
@@ -47,24 +44,24 @@ class Foreground(ABC):
 
 class LogFollower(Foreground):
     """A driver's instance started with :meth:`Driver.start`, its state from
-    :meth:`Driver.get`, its console from the file :meth:`Driver.log_path` names."""
+    :meth:`Driver.get`, its console from :meth:`Driver.open_log` (read to its end once
+    the guest has stopped)."""
 
     def __init__(self, driver: Driver, name: str) -> None:
         self.driver, self.name = driver, name
-        self.log = driver.log_path(name)
-        self.offset = 0
+        self.log = driver.open_log(name)
+        self.ended = False
         driver.start(name)
 
     def running(self) -> bool:
-        return self.driver.get(self.name).state.live
+        self.ended = not self.driver.get(self.name).state.live
+        return not self.ended
 
     def read(self) -> bytes:
-        with contextlib.suppress(FileNotFoundError):
-            if self.log.stat().st_size < self.offset:
-                self.offset = 0  # the log was restarted
-        data = read_from(self.log, self.offset)
-        self.offset += len(data)
-        return data
+        return self.log.rest() if self.ended else self.log.read()
+
+    def close(self) -> None:
+        self.log.close()
 
     def stop(self, *, hard: bool = False) -> None:
         if hard:

@@ -30,7 +30,6 @@ from capstan.core.errors import (
     ConfigError,
     Conflict,
     NotFound,
-    UnsupportedOperation,
     UsageError,
 )
 from capstan.drivers import libvirt_net
@@ -42,10 +41,12 @@ from capstan.drivers.base import (
     Instance,
     InstanceSpec,
     InstanceState,
+    LogReader,
     Setting,
     Status,
 )
 from capstan.drivers.libvirt_console import relay
+from capstan.drivers.libvirt_logs import open_console, remote_log_file, remove_remote_log
 from capstan.drivers.libvirt_pool import Pool, call, metadata, send
 from capstan.drivers.libvirt_xml import NS, DomainHost, domain_xml
 from capstan.drivers.qemu.accel import QEMU_ACCEL
@@ -203,7 +204,7 @@ class LibvirtDriver(Driver):
             meta = {"image": str(spec.image.absolute()), "digest": digest,
                     "created": timestamps.now(),
                     "ports": " ".join(map(str, forwards)), **nic, **disk}
-            log = None if self.remote else str(home / "console.log")
+            log = remote_log_file(self.uri, spec.name) if self.remote else str(home / "console.log")
             xml = domain_xml(spec, DomainHost(
                 domain_type=self.domain_type(), disk=disk, console_log=log,
                 network=self.network, meta=meta, forwards=forwards))
@@ -276,6 +277,7 @@ class LibvirtDriver(Driver):
         if meta.get("pool"):
             Pool(self.conn, self.uri, meta["pool"]).discard(name, meta.get("base", ""))
         shutil.rmtree(self._home(name), ignore_errors=True)
+        remove_remote_log(self.uri, name)
 
     # -- queries ------------------------------------------------------------
 
@@ -320,11 +322,10 @@ class LibvirtDriver(Driver):
         return int(self._call("free memory", self.conn.getFreeMemory)) >> 20
 
     @_translated
-    def log_path(self, name: str) -> Path:
+    def open_log(self, name: str) -> LogReader:
+        log = open_console(self.uri, self._home(name) / "console.log", name, remote=self.remote)
         self._domain(name)
-        if self.remote:
-            raise UnsupportedOperation(self.name, "logs on a remote host (use capstan console)")
-        return self._home(name) / "console.log"
+        return log
 
     @_translated
     def console(self, name: str, stdin: int, stdout: BinaryIO, escape: bytes | None) -> None:

@@ -32,7 +32,8 @@ _INSTALL_HINTS = {
 # What every child may see; plus LC_*, what a tool needs (_TOOL_ENV) and the names in
 # $CAPSTAN_CHILD_ENV. A secret-looking name (token, secret, password, key, AWS_*) never.
 _ALLOWED = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TMPDIR", "TZ", "USER", "LOGNAME"})
-_TOOL_ENV = {"VBoxManage": ("VBOX_USER_HOME", "VBOX_INSTALL_PATH")}
+_TOOL_ENV = {"VBoxManage": ("VBOX_USER_HOME", "VBOX_INSTALL_PATH"),
+             "ssh": ("SSH_AUTH_SOCK",)}  # the agent's socket: ssh logs in as libvirt's would
 CHILD_UMASK = 0o077
 #: a spawned child (a VMM) makes sockets and logs for this user alone: 0600
 SPAWN_UMASK = 0o177
@@ -130,7 +131,8 @@ def spawn(
         return subprocess.Popen(
             argv if outlive else _dying_with_parent(argv), stdin=subprocess.DEVNULL,
             stdout=stdout, stderr=stderr, text=text,
-            errors="replace" if text else None, env=child_env(), umask=SPAWN_UMASK,
+            errors="replace" if text else None,
+            env=child_env(_TOOL_ENV.get(os.path.basename(argv[0]), ())), umask=SPAWN_UMASK,
             start_new_session=True)
     except OSError as err:
         raise CommandFailed(argv, -1, str(err)) from err

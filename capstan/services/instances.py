@@ -19,13 +19,13 @@ from capstan.core.errors import (
     NotFound,
     UsageError,
 )
-from capstan.core.fs import read_from
 from capstan.core.sizes import parse_size
 from capstan.drivers.base import (
     Driver,
     Foreground,
     Instance,
     InstanceSpec,
+    LogReader,
     PortForward,
     Volume,
     console_verdict,
@@ -317,46 +317,64 @@ def _interrupted(driver: Driver, name: str, run: Foreground | None) -> None:
 
 @dataclass(frozen=True)
 class LogSource:
-    """A console log to follow: its instance, its file, and whether it still grows."""
+    """A console log to follow: its instance, its reader, and whether it still grows."""
 
     name: str
-    path: Path
+    log: LogReader
     running: Callable[[], bool]
 
 
 def instance_log(driver: Driver, name: str) -> LogSource:
     """The console log of *name* (a missing instance is NotFound when followed)."""
-    return LogSource(name, driver.log_path(name),
-                     lambda: driver.get(name).state.live)
+    return LogSource(name, driver.open_log(name), lambda: driver.get(name).state.live)
 
 
 def follow_logs(sources: Sequence[LogSource], out: BinaryIO, *, follow: bool,
                 prefix: bool, interval: float = 0.1) -> None:
-    """Copy the logs of *sources* to *out*; with *follow*, until none is running.
+    """Copy the logs of *sources* to *out*; with *follow*, until none is running (then
+    each log is read to its end); the logs are closed after.
 
     With *prefix* every line starts with its instance's name (a last line without
     its newline is written at the end); else the bytes are copied as they are.
     """
-    width = max((len(s.name) for s in sources), default=0)
-    offsets = dict.fromkeys((s.name for s in sources), 0)
-    partial = dict.fromkeys(offsets, b"")
-    while True:
-        alive = False
-        for source in sources:
-            alive = source.running() or alive  # sample before reading: nothing is lost
-            data = read_from(source.path, offsets[source.name])
-            offsets[source.name] += len(data)
-            if not prefix:
-                out.write(data)
-                continue
-            *lines, partial[source.name] = (partial[source.name] + data).split(b"\n")
-            for line in lines:
-                out.write(f"{source.name:<{width}} | ".encode() + line.rstrip(b"\r") + b"\n")
-        out.flush()
-        if not follow or not alive:
-            for name, rest in partial.items():
-                if rest:
-                    out.write(f"{name:<{width}} | ".encode() + rest + b"\n")
+    lines = _Lines(out, sources, prefix=prefix)
+    try:
+        while follow:
+            alive = False
+            for source in sources:
+                alive = source.running() or alive  # sample before reading: nothing is lost
+                lines.write(source.name, source.log.read())
             out.flush()
+            if not alive:
+                break
+            time.sleep(interval)
+        for source in sources:
+            lines.write(source.name, source.log.rest())
+        lines.end()
+    finally:
+        for source in sources:
+            source.log.close()
+
+
+class _Lines:
+    """Log output to *out*, each line prefixed with its instance's name (*prefix*)."""
+
+    def __init__(self, out: BinaryIO, sources: Sequence[LogSource], *, prefix: bool) -> None:
+        self.out, self.prefix = out, prefix
+        self.width = max((len(s.name) for s in sources), default=0)
+        self.partial = {s.name: b"" for s in sources}
+
+    def write(self, name: str, data: bytes) -> None:
+        if not self.prefix:
+            self.out.write(data)
             return
-        time.sleep(interval)
+        *lines, self.partial[name] = (self.partial[name] + data).split(b"\n")
+        for line in lines:
+            self.out.write(f"{name:<{self.width}} | ".encode() + line.rstrip(b"\r") + b"\n")
+
+    def end(self) -> None:
+        """Write the last lines that had no newline."""
+        for name, rest in self.partial.items():
+            if rest:
+                self.out.write(f"{name:<{self.width}} | ".encode() + rest + b"\n")
+        self.out.flush()

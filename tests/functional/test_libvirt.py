@@ -263,3 +263,41 @@ def test_bad_libvirt_input_leaves_nothing(cli, image: Path, lv: str, capstan_roo
         monkeypatch.setenv("CAPSTAN_LIBVIRT_URI", lv)
     assert name not in [d.name() for d in libvirt.open(lv).listAllDomains(0)]
     assert not (capstan_root / "instances" / "libvirt" / name).exists()
+
+
+def remote_log(name: str) -> Path:
+    """The console log libvirt keeps for *name* on the remote host (this machine)."""
+    from capstan.drivers.libvirt_logs import REMOTE_LOG_DIR
+
+    return Path(REMOTE_LOG_DIR) / f"capstan-{name}.console.log"
+
+
+def test_remote_logs_over_ssh(cli, image: Path, pool: str, ssh_uri: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPSTAN_LIBVIRT_URI", ssh_uri)
+    monkeypatch.setenv("CAPSTAN_LIBVIRT_POOL", pool)
+    name = f"lvt-{uuid.uuid4().hex[:6]}"
+    assert cli("run", "-d", "-i", image, "-e", "/remote-log @hold", name).code == 0
+    follower = subprocess.Popen([sys.executable, "-m", "capstan", "logs", "-f", name],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: "PROBE done" in cli.program("logs", name).stdout, 60, "probe report")
+        shown = cli.program("logs", name)
+        assert shown.returncode == 0, shown.stderr
+        assert "PROBE cmdline=[--rootfs=rofs /remote-log @hold]" in shown.stdout
+        assert cli("stop", name).code == 0
+        out, err = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    whole = remote_log(name).read_bytes()
+    assert out == whole and b"PROBE power-button" in out  # followed to its end, once
+    assert cli.program("logs", name).stdout == whole.decode().replace("\r\n", "\n")
+    assert cli("delete", name).code == 0
+    assert not remote_log(name).exists()  # delete removes it on the host
+
+    name = f"lvt-{uuid.uuid4().hex[:6]}"  # a foreground run follows it over ssh too
+    done = cli.program("run", "--rm", "-i", image, "-e", "/remote-fg", name)
+    assert done.returncode == 0, done.stderr
+    assert "PROBE cmdline=[--rootfs=rofs /remote-fg]" in done.stdout
+    assert "PROBE power-button" not in done.stdout and not remote_log(name).exists()

@@ -84,6 +84,7 @@ def test_a_bad_hypervisor_is_found_without_importing_a_driver(capstan_root: Path
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False, env=env)
     contract = ("['capstan.drivers.base', 'capstan.drivers.disks', 'capstan.drivers.foreground', "
-                "'capstan.drivers.images', 'capstan.drivers.model']\n")  # no driver module
+                "'capstan.drivers.images', 'capstan.drivers.logs', 'capstan.drivers.model']\n")
+    # no driver module
     assert done.stdout.split(" ", 1) == ["78", contract], done.stderr
     assert json.dumps("warp") in done.stderr.replace("'", '"')

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from capstan.core.config import Config
 from capstan.core.errors import CapstanError
-from capstan.drivers.base import Driver
+from capstan.drivers.base import Driver, LogReader
 from capstan.services.fleet import state
-from capstan.services.fleet.hosts import LOCAL, HostUnreachable
+from capstan.services.fleet.hosts import LOCAL, HostSet, HostUnreachable
 from capstan.services.fleet.parse import Fleet
 from capstan.services.fleet.plan import plan
 from capstan.services.fleet.reconcile import current, hosts_of, placement
@@ -74,7 +76,7 @@ def logs(config: Config, fleet: Fleet, out: BinaryIO, *,
             continue
         try:
             driver = hosts.driver(host, entry.get("driver"))
-            path = driver.log_path(name)
+            log = driver.open_log(name)
         except CapstanError as err:
             problems[host] = hosts.unreachable(host, err)
             continue
@@ -86,6 +88,36 @@ def logs(config: Config, fleet: Fleet, out: BinaryIO, *,
                 return False
             return inst is not None and inst.state.live
 
-        sources.append(LogSource(name, path, running))
+        sources.append(LogSource(name, _HostLog(log, host, hosts, problems), running))
     follow_logs(sources, out, follow=follow, prefix=True, interval=0.2)
     return list(problems.values())
+
+
+class _HostLog(LogReader):
+    """A log whose failure is its host's problem (its first one is reported) and ends
+    only this log, so that one host or instance does not hide the others."""
+
+    def __init__(self, log: LogReader, host: str, hosts: HostSet,
+                 problems: dict[str, CapstanError]) -> None:
+        self.log, self.host, self.hosts, self.problems = log, host, hosts, problems
+        self.failed = False
+
+    def _guarded(self, read: Callable[[], bytes]) -> bytes:
+        if self.failed:
+            return b""
+        try:
+            return read()
+        except CapstanError as err:
+            self.failed = True
+            self.problems.setdefault(self.host, self.hosts.unreachable(self.host, err))
+            return b""
+
+    def read(self) -> bytes:
+        return self._guarded(self.log.read)
+
+    def rest(self) -> bytes:
+        return self._guarded(self.log.rest)
+
+    def close(self) -> None:
+        with contextlib.suppress(CapstanError):
+            self.log.close()
