@@ -18,7 +18,7 @@ from test_libvirt import libvirtd, lv, pool, remote_log, ssh_uri  # noqa: F401 -
 
 from capstan.drivers.libvirt_logs import LOG_LIMIT
 
-from conftest import Result
+from conftest import Result, wait_for
 from hostile_kit import Sandbox, check
 
 
@@ -127,3 +127,48 @@ def test_a_huge_log_is_read_to_its_last_bytes_only(cli, remote: tuple[str, Path]
                            capture_output=True, check=False)
     assert shown.returncode == 0, shown.stderr
     assert len(shown.stdout) == LOG_LIMIT and shown.stdout.endswith(b"\nlast\n")
+
+
+FLEET = """\
+name: {name}
+hosts:
+  here: {{driver: qemu}}
+  there: {{driver: libvirt, libvirt_uri: "${{HL_URI}}", libvirt_pool: {pool}}}
+services:
+  a: {{image: app.qcow2, host: here, command: /a @hold, memory: 128M}}
+  b: {{image: app.qcow2, host: there, command: /b @hold, memory: 128M}}
+"""
+
+
+@pytest.mark.libvirt
+@pytest.mark.qemu
+def test_one_hosts_planted_log_does_not_hide_the_others(cli, image: Path, pool: str,  # noqa: F811
+                                                        ssh_uri: str, sandbox: Sandbox,  # noqa: F811
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"hl{uuid.uuid4().hex[:6]}"
+    work = sandbox.root.parent / "fleet"
+    work.mkdir()
+    image.rename(work / "app.qcow2")
+    (work / "capstan-fleet.yaml").write_text(FLEET.format(name=name, pool=pool))
+    monkeypatch.setenv("HL_URI", ssh_uri)
+    monkeypatch.delenv("CAPSTAN_HYPERVISOR")
+    monkeypatch.chdir(work)
+    log = remote_log(f"{name}-b-1")
+    try:
+        assert cli("up").code == 0
+        wait_for(lambda: "PROBE done" in log.read_text(errors="replace"), 60, "b's probe")
+        log.unlink()
+        log.symlink_to(sandbox.victim)
+        shown: list[subprocess.CompletedProcess[str]] = []
+
+        def a_logged() -> bool:
+            shown.append(cli.program("fleet", "logs"))
+            return f"{name}-a-1 | PROBE done" in shown[-1].stdout
+
+        wait_for(a_logged, 60, "a's log")
+        check(_program(shown[-1]), 69, "host there: ")
+        assert "is a symbolic link: refused" in shown[-1].stderr
+        assert "precious" not in shown[-1].stdout and f"{name}-b-1" not in shown[-1].stdout
+    finally:
+        assert cli("down", "-t", "2").code == 0
+    assert not log.exists() and not log.is_symlink()
