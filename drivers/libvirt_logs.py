@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import re
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +48,7 @@ _STOP_WAIT = 5.0
 _HEADER = re.compile(rb"(\d{1,19}) (\d{1,19})\n")
 _HEADER_MAX = 42
 _SHOWN = 300  # characters of the host's error shown
+_TAIL = 64 << 10  # the last bytes of ssh's stderr kept (a host may send it without end)
 
 # $1 file, $2 offset (-1: the last $3 bytes), $3 limit, $4 chunk, $5 follow (1) or once.
 _SCRIPT = r"""
@@ -148,9 +149,11 @@ class _Session:
     def __init__(self, target: SshTarget, command: list[str], limit: int = 0) -> None:
         self.frames: queue.Queue[tuple[int, bytes]] = queue.Queue(maxsize=16)
         self.error: CapstanError | OSError | ValueError | None = None
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+        self._tail = bytearray()  # the last _TAIL bytes of ssh's stderr
         self.proc = proc.spawn(target.argv(command), stdout=subprocess.PIPE,
-                               stderr=self._stderr)
+                               stderr=subprocess.PIPE)
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
         self.limit = limit
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
@@ -161,6 +164,14 @@ class _Session:
             read_frames(self.proc.stdout, lambda o, d: self.frames.put((o, d)), self.limit)
         except (CapstanError, OSError, ValueError) as err:  # reported by check()
             self.error = err
+
+    def _drain(self) -> None:
+        """Read ssh's stderr to its end, keeping only its last _TAIL bytes."""
+        assert self.proc.stderr is not None
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := os.read(self.proc.stderr.fileno(), _TAIL):
+                self._tail += chunk
+                del self._tail[:-_TAIL]
 
     def take(self) -> list[tuple[int, bytes]]:
         """The frames received so far."""
@@ -199,8 +210,8 @@ class _Session:
             raise BackendError(f"reading the console log over ssh: {self.error}")
 
     def _why(self, status: int) -> str:
-        self._stderr.seek(0)
-        lines = self._stderr.read(64 << 10).decode(errors="replace").strip().splitlines()
+        self._drainer.join(_STOP_WAIT)
+        lines = bytes(self._tail).decode(errors="replace").strip().splitlines()
         text = redact(lines[-1] if lines else f"exit status {status}")
         return "".join(c if c.isprintable() else "?" for c in text)[:_SHOWN]
 
@@ -213,7 +224,8 @@ class _Session:
         while self.thread.is_alive():
             self.take()  # a full queue would keep the thread from seeing the end
             self.thread.join(0.05)
-        for stream in (self.proc.stdout, self._stderr):
+        self._drainer.join(_STOP_WAIT)
+        for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
 

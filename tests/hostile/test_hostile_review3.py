@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,41 @@ def test_a_domain_removed_while_listed_is_left_out(sandbox: Sandbox) -> None:
     driver = object.__new__(LibvirtDriver)
     driver.uri, driver._conn = "qemu:///system", _Conn()
     assert list(driver.list()) == []
+
+
+def _largest_open_file() -> int:
+    """The size of the largest regular file this process holds open."""
+    import stat
+
+    sizes = [0]
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/proc/self/fd/{fd}")
+            if stat.S_ISREG(st.st_mode):
+                sizes.append(st.st_size)
+    return max(sizes)
+
+
+def test_a_host_flooding_ssh_stderr_fills_no_local_file(
+        sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile host writes without end to the remote command's stderr (ssh passes it
+    on): only its last lines are kept, in memory, not all of it in a local temp file;
+    the one-line error shows the last line."""
+    from capstan.core.errors import BackendError
+    from capstan.drivers.libvirt_logs import _Session
+    from capstan.drivers.libvirt_ssh import SshTarget
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ssh").write_text("#!/bin/sh\nhead -c 8388608 /dev/zero | tr '\\0' x >&2\n"
+                              "printf '\\nlast words\\n' >&2\nexit 255\n")
+    (fake / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    before = _largest_open_file()
+    session = _Session(SshTarget("h"), ["true"], 1024)
+    try:
+        with pytest.raises(BackendError, match="last words"):
+            session.wait(60)
+        assert _largest_open_file() < before + (1 << 20)
+    finally:
+        session.stop()
