@@ -11,6 +11,7 @@ data from another host: an address is used only once it parses as an IP address.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -163,9 +164,16 @@ def reserve_for(conn: Any, network: str, spec: InstanceSpec) -> tuple[InstanceSp
     ``network`` and ``mac``, the address reserved for it (when the network has DHCP)."""
     if not network:
         return spec, {}
-    spec = replace(spec, mac=mac_address(spec.mac))
+    spec = replace(spec, mac=mac_address(spec.mac) if spec.mac else _own_mac(network, spec.name))
     reserve(conn, network, str(spec.mac), spec.name)
     return spec, {"network": network, "mac": str(spec.mac)}
+
+
+def _own_mac(network: str, name: str) -> str:
+    """The MAC instance *name* gets on *network* unless one is given: a function of both,
+    so that a reservation a killed ``create`` left behind is found and reused."""
+    digest = hashlib.sha256(f"{network}\0{name}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
 
 
 def release_for(conn: Any, name: str, meta: dict[str, str]) -> None:

@@ -96,3 +96,21 @@ def test_bridges_and_networks_without_dhcp_reserve_nothing() -> None:
     net.root = ET.fromstring("<network><name>n</name></network>")
     assert libvirt_net.reserve(_Conn(net), "network:n", "02:00:00:00:00:01", "a") is None
     assert libvirt_net.reserve(_Conn(net), "bridge:br0", "02:00:00:00:00:01", "a") is None
+
+
+def test_a_reservation_a_killed_create_left_is_reused() -> None:
+    from pathlib import Path
+
+    from capstan.drivers.base import InstanceSpec
+
+    net = _Net()
+    conn = _Conn(net)
+    spec = InstanceSpec("web", Path("x.qcow2"))
+    first, nic = libvirt_net.reserve_for(conn, "network:n", spec)  # then killed: no domain
+    again, nic_again = libvirt_net.reserve_for(conn, "network:n", spec)
+    assert (again.mac, nic_again) == (first.mac, nic)
+    assert [h["name"] for h in net.hosts()] == ["web"]
+    other, _ = libvirt_net.reserve_for(conn, "network:n", InstanceSpec("db", Path("x.qcow2")))
+    assert other.mac != first.mac and len(net.hosts()) == 2
+    libvirt_net.release_for(conn, "web", nic)
+    assert [h["name"] for h in net.hosts()] == ["db"]
