@@ -15,7 +15,9 @@ alternating, each after a ``sync``, every sample printed with the medians:
 
 Peak RSS of each capstan process comes from ``wait4``. Targets (issue 16): package compose
 <= 1.0x the reference, plain compose <= 0.7x, recompose <= 0.3 s, RSS <= 64 MB, hello world
-<= 0.25 s. ``--smoke`` runs the same steps on a tiny tree once (for the test suite).
+<= 0.25 s. ``--smoke`` runs the same steps on a tiny tree once (for the test suite);
+``--cold`` (root) also drops the page cache before each sample, so that every command
+reads its input from the disk.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from common import capstan_env
 
 CAPSTAN = [str(Path(sys.executable).with_name("capstan"))]  # the installed console script
 MIB = 1 << 20
+COLD = False  # --cold
 
 
 @dataclass
@@ -91,6 +94,8 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]
     """Run *argv* after a sync; its wall time and peak RSS in KiB (from GNU time: a forked
     child's own ru_maxrss would start at this process's peak)."""
     os.sync()
+    if COLD:  # every byte read from the disk, not the page cache
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
     with tempfile.NamedTemporaryFile("r") as rss:
         start = time.perf_counter()
         done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv], env=env,
@@ -132,7 +137,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny tree, one round")
     parser.add_argument("--dir", default="/var/tmp", help="where to work (one filesystem)")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the page cache before each sample (root)")
     args = parser.parse_args()
+    global COLD
+    COLD = args.cold
     sizes = Sizes(40, 2 * MIB, 5, MIB, 1) if args.smoke else Sizes()
     with tempfile.TemporaryDirectory(prefix="capstan-bench-", dir=args.dir) as tmp:
         bench(Path(tmp), sizes)
@@ -192,7 +201,7 @@ def report(sizes: Sizes, series: list[Series], ref: Series) -> None:
     files = sizes.app_files + sizes.lib_files
     print(f"application: {files} files, {(sizes.app_bytes + sizes.lib_bytes) / MIB:.0f} MiB "
           f"(runtime package {sizes.lib_files} files, {sizes.lib_bytes / MIB:.0f} MiB); "
-          f"{sizes.rounds} rounds, alternating, sync before each")
+          f"{sizes.rounds} rounds, alternating, sync{' + cold cache' if COLD else ''} before each")
     base = statistics.median(ref.times)
     for s in series:
         ratio = statistics.median(s.times) / base
