@@ -168,19 +168,18 @@ def copy_span(src: BinaryIO, out: BinaryIO, offset: int, span: Span) -> int:
     except OSError as err:  # e.g. a filesystem without copy_file_range
         if err.errno in _OUT_OF_SPACE:
             raise
-        out.seek(offset)
-        src.seek(start)
-        done = 0
+        done = 0  # positioned reads and writes: other threads copy into *out* at once
         while done < size:
             try:
-                chunk = src.read(min(1 << 20, size - done))
+                chunk = os.pread(src.fileno(), min(1 << 20, size - done), start + done)
             except OSError as read_err:
                 raise LocalIOError(f"cannot read {path}: {read_err.strerror}") from read_err
             if not chunk:
                 break
-            out.write(chunk)
+            written = 0
+            while written < len(chunk):
+                written += os.pwrite(out.fileno(), chunk[written:], offset + done + written)
             done += len(chunk)
-        out.flush()
     src.seek(start + done)
     return done
 
