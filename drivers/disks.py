@@ -9,7 +9,7 @@ from typing import Protocol
 
 from capstan.drivers.model import InstanceSpec, Volume
 
-__all__ = ["OVERLAY", "UPLOAD", "DiskDelta", "DiskFacts", "DiskForm", "DiskInfo",
+__all__ = ["MAX_BACKING", "OVERLAY", "UPLOAD", "DiskDelta", "DiskFacts", "DiskForm", "DiskInfo",
            "DiskPreparer", "PreparedDisk"]
 
 
@@ -27,6 +27,9 @@ class DiskForm:
     reuse_image: bool = False
     backing: str | None = None
 
+
+#: the longest backing file name a qcow2 header holds (:attr:`DiskForm.backing`)
+MAX_BACKING = 1023
 
 #: a qcow2 overlay on the image, the run's command line written into it
 OVERLAY = DiskForm()

@@ -135,10 +135,6 @@ class LibvirtDriver(Driver):
                                    "see 'capstan doctor')") from err
         return self._conn
 
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """*fn(*args)*, with libvirt's errors as BackendError naming *what*."""
-        return call(what, fn, *args)
-
     def _domain(self, name: str) -> Any:
         import libvirt
 
@@ -148,13 +144,9 @@ class LibvirtDriver(Driver):
             if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise NotFound(f"no such instance: {name} (at {self.uri})") from err
             raise BackendError(f"libvirt: {err.get_error_message()}") from err
-        if self._meta(dom) is None:
+        if metadata(dom) is None:
             raise NotFound(f"domain {name} at {self.uri} was not made by pycapstan")
         return dom
-
-    @staticmethod
-    def _meta(dom: Any) -> dict[str, str] | None:
-        return metadata(dom)
 
     def _home(self, name: str) -> Path:
         return self.config.instances / "libvirt" / name
@@ -166,7 +158,7 @@ class LibvirtDriver(Driver):
         wanted = self.config.qemu_accel
         if wanted == "tcg" or self.config.disable_kvm:
             return "qemu"
-        caps = ET.fromstring(self._call("capabilities", self.conn.getCapabilities))
+        caps = ET.fromstring(call("capabilities", self.conn.getCapabilities))
         kvm = caps.find("./guest/arch[@name='x86_64']/domain[@type='kvm']") is not None
         if not kvm and wanted == "kvm":
             raise BackendError(f"KVM is not available at {self.uri}")
@@ -208,7 +200,7 @@ class LibvirtDriver(Driver):
             xml = domain_xml(spec, DomainHost(
                 domain_type=self.domain_type(), disk=disk, console_log=log,
                 network=self.network, meta=meta, forwards=forwards))
-            dom = self._call(f"define {spec.name}", self.conn.defineXML, xml)
+            dom = call(f"define {spec.name}", self.conn.defineXML, xml)
         except BaseException:
             for step in reversed(undo):
                 with contextlib.suppress(Exception):
@@ -239,7 +231,7 @@ class LibvirtDriver(Driver):
         dom = self._domain(name)
         if dom.isActive():
             raise Conflict(f"instance {name} is already running")
-        self._call(f"start {name}", dom.create)
+        call(f"start {name}", dom.create)
         return self._instance(dom)
 
     @_translated
@@ -269,8 +261,8 @@ class LibvirtDriver(Driver):
 
         self.stop(name)
         dom = self._domain(name)
-        meta = self._meta(dom) or {}
-        self._call(f"undefine {name}", dom.undefineFlags,
+        meta = metadata(dom) or {}
+        call(f"undefine {name}", dom.undefineFlags,
                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         libvirt_net.release_for(self.conn, name, meta)
@@ -284,8 +276,8 @@ class LibvirtDriver(Driver):
     def _instance(self, dom: Any) -> Instance:
         import libvirt
 
-        meta = self._meta(dom) or {}
-        raw_state = self._call("state", dom.state)[0]
+        meta = metadata(dom) or {}
+        raw_state = call("state", dom.state)[0]
         state = {libvirt.VIR_DOMAIN_RUNNING: InstanceState.RUNNING,
                  libvirt.VIR_DOMAIN_BLOCKED: InstanceState.RUNNING,
                  libvirt.VIR_DOMAIN_PAUSED: InstanceState.PAUSED,
@@ -311,15 +303,15 @@ class LibvirtDriver(Driver):
     @_translated
     def list(self) -> Iterator[Instance]:
         found = []
-        for dom in self._call("list domains", self.conn.listAllDomains, 0):
+        for dom in call("list domains", self.conn.listAllDomains, 0):
             with contextlib.suppress(NotFound):  # removed while we looked
-                if self._meta(dom) is not None:
+                if metadata(dom) is not None:
                     found.append(self._instance(dom))
         return iter(found)
 
     def free_memory_mib(self) -> int | None:
         """The host's free memory as libvirt reports it."""
-        return int(self._call("free memory", self.conn.getFreeMemory)) >> 20
+        return int(call("free memory", self.conn.getFreeMemory)) >> 20
 
     @_translated
     def open_log(self, name: str) -> LogReader:
@@ -335,7 +327,7 @@ class LibvirtDriver(Driver):
         if not dom.isActive():
             raise Conflict(f"instance {name} is not running")
         stream = self.conn.newStream(0)
-        self._call(f"console of {name}", dom.openConsole, None, stream,
+        call(f"console of {name}", dom.openConsole, None, stream,
                    libvirt.VIR_DOMAIN_CONSOLE_FORCE)
         relay(stream, stdin, stdout, escape, functools.partial(send, stream))
 

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 from capstan.core import proc
 from capstan.core.errors import BackendError, CapstanError, InputError
-from capstan.core.names import problem
+from capstan.core.names import check_name
 from capstan.core.secrets import redact
 from capstan.drivers.libvirt_ssh import SSH_TRANSPORTS, SshTarget
 from capstan.drivers.logs import FileLog, LogReader
@@ -91,10 +91,7 @@ def remote_log_file(uri: str, name: str) -> str | None:
     not kept (a session URI: its QEMU cannot write there)."""
     if urlparse(uri).path.rstrip("/") != "/system":
         return None
-    why = problem(name, "instance")
-    if why is not None:
-        raise InputError(f"invalid instance name {ascii(name)[:72]}: {why}")
-    return f"{REMOTE_LOG_DIR}/capstan-{name}.console.log"
+    return f"{REMOTE_LOG_DIR}/capstan-{check_name(name, 'instance', '')}.console.log"
 
 
 def open_console(uri: str, local: Path, name: str, *, remote: bool) -> LogReader:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+from capstan.core.addresses import valid_ip
 from capstan.core.errors import BackendError
 from capstan.drivers.model import InstanceSpec, mac_address
 
@@ -26,17 +27,6 @@ __all__ = ["address", "release", "release_for", "reported", "reserve", "reserve_
 
 # Addresses tried before giving up (each taken one is refused by libvirt itself).
 _TRIES = 64
-_MAX_TEXT = 64
-
-
-def valid_ip(value: object) -> str | None:
-    """*value* as a canonical IP address, or None when it is not one."""
-    if not isinstance(value, str) or len(value) > _MAX_TEXT or "%" in value:
-        return None  # an IPv6 zone (any text after %) means nothing on another host
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return None
 
 
 def _host_xml(mac: str, name: str, ip: str) -> str:

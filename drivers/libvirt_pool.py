@@ -36,7 +36,7 @@ from capstan.core.errors import (
     RemoteError,
 )
 from capstan.core.names import check_name
-from capstan.drivers.disks import DiskForm, DiskPreparer
+from capstan.drivers.disks import MAX_BACKING, DiskForm, DiskPreparer
 from capstan.drivers.libvirt_xml import NS
 from capstan.drivers.model import InstanceSpec
 
@@ -49,7 +49,6 @@ BASE_PREFIX = "capstan-base-"
 _DIGEST_SHOWN = 24  # hex digits of the image's SHA-256 in a base volume's name
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BASE_NAME = re.compile(rf"{BASE_PREFIX}[0-9a-f]{{{_DIGEST_SHOWN}}}\.qcow2")
-_MAX_BACKING = 1023  # the longest backing file name a qcow2 header holds
 #: a base volume without its marker whose size stays put this long was abandoned
 STALL_SECONDS = 30.0
 #: the longest wait for another client's upload of a base
@@ -120,7 +119,7 @@ def host_path(path: object, volume: str) -> str:
     """*path*, the host's path of *volume*, if it can name a backing file (RemoteError
     when it is not an absolute, printable path ending in *volume*)."""
     usable = (isinstance(path, str) and path.isprintable() and path.isascii()
-              and len(path) <= _MAX_BACKING and PurePosixPath(path).is_absolute()
+              and len(path) <= MAX_BACKING and PurePosixPath(path).is_absolute()
               and ".." not in PurePosixPath(path).parts
               and path.rsplit("/", 1)[-1] == volume)
     if not usable:

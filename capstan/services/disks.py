@@ -31,13 +31,13 @@ from capstan.drivers.base import (
     Volume,
     get_driver,
 )
+from capstan.drivers.disks import MAX_BACKING
 
 __all__ = ["ImageFacts", "LocalDisks", "changed_blocks", "image_facts", "make_overlay",
            "open_driver"]
 
 _MAX_ENTRIES = 256
 _MAX_OVERLAYS = 64
-_MAX_BACKING = 1023  # the longest backing file name a qcow2 header holds
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def _rebase(overlay: Path, backing: str) -> None:
     """Point *overlay*'s header at *backing*, a qcow2 file on another host: nothing is
     read through it here (``qemu-img rebase -u`` opens no backing file)."""
     if not (backing.startswith("/") and backing.isprintable()
-            and len(backing.encode()) <= _MAX_BACKING):
+            and len(backing.encode()) <= MAX_BACKING):
         raise InputError(f"not a usable backing file path: {ascii(backing)[:72]}")
     proc.run(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-b", backing, "-F", "qcow2",
               str(overlay)])

@@ -10,7 +10,6 @@ file defines it.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import re
 import threading
@@ -19,22 +18,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from capstan.core.addresses import is_host_address
 from capstan.core.config import Config, Setting
 from capstan.core.errors import BackendError, CapstanError, ConfigError, InputError
 from capstan.core.names import problem
 from capstan.core.secrets import MASK, redact
 from capstan.drivers.base import Capability, Driver, Instance, driver_class, driver_names
 
-__all__ = ["LOCAL", "Host", "HostSet", "HostUnreachable", "is_host_address", "parse_hosts",
-           "place", "scrub"]
+__all__ = ["LOCAL", "Host", "HostSet", "HostUnreachable", "parse_hosts", "place",
+           "scrub"]
 
 LOCAL = "local"
 _HOST_KEYS = {"driver", "address"}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]{0,127})\}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_VALUE = 1024
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63}){0,126}")
-_MAX_HOST_NAME = 253
 
 Bad = Callable[[str, str], InputError]
 
@@ -117,20 +115,6 @@ def _host(name: str, value: Any, bad: Bad) -> Host:
                       f"(its settings: {allowed})")
         settings.append((setting.key, _value(setting, item, f"{where}.{setting.key}", bad)))
     return Host(name, driver, tuple(settings), address)
-
-
-def is_host_address(text: str) -> bool:
-    """Whether *text* is a host name or an IP address (what a command line may hold); an
-    IPv6 zone (``%`` and any text: spaces, commas) is not."""
-    if _HOSTNAME.fullmatch(text) and len(text) <= _MAX_HOST_NAME:
-        return True
-    if "%" in text:
-        return False
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _plain(value: Any) -> bool:

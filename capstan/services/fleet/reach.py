@@ -9,13 +9,12 @@ a port before it goes into a command line.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 from collections.abc import Iterable
 
+from capstan.core.addresses import is_host_address, valid_ip
 from capstan.core.errors import CapstanError, InputError
 from capstan.drivers.base import Instance
-from capstan.services.fleet.hosts import HostSet, is_host_address
+from capstan.services.fleet.hosts import HostSet
 from capstan.services.fleet.plan import Member
 
 __all__ = ["given", "reachable"]
@@ -57,18 +56,11 @@ def _where(inst: Instance, base: str, host: str) -> str:
 
 
 def _checked(value: object, name: str, host: str) -> str:
-    """*value* as an IP address (:func:`_ip`), else InputError."""
-    try:
-        return _ip(str(value))
-    except ValueError:
-        raise _bad(value, name, host, "IP address") from None
-
-
-def _ip(text: str) -> str:
-    """*text* as a canonical IP address; an IPv6 zone (``%`` and any text) is refused."""
-    if "%" in text:
-        raise ValueError(text)
-    return str(ipaddress.ip_address(text))
+    """*value* as an IP address, else InputError."""
+    ip = valid_ip(str(value))
+    if ip is None:
+        raise _bad(value, name, host, "IP address")
+    return ip
 
 
 def _host(base: str, host: str) -> str:
@@ -76,9 +68,7 @@ def _host(base: str, host: str) -> str:
     if not is_host_address(base):
         raise InputError(f"host {host}: its address {ascii(base)[:72]} is not an IP "
                          "address or host name: not passed to dependents")
-    with contextlib.suppress(ValueError):
-        return str(ipaddress.ip_address(base))
-    return base
+    return valid_ip(base) or base
 
 
 def _bad(value: object, name: str, host: str, what: str) -> InputError:
