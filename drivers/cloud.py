@@ -12,9 +12,7 @@ import tempfile
 from abc import abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
-
-from filelock import FileLock
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from capstan.core.errors import Conflict, NotFound, UnsupportedOperation, UsageError
 from capstan.core.fs import atomic_write, lock
@@ -28,6 +26,9 @@ from capstan.drivers.base import (
     InstanceSpec,
     UploadResult,
 )
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 __all__ = ["CloudDriver", "SnapshotFollower", "label_value"]
 

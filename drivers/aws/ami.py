@@ -29,7 +29,7 @@ from capstan.core.errors import (
     NotFound,
 )
 from capstan.core.fs import atomic_write
-from capstan.drivers.aws.api import TAG, AwsApi
+from capstan.drivers.aws.api import DIGEST, TAG, AwsApi, ours
 from capstan.drivers.base import StoredImage, UploadResult
 
 LOG = logging.getLogger(__name__)
@@ -93,9 +93,7 @@ class AmiStore(AwsApi):
     def find_ami(self, digest: str) -> str | None:
         """Our AMI made from an image with SHA-256 *digest*, if there is one."""
         images = self._call("describe_images", self.client("ec2").describe_images,
-                            Owners=["self"], Filters=[
-                                {"Name": f"tag:{TAG}", "Values": ["true"]},
-                                {"Name": "tag:capstan:image-digest", "Values": [digest]}])
+                            Owners=["self"], Filters=ours(digest))
         ready = [i for i in images["Images"] if i.get("State", "available") == "available"]
         return str(ready[0]["ImageId"]) if ready else None
 
@@ -287,14 +285,14 @@ class AmiStore(AwsApi):
     def images(self) -> list[StoredImage]:
         """Our AMIs (their detail: the snapshots)."""
         found = self._call("describe_images", self.client("ec2").describe_images,
-                           Owners=["self"], Filters=[{"Name": f"tag:{TAG}", "Values": ["true"]}])
+                           Owners=["self"], Filters=ours())
         rows = []
         for image in found["Images"]:
             tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
             snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
                      if "Ebs" in m and "SnapshotId" in m["Ebs"]]
             rows.append(StoredImage(image["ImageId"], tags.get("capstan:name", ""),
-                                    tags.get("capstan:image-digest", ""), ",".join(snaps),
+                                    tags.get(DIGEST, ""), ",".join(snaps),
                                     image.get("CreationDate", "")))
         return sorted(rows, key=lambda r: r.created)
 
@@ -307,10 +305,8 @@ class AmiStore(AwsApi):
         for image in matches:
             self._call("deregister_image", ec2.deregister_image, ImageId=image.id)
             tagged = self._call("describe_snapshots", ec2.describe_snapshots,
-                                OwnerIds=["self"], Filters=[
-                                    {"Name": f"tag:{TAG}", "Values": ["true"]},
-                                    {"Name": "tag:capstan:image-digest",
-                                     "Values": [image.digest or "-"]}])["Snapshots"]
+                                OwnerIds=["self"],
+                                Filters=ours(image.digest or "-"))["Snapshots"]
             snapshots = set(filter(None, image.detail.split(",")))
             for snap in snapshots | {t["SnapshotId"] for t in tagged}:
                 with contextlib.suppress(NotFound):

@@ -11,9 +11,19 @@ from capstan.core.errors import BackendError, ConfigError, NotFound, RemoteError
 from capstan.drivers.base import DiskPreparer
 from capstan.drivers.cloud import CloudDriver
 
-__all__ = ["TAG", "AwsApi"]
+__all__ = ["DIGEST", "TAG", "AwsApi", "ours"]
 
 TAG = "capstan:managed"
+#: the tag holding the SHA-256 of the image (or disk) an AMI or snapshot was made of
+DIGEST = "capstan:image-digest"
+
+
+def ours(digest: str | None = None) -> list[dict[str, Any]]:
+    """The EC2 ``Filters`` of what pycapstan made (of the image *digest*, when given)."""
+    found: list[dict[str, Any]] = [{"Name": f"tag:{TAG}", "Values": ["true"]}]
+    if digest is not None:
+        found.append({"Name": f"tag:{DIGEST}", "Values": [digest]})
+    return found
 
 
 class AwsApi(CloudDriver):
@@ -82,4 +92,4 @@ class AwsApi(CloudDriver):
 
     def _tags(self, name: str, digest: str) -> list[dict[str, str]]:
         return [{"Key": TAG, "Value": "true"}, {"Key": "capstan:name", "Value": name},
-                {"Key": "capstan:image-digest", "Value": digest}, {"Key": "Name", "Value": name}]
+                {"Key": DIGEST, "Value": digest}, {"Key": "Name", "Value": name}]

@@ -19,12 +19,11 @@ from typing import Any
 
 from capstan.core.errors import BackendError, CapstanError, NotFound
 from capstan.drivers.aws.ami import BLOCK, AmiStore
-from capstan.drivers.aws.api import TAG
+from capstan.drivers.aws.api import DIGEST, TAG, ours
 from capstan.drivers.base import DiskDelta, InstanceSpec, UploadResult
 
 __all__ = ["Base", "ChildAmis", "child_digest"]
 
-DIGEST = "capstan:image-digest"
 _SNAPSHOT_ID = re.compile(r"snap-[0-9a-f]{8,17}")
 _MAX_GIB = 65536  # the largest EBS snapshot (64 TiB)
 
@@ -102,9 +101,8 @@ class ChildAmis(AmiStore):
             return None
         found = self._call("describe_snapshots", self.client("ec2").describe_snapshots,
                            OwnerIds=["self"], Filters=[
-                               {"Name": f"tag:{TAG}", "Values": ["true"]},
-                               {"Name": f"tag:{DIGEST}", "Values": [digest]},
-                               {"Name": "status", "Values": ["completed"]}])["Snapshots"]
+                               *ours(digest), {"Name": "status", "Values": ["completed"]}],
+                           )["Snapshots"]
         for snap in found if isinstance(found, list) else []:
             if isinstance(snap, dict) and (size := _completed_size(snap, digest)):
                 return Base(ami, str(snap["SnapshotId"]), size)
@@ -115,8 +113,7 @@ class ChildAmis(AmiStore):
         between the snapshot and the AMI): unlisted, they could not be removed else."""
         ec2 = self.client("ec2")
         found = self._call("describe_snapshots", ec2.describe_snapshots, OwnerIds=["self"],
-                           Filters=[{"Name": f"tag:{TAG}", "Values": ["true"]},
-                                    {"Name": f"tag:{DIGEST}", "Values": [digest]}])["Snapshots"]
+                           Filters=ours(digest))["Snapshots"]
         for snap in found if isinstance(found, list) else []:
             snapshot = snap.get("SnapshotId") if isinstance(snap, dict) else None
             if (isinstance(snapshot, str) and _SNAPSHOT_ID.fullmatch(snapshot)
