@@ -13,10 +13,10 @@ import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from capstan.core.errors import InputError, LocalIOError, NotFound
 from capstan.core.fs import atomic_output
@@ -35,12 +35,13 @@ from capstan.packages.manifest import (
     walk_package,
 )
 
-__all__ = ["Archive", "Member", "build_mpm", "read_mpm"]
+__all__ = ["MAX_MEMBER", "MAX_MEMBERS", "MAX_META", "META", "README", "Archive", "Member",
+           "archive_of", "build_mpm", "check_member", "read_mpm", "scan_mpm"]
 
 MAX_MEMBER = 4 << 30
 MAX_MEMBERS = 100_000
 MAX_META = 1 << 20  # meta/package.yaml, meta/run.yaml, and any tar extended header
-_META = ("meta/package.yaml", "meta/run.yaml")
+META = ("meta/package.yaml", "meta/run.yaml")
 README = "meta/README.md"  # shown by package describe; only its first MAX_META bytes are read
 
 
@@ -148,20 +149,47 @@ def read_mpm(path: Path) -> Archive:
     if not path.exists():
         raise NotFound(f"no such package archive: {path}")
     with open_host(path) as raw:
-        compressed = os.fstat(raw.fileno()).st_size
-        is_gzip = raw.read(2) == b"\x1f\x8b"
-        raw.seek(0)
-        inner: Any = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
-        limit = expansion_limit(compressed) if is_gzip else compressed
-        stream = io.BufferedReader(CappedReader(inner, limit, str(path)), 1 << 16)
-        members, data = _scan(path, stream)
+        return scan_mpm(path, raw)
+
+
+def scan_mpm(path: Path, raw: BinaryIO, copy: Callable[[memoryview], object] | None = None
+             ) -> Archive:
+    """:func:`read_mpm` of *path* opened as *raw*; *copy*, if given, sees every byte of
+    the decompressed tar stream read, in order (a gzip archive's only)."""
+    compressed = os.fstat(raw.fileno()).st_size
+    is_gzip = raw.read(2) == b"\x1f\x8b"
+    raw.seek(0)
+    inner: Any = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
+    limit = expansion_limit(compressed) if is_gzip else compressed
+    capped = _Copying(inner, limit, str(path))
+    capped.copy = copy if is_gzip else None
+    members, data = _scan(path, io.BufferedReader(capped, 1 << 16))
+    return archive_of(path, members, data, extent=(path, is_gzip))
+
+
+def archive_of(path: Path, members: list[Member], data: dict[str, bytes], *,
+               extent: tuple[Path, bool]) -> Archive:
+    """The archive *path* holding *members* and meta files *data*, its files' bytes in
+    *extent* (a file, and whether that is gzip'd); the meta files are parsed."""
     manifest = run_yaml = None
     if "meta/package.yaml" in data:
         manifest = parse_manifest(_yaml(data["meta/package.yaml"], path, "package.yaml"),
                                   f"{path}:meta/package.yaml")
     if "meta/run.yaml" in data:
         run_yaml = _yaml(data["meta/run.yaml"], path, "run.yaml")
-    return Archive(path, manifest, run_yaml, members, is_gzip, data)
+    return Archive(extent[0], manifest, run_yaml, members, extent[1], data)
+
+
+class _Copying(CappedReader):
+    """A capped reader that also hands what it reads to *copy*."""
+
+    copy: Callable[[memoryview], object] | None = None
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = super().readinto(buffer)
+        if self.copy is not None and n:
+            self.copy(memoryview(buffer)[:n])
+        return n
 
 
 def _scan(path: Path, stream: Any) -> tuple[list[Member], dict[str, bytes]]:
@@ -177,7 +205,7 @@ def _scan(path: Path, stream: Any) -> tuple[list[Member], dict[str, bytes]]:
                 if member is None:
                     continue
                 members.append(member)
-                if member.name in (*_META, README) and member.kind == "file":
+                if member.name in (*META, README) and member.kind == "file":
                     if member.size > MAX_META and member.name != README:
                         raise InputError(f"{path}: member {info.name} is too large")
                     f = tar.extractfile(info)
@@ -218,18 +246,23 @@ def _safe_name(path: Path, info: tarfile.TarInfo) -> str | None:
     name = name[:-1] if name.endswith("/") else name
     if name in ("", "."):
         return None
+    check_member(path, name, info.name, info.linkname if info.issym() else None)
+    return name
+
+
+def check_member(path: Path, name: str, raw: str, target: str | None) -> None:
+    """InputError unless *name* (tar name *raw*; a symlink to *target*) stays in the
+    package and is a valid guest path."""
     parts = name.split("/")
     if ".." in parts:
-        raise InputError(f"{path}: member '{info.name}' escapes the package")
-    guest_path("/" + name, f"{path}: member '{info.name}'")
-    if info.issym():
-        target = info.linkname
+        raise InputError(f"{path}: member '{raw}' escapes the package")
+    guest_path("/" + name, f"{path}: member '{raw}'")
+    if target is not None:
         depth = len(parts) - 1
         for part in target.split("/"):
             depth += -1 if part == ".." else (0 if part in ("", ".") else 1)
             if depth < 0:
-                raise InputError(f"{path}: symlink '{info.name}' -> '{target}' escapes "
+                raise InputError(f"{path}: symlink '{raw}' -> '{target}' escapes "
                                  "the package")
         if not target or "\0" in target:
-            raise InputError(f"{path}: symlink '{info.name}' has an invalid target")
-    return name
+            raise InputError(f"{path}: symlink '{raw}' has an invalid target")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from capstan.core.errors import InputError, LocalIOError, NotFound
-from capstan.core.fs import publish_dir, sha256_of, sweep, temp_dir
+from capstan.core.fs import publish_dir, sweep, temp_dir
 from capstan.core.names import check_name
 from capstan.core.yamlfile import load_strict
 from capstan.image.rofs import DirEntry, FileEntry
@@ -29,8 +29,8 @@ from capstan.packages.manifest import (
     satisfies,
     walk_package,
 )
-from capstan.packages.mpm import read_mpm
 from capstan.packages.runtimes import RunConfig, boot_command, parse_run
+from capstan.packages.unpacked import digest, read_cached
 
 __all__ = ["BOOTSTRAP", "COMPOSE_REMOTE", "Collected", "MergeOptions", "Merged", "Resolved",
            "collect", "merge", "resolve"]
@@ -87,7 +87,7 @@ def resolve(root: Path, names: Sequence[str], *, pull: Any = None,
         if pkg in manifests and not satisfies(manifests[pkg].version, rule):
             raise InputError(f"{who} needs {pkg} {rule}, but the repository has version "
                              f"'{manifests[pkg].version}'")
-    return [Resolved(n, manifests[n].version, sha256_of(packages / f"{n}.mpm"),
+    return [Resolved(n, manifests[n].version, digest(root, packages / f"{n}.mpm"),
                      packages / f"{n}.mpm") for n in chosen]
 
 
@@ -143,7 +143,7 @@ def merge(package: Path, root: Path, options: MergeOptions = MergeOptions()) -> 
     if options.check is not None:
         options.check(resolved)
     files = Tree()
-    runs, order = _add_archives(files, resolved)
+    runs, order = _add_archives(files, resolved, root)
     rules = [*ignore_rules(package), ignore_regex(f"/{manifest.name}.mpm")]
     for rel, path in walk_package(package, rules):
         if not rel.startswith("/meta"):
@@ -159,14 +159,15 @@ def merge(package: Path, root: Path, options: MergeOptions = MergeOptions()) -> 
                   scripts=scripts, tree=files)
 
 
-def _add_archives(files: Tree, resolved: Sequence[Resolved]
+def _add_archives(files: Tree, resolved: Sequence[Resolved], root: Path
                   ) -> tuple[dict[str, RunConfig], list[str]]:
-    """Add every file of the *resolved* archives to *files*; their run configurations,
-    and the names of the packages that have one, in order."""
+    """Add every file of the *resolved* archives to *files* (read through the cache of
+    ``$CAPSTAN_ROOT`` *root*); their run configurations, and the names of the packages
+    that have one, in order."""
     runs: dict[str, RunConfig] = {}
     order: list[str] = []
     for dep in resolved:
-        archive = read_mpm(dep.path)
+        archive = read_cached(root, dep.path)
         if archive.run_yaml is not None:
             runs[dep.name] = parse_run(archive.run_yaml, dep.name, f"{dep.path}:meta/run.yaml")
             order.append(dep.name)
