@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from capstan.packages import unpacked
+from capstan.packages import records, unpacked
 
 from guest import boot, expected_report
 
@@ -21,9 +21,9 @@ pytestmark = pytest.mark.qemu
 @pytest.fixture(autouse=True)
 def unpin() -> Iterator[None]:
     yield
-    for fd in unpacked._pinned.values():
+    for fd in records.pinned.values():
         os.close(fd)
-    unpacked._pinned.clear()
+    records.pinned.clear()
 
 
 def _package(cli, src: Path, name: str, files: dict[str, bytes], require: str = "",  # type: ignore

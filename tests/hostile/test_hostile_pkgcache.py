@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from crashkit import kill9, spawn, temporaries, when
 
-from capstan.packages import unpacked
+from capstan.packages import records, unpacked
 
 from hostile_kit import Sandbox, check, snapshot
 
@@ -40,9 +40,9 @@ def unpin() -> Iterator[None]:
 
 def release() -> None:
     """Let go of the tars this process uses (as its exit would)."""
-    for fd in unpacked._pinned.values():
+    for fd in records.pinned.values():
         os.close(fd)
-    unpacked._pinned.clear()
+    records.pinned.clear()
 
 
 def make_app(cli, tmp_path: Path, body: bytes = b"L" * 50_000) -> Path:  # type: ignore
@@ -236,8 +236,8 @@ def test_a_damaged_entry_is_a_miss_and_rebuilt(cli, tmp_path: Path, sandbox: San
     damage(record, tar, sandbox)
     mpm = sandbox.root / "packages" / "my.lib.mpm"
     st = mpm.stat()
-    with pytest.raises(unpacked._Bad):  # refused as it is, before the compose rebuilds it
-        unpacked._hit(record.parent, unpacked._key(st), mpm, st)
+    with pytest.raises(records.Bad):  # refused as it is, before the compose rebuilds it
+        records.hit(record.parent, records.key_of(st), mpm, st)
     assert compose(cli, app, tmp_path / "again.img") == fresh
     assert valid(sandbox.root)
     assert not record.is_symlink() and (sandbox.outside / "victim").stat().st_nlink == 1

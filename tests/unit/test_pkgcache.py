@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from capstan.core.fs import sha256_of
-from capstan.packages import unpacked
+from capstan.packages import records, unpacked
 from capstan.packages.mpm import read_mpm
 
 
@@ -29,9 +29,9 @@ def unpin() -> Iterator[None]:
 
 def release() -> None:
     """Let go of the tars this process uses (as its exit would)."""
-    for fd in unpacked._pinned.values():
+    for fd in records.pinned.values():
         os.close(fd)
-    unpacked._pinned.clear()
+    records.pinned.clear()
 
 
 def package(cli, tmp_path: Path, name: str, body: bytes = b"body") -> Path:  # type: ignore
