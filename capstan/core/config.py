@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -13,8 +10,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from capstan.core.errors import ConfigError, LocalIOError, NotFound
+from capstan.core.errors import ConfigError, NotFound
 from capstan.core.textfile import read_bounded
+from capstan.core.yamlfile import cache_in, load_text
 
 LOG = logging.getLogger(__name__)
 
@@ -123,42 +121,9 @@ class Config:
         return self.root / "instances"
 
 
-class _ParsedYaml:
-    """Settings files parsed once: the mappings are kept in ``<root>/cache/config.json``
-    under the SHA-1 of their text, so most commands start without loading a YAML
-    parser. The cache is advisory: a lost or stale entry costs one parse."""
-
-    def __init__(self, root: Path) -> None:
-        self._file = root / "cache" / "config.json"
-        try:
-            old = json.loads(self._file.read_bytes())
-        except (OSError, ValueError):
-            old = {}
-        self._old: dict[str, Any] = old if isinstance(old, dict) else {}
-        self._used: dict[str, Any] = {}
-
-    def parse(self, text: str, where: str) -> dict[str, Any]:
-        """The mapping in *text*; ConfigError naming *where* and the line if it is not one."""
-        key = hashlib.sha1(text.encode()).hexdigest()
-        data = self._old.get(key)
-        if not isinstance(data, dict):  # not cached (or a damaged entry)
-            data = _parse_yaml(text, where)
-        self._used[key] = data
-        return data
-
-    def save(self) -> None:
-        if self._used == self._old or not self._file.parent.parent.is_dir():
-            return  # unchanged, or no root yet: reading settings never creates one
-        from capstan.core.fs import atomic_write
-
-        with contextlib.suppress(OSError, LocalIOError):  # a read-only root works uncached
-            self._file.parent.mkdir(exist_ok=True)
-            atomic_write(self._file, json.dumps(self._used, default=str).encode())
-
-
 def _parse_yaml(text: str, where: str) -> dict[str, Any]:
-    from capstan.core.yamlfile import load_text
-
+    """The mapping of settings in *text*; ConfigError naming *where* and the line if it is
+    not one (parsed documents are cached: see :func:`capstan.core.yamlfile.cache_in`)."""
     data = load_text(text, where, error=ConfigError)
     if data is None:
         return {}
@@ -182,16 +147,15 @@ def load(flags: Mapping[str, Any] | None = None,
     env = os.environ if environ is None else environ
     root = Path(env.get("CAPSTAN_ROOT") or Path.home() / ".capstan").expanduser()
     config_file = root / "config.yaml"
-    parsed = _ParsedYaml(root)
+    cache_in(root / "cache")
     defaults = (resources.files("capstan.etc") / "config.yaml").read_text(encoding="utf-8")
     layers = (
-        ("default", parsed.parse(defaults, "built-in defaults")),
-        (str(config_file), parsed.parse(_read_text(config_file), str(config_file))),
+        ("default", _parse_yaml(defaults, "built-in defaults")),
+        (str(config_file), _parse_yaml(_read_text(config_file), str(config_file))),
         ("environment", {k[len(_ENV):].lower(): v for k, v in env.items()
                          if k.startswith(_ENV) and k.isupper() and v}),
         ("command line", {k: v for k, v in (flags or {}).items() if v is not None}),
     )
-    parsed.save()
     known = {s.key: s for s in SETTINGS}
     drivers = installed_drivers()
     prefixes = tuple(_prefix(name) for name in drivers)  # their keys: checked as each loads

@@ -13,11 +13,17 @@ from typing import BinaryIO
 
 from capstan.core.errors import InputError
 
-__all__ = ["ABSOLUTE_LIMIT", "RATIO", "CappedReader", "expansion_limit"]
+__all__ = ["ABSOLUTE_LIMIT", "RATIO", "YAML_ALIASES", "YAML_BYTES", "YAML_DEPTH", "YAML_EXPANDED",
+           "CappedReader", "expansion_limit"]
 
 RATIO = 200  # expanded bytes per compressed byte
 FLOOR = 64 << 20  # small inputs may always expand this far
 ABSOLUTE_LIMIT = 64 << 30
+#: bounds of a YAML document (see :mod:`capstan.core.yamlfile`)
+YAML_BYTES = 1 << 20
+YAML_DEPTH = 64
+YAML_ALIASES = 256
+YAML_EXPANDED = 4 * YAML_BYTES
 
 
 def expansion_limit(compressed: int) -> int:

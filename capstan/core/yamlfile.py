@@ -6,116 +6,41 @@ alias uses (:data:`MAX_ALIASES`) and in their size once aliases are expanded
 once instead of taking gigabytes when a caller walks or prints it. Only plain
 YAML types are built (a SafeLoader). Strict loading also refuses a mapping key
 given twice. Every problem is one error line ``WHERE:LINE: message``.
+
+Parsed documents are kept by the SHA-256 of their text in ``$CAPSTAN_ROOT/cache/yaml.json``
+(see :func:`cache_in`), so that a command whose YAML files did not change loads no YAML
+parser (~8 ms): only values that JSON gives back exactly (same types: no dates, no
+non-string keys) are kept, each with a check of its own, the last :data:`MAX_KEPT`. The
+cache is advisory: a lost, damaged or foreign entry costs one parse.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from capstan.core import textfile
 from capstan.core.errors import CapstanError, InputError, NotFound
+from capstan.core.limits import YAML_ALIASES, YAML_BYTES, YAML_DEPTH, YAML_EXPANDED
 
-__all__ = ["MAX_ALIASES", "MAX_BYTES", "MAX_DEPTH", "MAX_EXPANDED", "line_of", "load_cached",
-           "load_file", "load_strict", "load_text", "read_bounded"]
+__all__ = ["MAX_ALIASES", "MAX_BYTES", "MAX_DEPTH", "MAX_EXPANDED", "MAX_KEPT", "cache_in",
+           "dump", "line_of", "load_cached", "load_file", "load_strict", "load_text",
+           "read_bounded"]
 
 LOG = logging.getLogger(__name__)
 
-MAX_BYTES = 1 << 20
-MAX_DEPTH = 64
-MAX_ALIASES = 256
-MAX_EXPANDED = 4 * MAX_BYTES
-
-
-class _Refused(yaml.YAMLError):
-    """A document over one of the bounds."""
-
-    def __init__(self, message: str, mark: yaml.Mark | None) -> None:
-        super().__init__(message)
-        self.problem = message
-        self.problem_mark = mark
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """A SafeLoader that bounds nesting, alias uses and the expanded document."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._aliases = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                raise _Refused(f"more than {MAX_ALIASES} aliases: refusing to expand them",
-                               self._mark())
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise _Refused(f"nested deeper than {MAX_DEPTH} levels", self._mark())
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def _mark(self) -> yaml.Mark:
-        """Where the next event starts."""
-        mark: yaml.Mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-        return mark
-
-    def compose_document(self) -> yaml.Node | None:
-        node: yaml.Node | None = super().compose_document()
-        if node is not None:
-            _expanded(node, {}, set())
-        return node
-
-
-def _expanded(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
-    """Characters plus nodes of *node* with its aliases expanded (refused past the bound)."""
-    ident = id(node)
-    if ident in sizes:
-        return sizes[ident]
-    if ident in open_:
-        raise _Refused("an alias refers to its own anchor (a recursive document)",
-                       node.start_mark)
-    open_.add(ident)
-    if isinstance(node, yaml.ScalarNode):
-        size = 1 + len(node.value)
-    elif isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded(child, sizes, open_) for child in node.value)
-    else:
-        size = 1 + sum(_expanded(k, sizes, open_) + _expanded(v, sizes, open_)
-                       for k, v in node.value)
-    open_.discard(ident)
-    if size > MAX_EXPANDED:
-        raise _Refused(f"larger than {MAX_EXPANDED} characters once its aliases are "
-                       "expanded: refusing it", node.start_mark)
-    sizes[ident] = size
-    return size
-
-
-class _StrictLoader(_BoundedLoader):
-    """A bounded loader that also refuses a mapping key given twice."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    None, None, "a mapping key must be a plain value", key_node.start_mark
-                ) from None
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}'", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+MAX_BYTES = YAML_BYTES
+MAX_DEPTH = YAML_DEPTH
+MAX_ALIASES = YAML_ALIASES
+MAX_EXPANDED = YAML_EXPANDED
+MAX_KEPT = 128  # documents kept in the cache, the last parsed
+_MAX_VALUE = 64 << 10  # bytes of JSON of a kept document
+_VERSION = 1
 
 
 def load_text(text: str | bytes, where: str, *, strict: bool = False,
@@ -127,35 +52,114 @@ def load_text(text: str | bytes, where: str, *, strict: bool = False,
     """
     if len(text) > MAX_BYTES:
         raise error(f"{where}: larger than {MAX_BYTES} bytes: refusing to parse it")
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    key = hashlib.sha256((b"strict\0" if strict else b"plain\0") + raw).hexdigest()
+    found, value = _store.get(key) if _store else (False, None)
+    if found:
+        return value
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as err:
             raise error(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    loader: _BoundedLoader | None = None
-    try:  # the reader refuses control characters as soon as it is made
-        loader = (_StrictLoader if strict else _BoundedLoader)(text)
-        return loader.get_single_data()
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise error(f"{where}{line}: {_one_line(err.problem or err.context)}") from err
-    except _Refused as err:
-        mark = err.problem_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise error(f"{where}{line}: {err.problem}") from err
-    except yaml.YAMLError as err:
-        raise error(f"{where}: {_one_line(str(err))}") from err
-    except (ValueError, TypeError, OverflowError, RecursionError) as err:
-        # e.g. an integer of 10,000 digits or a date like 2024-02-31
-        raise error(f"{where}: invalid value: {_one_line(str(err))}") from err
-    finally:
-        if loader is not None:
-            loader.dispose()
+    from capstan.core.yamlparse import parse
+
+    value = parse(text, where, strict=strict, error=error)
+    if _store:
+        _store.put(key, value)
+    return value
 
 
-def _one_line(text: str | None) -> str:
-    return " ".join((text or "invalid YAML").split())
+def dump(data: Any, *, sort_keys: bool = False) -> str:
+    """*data* as block-style YAML (kept in the cache too: the same data needs no parser)."""
+    key = ""
+    with contextlib.suppress(TypeError, ValueError):
+        text = json.dumps([sort_keys, data], allow_nan=False)
+        if _exact([sort_keys, data], json.loads(text)):
+            key = "dump:" + hashlib.sha256(text.encode()).hexdigest()
+    found, kept = _store.get(key) if _store and key else (False, None)
+    if found and isinstance(kept, str):
+        return kept
+    from capstan.core.yamlparse import dump as dump_yaml
+
+    out = dump_yaml(data, sort_keys=sort_keys)
+    if _store and key:
+        _store.put(key, out)
+    return out
+
+
+class _Store:
+    """The documents kept in the JSON file *path* (written only if its root exists)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            data = json.loads(textfile.read_bounded(path, CapstanError, MAX_KEPT * _MAX_VALUE,
+                                                    follow=False))
+        except (CapstanError, ValueError):
+            data = None
+        entries = data.get("entries") if isinstance(data, dict) and \
+            data.get("version") == _VERSION else None
+        self.entries: dict[str, Any] = entries if isinstance(entries, dict) else {}
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        """(True, a fresh copy of the document kept under *key*) or (False, None)."""
+        item = self.entries.get(key)
+        if not isinstance(item, list) or len(item) != 2:  # noqa: PLR2004
+            return False, None
+        try:
+            text = json.dumps(item[0], allow_nan=False)
+        except ValueError:
+            return False, None
+        if item[1] != _check(key, text):
+            return False, None
+        return True, json.loads(text)
+
+    def put(self, key: str, value: Any) -> None:
+        """Keep *value* under *key* if JSON gives it back exactly, and save."""
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return
+        if len(text) > _MAX_VALUE or not _exact(value, json.loads(text)):
+            return
+        self.entries.pop(key, None)
+        self.entries[key] = [json.loads(text), _check(key, text)]
+        while len(self.entries) > MAX_KEPT:
+            del self.entries[next(iter(self.entries))]
+        if not self.path.parent.parent.is_dir():
+            return  # no root yet: reading never creates one
+        from capstan.core.fs import atomic_write
+
+        with contextlib.suppress(OSError, CapstanError):  # a read-only root works uncached
+            self.path.parent.mkdir(exist_ok=True)
+            data = {"version": _VERSION, "entries": self.entries}
+            atomic_write(self.path, json.dumps(data).encode(), 0o600, sync=False)
+
+
+def _check(key: str, text: str) -> str:
+    return hashlib.sha256(f"{key}\0{text}".encode()).hexdigest()[:32]
+
+
+def _exact(a: Any, b: Any) -> bool:
+    """Whether *a* and *b* are equal with the same types throughout (1 is not 1.0 or True)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_exact(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_exact, a, b))
+    return bool(a == b)
+
+
+_store: _Store | None = None
+
+
+def cache_in(folder: Path) -> None:
+    """Keep parsed documents in ``folder/yaml.json`` (``$CAPSTAN_ROOT/cache``) from now on
+    (what it holds now is read: once per command)."""
+    global _store
+    _store = _Store(folder / "yaml.json")
 
 
 def load_file(path: Path, where: str | None = None, *, strict: bool = False) -> Any:

@@ -15,12 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from capstan.core import timestamps
 from capstan.core.errors import Conflict, InputError, NotFound, UsageError
 from capstan.core.names import check_name
-from capstan.core.yamlfile import line_of, load_strict, read_bounded
+from capstan.core.yamlfile import dump, line_of, load_strict, read_bounded
 from capstan.packages.runtimes import RunConfig, parse_run
 
 __all__ = ["Manifest", "ignore_regex", "ignore_rules", "ignored", "init_manifest",
@@ -67,7 +65,7 @@ class Manifest:
             data["platform"] = self.platform
         if self.constraints:
             data["constraints"] = self.constraints
-        return yaml.safe_dump(data, sort_keys=False)
+        return dump(data, sort_keys=False)
 
 
 def parse_manifest(data: Any, where: str) -> Manifest:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from capstan.core.errors import NotFound
+from capstan.core.yamlfile import dump
 from capstan.packages.runtimes import RUNTIMES
 
 __all__ = ["EXAMPLES", "run_template"]
@@ -43,7 +42,7 @@ _INDENT = "    "
 
 
 def _block(key: str, value: Any, *, commented: bool) -> list[str]:
-    lines = yaml.safe_dump({key: value}, default_flow_style=False).splitlines()
+    lines = dump({key: value}, sort_keys=True).splitlines()
     prefix = _INDENT + ("# " if commented else "")
     return [prefix + line for line in lines]
 

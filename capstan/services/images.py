@@ -234,9 +234,7 @@ def _compose_zfs(config: Config, entries: Sequence[Entry], target: Path,
 def _check_lock(package: Path, resolved: Sequence[Resolved]) -> bytes:
     """Refuse a resolved package that ``capstan.lock`` pins at another digest; the
     lock file's new text, pinning every resolved package."""
-    import yaml
-
-    from capstan.core.yamlfile import load_strict
+    from capstan.core.yamlfile import dump, load_strict
 
     lock = package / "capstan.lock"
     now = {p.name: {"version": p.version, "sha256": p.sha256} for p in resolved}
@@ -251,4 +249,4 @@ def _check_lock(package: Path, resolved: Sequence[Resolved]) -> bytes:
                 raise InputError(f"{lock} pins {pkg} at sha256 {entry.get('sha256')} but the "
                                  f"repository has {have['sha256']}: pull the pinned package, "
                                  "or delete capstan.lock to accept the new one")
-    return yaml.safe_dump({"lock_version": 1, "packages": now}, sort_keys=True).encode()
+    return dump({"lock_version": 1, "packages": now}, sort_keys=True).encode()

@@ -50,7 +50,7 @@ def test_parsed_settings_cache_follows_edits(capstan_root: Path) -> None:
         with pytest.raises(ConfigError, match=r"config\.yaml:\d+: "):
             config.load({}, env)
     settings.write_text("disk_format: raw\n")
-    cache = capstan_root / "cache" / "config.json"
+    cache = capstan_root / "cache" / "yaml.json"
     for damaged in ("{not json", json.dumps({k: [1] for k in json.loads(cache.read_text())})):
         cache.write_text(damaged)
         assert config.load({}, env).disk_format == "raw"
