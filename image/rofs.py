@@ -21,9 +21,10 @@ from capstan.image.sources import (
     Contents,
     Extent,
     Span,
-    copy_span,
+    copy_range,
     data_spans,
-    open_host,
+    open_fd,
+    preallocate,
     zero_range,
 )
 
@@ -48,6 +49,7 @@ MODE_DIR = 0x4000
 MODE_FILE = 0x8000
 MODE_LINK = 0xA000
 _COPIERS = 4  # files copied at once (copy_file_range: no GIL, no buffer of ours)
+_SECTOR = 512  # the unit of st_blocks
 _SUPERBLOCK = struct.Struct("<8Q")
 _INODE = struct.Struct("<4Q")
 _MAX_NAME = 0xFFFF
@@ -215,13 +217,19 @@ class RofsPlan:
                     out.seek(base + offset + entry.size)
                     out.write(bytes(-entry.size % BLOCK))
                 if _streamed(entry):
-                    _copy_content(entry, out, base + offset, reader, reuse is None)
+                    _copy_streamed(entry, out, base + offset, reader)
                 else:
                     copies.append((base + offset, entry))
         out.flush()
+        if reuse is None and copies:  # a new file: its space allocated at once
+            end = max(offset + entry.size for offset, entry in copies)
+            preallocate(out.fileno(), copies[0][0], end - copies[0][0])
+        def copy_all(jobs: list[tuple[int, FileEntry]]) -> None:
+            for offset, entry in jobs:
+                _copy_host(entry, out.fileno(), offset)
+
         with ThreadPoolExecutor(_COPIERS) as pool:  # reads from a cold disk overlap
-            for _done in pool.map(lambda job: _copy_content(job[1], out, job[0], reader,
-                                                            reuse is None), copies):
+            for _done in pool.map(copy_all, [copies[n::_COPIERS] for n in range(_COPIERS)]):
                 pass
         return RofsLayout(
             size=self.size, data_blocks=self.block - 1, inodes=len(self.inodes),
@@ -246,31 +254,36 @@ def _streamed(entry: FileEntry) -> bool:
     return entry.source is None and (entry.extent is None or entry.extent.gzip)
 
 
-def _copy_content(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents,
-                  fresh: bool = True) -> None:
-    """Write *entry*'s bytes at *offset*; a read error names the source, a write error
-    (an OSError) is left to the caller, which names the output. Only the data of a host
-    file with holes is copied: its holes are left unwritten when *out* is *fresh* (it reads
-    zero wherever nothing was written), else made zero."""
+def _copy_streamed(entry: FileEntry, out: BinaryIO, offset: int, reader: Contents) -> None:
+    """Write the bytes of *entry* (in memory, or read through *reader*) at *offset*; a read
+    error names the source, a write error (an OSError) is left to the caller."""
+    out.seek(offset)
+    for chunk in reader.chunks(entry):
+        out.write(chunk)
+
+
+def _copy_host(entry: FileEntry, out: int, offset: int) -> None:
+    """Copy *entry*'s bytes from its host file (or a plain archive's extent) into file *out*
+    at *offset*, by the kernel; a read error names the source, a write error (an OSError)
+    is left to the caller, which names the output. Only the data of a file with holes is
+    copied; its range in *out* is made a hole first."""
     extent = entry.extent
-    if _streamed(entry):
-        out.seek(offset)
-        for chunk in reader.chunks(entry):
-            out.write(chunk)
-        return
     path, start = ((entry.source, 0) if entry.source is not None
                    else (extent.path, extent.offset))  # type: ignore[union-attr]
-    with open_host(path) as src:
-        os.posix_fadvise(src.fileno(), start, entry.size, os.POSIX_FADV_SEQUENTIAL)
-        spans = data_spans(src.fileno(), start, entry.size)
+    src, st = open_fd(path)
+    try:
+        os.posix_fadvise(src, start, entry.size, os.POSIX_FADV_SEQUENTIAL)
+        dense = st.st_blocks * _SECTOR >= st.st_size  # no hole: no need to look for one
+        spans = iter([(start, entry.size)]) if dense else data_spans(src, start, entry.size)
         first = next(spans, None)  # None: all of it is a hole
-        if first != (start, entry.size) and not fresh:
-            out.flush()
-            zero_range(out.fileno(), offset, entry.size)
+        if first != (start, entry.size):
+            zero_range(out, offset, entry.size)
         for at, length in itertools.chain((first,) if first else (), spans):
-            if copy_span(src, out, offset + at - start, Span(path, at, length)) != length:
+            if copy_range(src, out, offset + at - start, Span(path, at, length)) != length:
                 raise LocalIOError(f"{path}: file changed while composing")
-        held = os.fstat(src.fileno()).st_size
+        held = os.fstat(src).st_size
+    finally:
+        os.close(src)
     if held < start + entry.size or (entry.source is not None and held != entry.size):
         raise LocalIOError(f"{path}: file changed while composing")
 

@@ -24,8 +24,8 @@ from capstan.core.limits import CappedReader, expansion_limit
 if TYPE_CHECKING:
     from capstan.image.rofs import FileEntry
 
-__all__ = ["Contents", "Extent", "Span", "copy_span", "data_spans", "open_host", "special_kind",
-           "zero_range"]
+__all__ = ["Contents", "Extent", "Span", "copy_range", "data_spans", "open_fd", "open_host",
+           "preallocate", "special_kind", "zero_range"]
 
 _CHUNK = 1 << 20
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
@@ -48,17 +48,8 @@ def special_kind(mode: int) -> str:
 
 
 def open_host(path: Path) -> BinaryIO:
-    """*path* opened for reading if it is a regular file; a symlink or FIFO is never followed
-    or opened for real (``O_NOFOLLOW | O_NONBLOCK``, then ``fstat``)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as err:
-        raise LocalIOError(f"cannot read {path}: {err.strerror}") from err
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise InputError(f"{path} is {special_kind(mode)}; only files, directories and "
-                         "symlinks are allowed")
+    """*path* opened for reading if it is a regular file (see :func:`open_fd`)."""
+    fd, _ = open_fd(path)
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
@@ -145,42 +136,56 @@ _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 @dataclass(frozen=True)
 class Span:
-    """*size* bytes from *start* of the file at *path* (for :func:`copy_span`)."""
+    """*size* bytes from *start* of the file at *path* (for :func:`copy_range`)."""
 
     path: Path
     start: int
     size: int
 
 
-def copy_span(src: BinaryIO, out: BinaryIO, offset: int, span: Span) -> int:
-    """Copy the *span* of *src* (its file opened) to *out* at *offset*; return how many
-    bytes *src* really held."""
+def open_fd(path: Path) -> tuple[int, os.stat_result]:
+    """The descriptor of *path* opened for reading, and its ``fstat``, if it is a regular
+    file; a symlink or FIFO is never followed or opened for real (``O_NOFOLLOW |
+    O_NONBLOCK``: harmless on a regular file). The caller closes it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise LocalIOError(f"cannot read {path}: {err.strerror}") from err
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InputError(f"{path} is {special_kind(st.st_mode)}; only files, directories and "
+                         "symlinks are allowed")
+    return fd, st
+
+
+def copy_range(src: int, out: int, offset: int, span: Span) -> int:
+    """Copy the *span* of file *src* to file *out* at *offset* (descriptors); return how
+    many bytes *src* really held. Positioned throughout: safe for threads sharing *out*."""
     path, start, size = span.path, span.start, span.size
-    out.flush()
     done = 0
     try:
         while done < size:
-            n = os.copy_file_range(src.fileno(), out.fileno(), size - done,
-                                   offset_src=start + done, offset_dst=offset + done)
+            n = os.copy_file_range(src, out, size - done, offset_src=start + done,
+                                   offset_dst=offset + done)
             if n == 0:
                 break
             done += n
     except OSError as err:  # e.g. a filesystem without copy_file_range
         if err.errno in _OUT_OF_SPACE:
             raise
-        done = 0  # positioned reads and writes: other threads copy into *out* at once
+        done = 0
         while done < size:
             try:
-                chunk = os.pread(src.fileno(), min(1 << 20, size - done), start + done)
+                chunk = os.pread(src, min(_CHUNK, size - done), start + done)
             except OSError as read_err:
                 raise LocalIOError(f"cannot read {path}: {read_err.strerror}") from read_err
             if not chunk:
                 break
             written = 0
             while written < len(chunk):
-                written += os.pwrite(out.fileno(), chunk[written:], offset + done + written)
+                written += os.pwrite(out, chunk[written:], offset + done + written)
             done += len(chunk)
-    src.seek(start + done)
     return done
 
 
@@ -216,16 +221,28 @@ _PUNCH_HOLE = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 _ZEROS = bytes(_CHUNK)
 
 
-def zero_range(fd: int, offset: int, length: int) -> None:
-    """Make *length* bytes of file *fd* from *offset* read as zeros: a hole punched where
-    the filesystem can (the bytes then take no space), zeros written elsewhere."""
-    if length <= 0:
-        return
-    import ctypes  # only here: rewriting a file that has holes in a recomposed image
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    """``fallocate(2)`` (Python has only ``posix_fallocate``, which glibc emulates by
+    writing where the filesystem cannot); 0, else the errno."""
+    import ctypes  # only here: composing a new image, or rewriting holes in one
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if libc.fallocate(fd, _PUNCH_HOLE, offset, length) == 0:
+    return 0 if libc.fallocate(fd, mode, offset, length) == 0 else ctypes.get_errno() or -1
+
+
+def preallocate(fd: int, offset: int, length: int) -> None:
+    """Allocate *length* bytes of file *fd* from *offset* (reading as zeros) before they are
+    written: one allocation instead of one per write (ext4 takes a fifth less time to copy
+    into it). Nothing where the filesystem cannot; OSError when it is out of space."""
+    if length > 0 and (err := _fallocate(fd, 0, offset, length)) in _OUT_OF_SPACE:
+        raise OSError(err, os.strerror(err))
+
+
+def zero_range(fd: int, offset: int, length: int) -> None:
+    """Make *length* bytes of file *fd* from *offset* read as zeros: a hole punched where
+    the filesystem can (the bytes then take no space), zeros written elsewhere."""
+    if length <= 0 or _fallocate(fd, _PUNCH_HOLE, offset, length) == 0:
         return
     end = offset + length
     while offset < end:

@@ -76,9 +76,10 @@ def test_recompose_reuses_the_spare_and_equals_a_fresh_compose(
     change(files[0], b"x" * 70_000)
     cached(tmp_path / "app", out, cache, fmt)
     copied: list[str] = []
-    real = rofs._copy_content
-    monkeypatch.setattr(rofs, "_copy_content", lambda e, *a: (copied.append(e.path),
-                                                              real(e, *a))[1])
+    for name in ("_copy_host", "_copy_streamed"):  # host files, and bytes in memory
+        real = getattr(rofs, name)
+        monkeypatch.setattr(rofs, name, lambda e, *a, real=real: (copied.append(e.path),
+                                                                  real(e, *a))[1])
     change(files[3], b"y" * 200_000)
     data = cached(tmp_path / "app", out, cache, fmt)
     assert out.stat().st_ino == first  # the first image, updated in place
@@ -118,20 +119,20 @@ def test_a_source_changed_during_its_copy_fails_the_compose(
     files = make_tree(tmp_path / "app", [5000, 6000])
     out, cache = tmp_path / "a.qcow2", tmp_path / "root"
     before = cached(tmp_path / "app", out, cache, DiskFormat.QCOW2)
-    real = rofs._copy_content
+    real = rofs._copy_host
 
     def racing(entry: FileEntry, *args: object) -> None:
         real(entry, *args)  # type: ignore[arg-type]
         if entry.source == files[1]:
             change(files[1], b"z" * 6000)  # same size, written after it was copied
 
-    monkeypatch.setattr(rofs, "_copy_content", racing)
+    monkeypatch.setattr(rofs, "_copy_host", racing)
     change(files[1], b"w" * 6000)
     with pytest.raises(LocalIOError, match="changed while composing"):
         cached(tmp_path / "app", out, cache, DiskFormat.QCOW2)
     assert out.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".capstan-tmp")]
-    monkeypatch.setattr(rofs, "_copy_content", real)
+    monkeypatch.setattr(rofs, "_copy_host", real)
     data = cached(tmp_path / "app", out, cache, DiskFormat.QCOW2)
     assert data == fresh(tmp_path / "app", tmp_path / "ref.qcow2", DiskFormat.QCOW2)
 
@@ -184,7 +185,7 @@ def test_a_failed_update_leaves_the_output_and_is_never_reused(
     def full_disk(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rofs, "_copy_content", full_disk)
+    monkeypatch.setattr(rofs, "_copy_host", full_disk)
     change(files[1], b"b" * 6000)
     with pytest.raises(LocalIOError, match="No space left"):
         cached(tmp_path / "app", out, root, DiskFormat.QCOW2)

@@ -3,6 +3,7 @@ image is the same bytes as one composed from a dense copy of the file."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from capstan.core.errors import LocalIOError
 from capstan.image import compose, loader, recompose, sources
 from capstan.image.formats import DiskFormat
 from capstan.image.inspect import OsvImage
@@ -154,3 +156,31 @@ def test_data_spans_of_a_file_with_holes(tmp_path: Path) -> None:
         assert list(sources.data_spans(fd, 5 * MIB, 10)) == [(5 * MIB, 10)]  # dense
     finally:
         os.close(fd)
+
+
+def test_a_new_image_is_preallocated_and_a_full_disk_is_said_before_any_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = app(tmp_path / "app")
+    (tree / "big").write_bytes(random.Random(3).randbytes(3 * MIB))
+    calls: list[tuple[int, int]] = []
+    real = sources._fallocate
+
+    def recording(fd: int, mode: int, offset: int, length: int) -> int:
+        calls.append((mode, length))
+        return real(fd, mode, offset, length)
+
+    monkeypatch.setattr(sources, "_fallocate", recording)
+    out = tmp_path / "a.qcow2"
+    compose.compose(with_base(collect(tree)), spec(DiskFormat.QCOW2), out)
+    assert len(calls) == 1 and calls[0][0] == 0 and calls[0][1] >= 3 * MIB  # one, whole files
+    monkeypatch.setattr(sources, "_fallocate", lambda *a: errno.EOPNOTSUPP)
+    same = tmp_path / "b.qcow2"  # a filesystem that cannot: the same bytes, written
+    compose.compose(with_base(collect(tree)), spec(DiskFormat.QCOW2), same)
+    assert same.read_bytes() == out.read_bytes()
+    monkeypatch.setattr(sources, "_fallocate", lambda *a: errno.ENOSPC)
+    copied: list[object] = []
+    monkeypatch.setattr(os, "copy_file_range", lambda *a, **k: copied.append(a) or 0)
+    with pytest.raises(LocalIOError, match="No space left"):
+        compose.compose(with_base(collect(tree)), spec(DiskFormat.QCOW2), tmp_path / "c.qcow2")
+    assert not copied
+    assert not [p for p in tmp_path.iterdir() if p.name == "c.qcow2" or ".capstan" in p.name]
