@@ -4,7 +4,7 @@ The caller names the byte ranges of the virtual disk that hold data (the loader,
 partition); every 64 KiB cluster touching one is allocated, the others read as zero and take
 no space. Metadata comes first (header, L1 table, refcount table and blocks, L2 tables), then
 the data clusters in virtual order, so each contiguous range of the disk is one contiguous
-range of the file: the caller copies file data straight to it (``copy_file_range``). The
+range of the file: the caller copies file data straight to it, with no scratch copy. The
 layout depends only on the virtual size and the ranges, so the same input gives the same bytes.
 """
 

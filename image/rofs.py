@@ -11,7 +11,6 @@ import itertools
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -20,10 +19,9 @@ from capstan.core.errors import Conflict, ImageError, InputError, LocalIOError, 
 from capstan.image.sources import (
     Contents,
     Extent,
+    HostFiles,
     Span,
-    copy_range,
     data_spans,
-    open_fd,
     preallocate,
     zero_range,
 )
@@ -48,7 +46,6 @@ VERSION = 1
 MODE_DIR = 0x4000
 MODE_FILE = 0x8000
 MODE_LINK = 0xA000
-_COPIERS = 4  # files copied at once (copy_file_range: no GIL, no buffer of ours)
 _SECTOR = 512  # the unit of st_blocks
 _SUPERBLOCK = struct.Struct("<8Q")
 _INODE = struct.Struct("<4Q")
@@ -208,7 +205,7 @@ class RofsPlan:
             extent = item[1].extent
             return (str(extent.path), extent.offset) if extent else ("", item[0])
 
-        copies: list[tuple[int, FileEntry]] = []  # host bytes: copied by the kernel, at once
+        copies: list[tuple[int, FileEntry]] = []  # host bytes: copied last, in source order
         with Contents() as reader:
             for offset, entry in sorted(self.pending, key=order):
                 if reuse is not None and reuse(offset, entry):
@@ -222,15 +219,12 @@ class RofsPlan:
                     copies.append((base + offset, entry))
         out.flush()
         if reuse is None and copies:  # a new file: its space allocated at once
-            end = max(offset + entry.size for offset, entry in copies)
-            preallocate(out.fileno(), copies[0][0], end - copies[0][0])
-        def copy_all(jobs: list[tuple[int, FileEntry]]) -> None:
-            for offset, entry in jobs:
-                _copy_host(entry, out.fileno(), offset)
-
-        with ThreadPoolExecutor(_COPIERS) as pool:  # reads from a cold disk overlap
-            for _done in pool.map(copy_all, [copies[n::_COPIERS] for n in range(_COPIERS)]):
-                pass
+            first = min(offset for offset, _ in copies)
+            preallocate(out.fileno(), first,
+                        max(offset + entry.size for offset, entry in copies) - first)
+        with HostFiles([_source(entry) for _, entry in copies]) as files:
+            for offset, entry in copies:
+                _copy_host(entry, out.fileno(), offset, files)
         return RofsLayout(
             size=self.size, data_blocks=self.block - 1, inodes=len(self.inodes),
             files=self.files, directories=self.dirs, symlinks=self.link_count,
@@ -262,29 +256,35 @@ def _copy_streamed(entry: FileEntry, out: BinaryIO, offset: int, reader: Content
         out.write(chunk)
 
 
-def _copy_host(entry: FileEntry, out: int, offset: int) -> None:
-    """Copy *entry*'s bytes from its host file (or a plain archive's extent) into file *out*
-    at *offset*, by the kernel; a read error names the source, a write error (an OSError)
-    is left to the caller, which names the output. Only the data of a file with holes is
-    copied; its range in *out* is made a hole first."""
-    extent = entry.extent
-    path, start = ((entry.source, 0) if entry.source is not None
-                   else (extent.path, extent.offset))  # type: ignore[union-attr]
-    src, st = open_fd(path)
+def _source(entry: FileEntry) -> tuple[Path, int, int]:
+    """The host file holding *entry*'s bytes (its own, or a plain archive), their start in
+    it, and their size."""
+    if entry.source is not None:
+        return entry.source, 0, entry.size
+    assert entry.extent is not None
+    return entry.extent.path, entry.extent.offset, entry.size
+
+
+def _copy_host(entry: FileEntry, out: int, offset: int, files: HostFiles) -> None:
+    """Copy *entry*'s bytes from its host file, the next of *files*, into file *out* at
+    *offset*; a read error names the source, a write error (an OSError) is left to the
+    caller, which names the output. Only the data of a file with holes is copied; its range
+    in *out* is made a hole first."""
+    path, start, size = _source(entry)
+    src, st = files.take()
     try:
-        os.posix_fadvise(src, start, entry.size, os.POSIX_FADV_SEQUENTIAL)
         dense = st.st_blocks * _SECTOR >= st.st_size  # no hole: no need to look for one
-        spans = iter([(start, entry.size)]) if dense else data_spans(src, start, entry.size)
+        spans = iter([(start, size)]) if dense else data_spans(src, start, size)
         first = next(spans, None)  # None: all of it is a hole
-        if first != (start, entry.size):
-            zero_range(out, offset, entry.size)
+        if first != (start, size):
+            zero_range(out, offset, size)
         for at, length in itertools.chain((first,) if first else (), spans):
-            if copy_range(src, out, offset + at - start, Span(path, at, length)) != length:
+            if files.copy(src, out, offset + at - start, Span(path, at, length)) != length:
                 raise LocalIOError(f"{path}: file changed while composing")
         held = os.fstat(src).st_size
     finally:
         os.close(src)
-    if held < start + entry.size or (entry.source is not None and held != entry.size):
+    if held < start + size or (entry.source is not None and held != size):
         raise LocalIOError(f"{path}: file changed while composing")
 
 
