@@ -43,6 +43,7 @@ from typing import Any, BinaryIO
 
 from capstan.core.errors import LocalIOError
 from capstan.core.fs import atomic_write, held, private_dir, sweep, temp_path, write_error
+from capstan.core.identity import RACY_NS, boot_id, identity
 from capstan.image.rofs import FileEntry, Reuse
 
 LOG = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ LOG = logging.getLogger(__name__)
 __all__ = ["KEEP", "RACY_NS", "OutputCache", "fingerprint", "state_dir"]
 _OURS_AND_OUTPUT = 2  # links of a kept image: the output's and ours
 
-RACY_NS = 2_000_000_000
 #: outputs whose recompose state (and spare: a whole image) is kept, the last composed
 KEEP = 8
 _DIGEST = re.compile(r"[0-9a-f]{32}")
@@ -58,19 +58,6 @@ _PATH_MAX = 4096
 _VERSION = 1
 _NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 Fingerprint = list[Any] | None
-
-
-def boot_id() -> str:
-    """This boot's identity: records from an earlier boot are never trusted, since a crash
-    may have kept an image's new timestamps but not its new bytes (images are not synced)."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _identity(st: os.stat_result) -> list[int]:
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def fingerprint(entry: FileEntry) -> Fingerprint:
@@ -89,7 +76,7 @@ def fingerprint(entry: FileEntry) -> Fingerprint:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return [str(path), *where, *_identity(st)]
+    return [str(path), *where, *identity(st)]
 
 
 def _settled(print_: Fingerprint, now: int) -> Fingerprint:
@@ -187,7 +174,7 @@ class OutputCache:
         st = os.fstat(fd)
         try:
             if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1
-                    or _identity(st) != record.get("image")
+                    or identity(st) != record.get("image")
                     or os.stat(self.output.parent).st_dev != st.st_dev):
                 raise OSError("not the recorded spare")
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)  # refused if anyone has it open
@@ -239,11 +226,11 @@ class OutputCache:
         if not (self.dir / "output").exists():
             atomic_write(self.dir / "output", os.fsencode(self.output), 0o600, sync=False)
         st = os.lstat(self.output)  # None: another compose renamed its image over ours
-        record["image"] = _identity(st) if (st.st_dev, st.st_ino) == self.written else None
+        record["image"] = identity(st) if (st.st_dev, st.st_ino) == self.written else None
         (self.dir / "spare.json").unlink(missing_ok=True)
         if kept is not None and current is not None:
             os.replace(kept, self.dir / "spare")
-            current["image"] = _identity(os.lstat(self.dir / "spare"))
+            current["image"] = identity(os.lstat(self.dir / "spare"))
             atomic_write(self.dir / "spare.json", json.dumps(current).encode(), 0o600,
                          sync=False)
         else:
@@ -258,7 +245,7 @@ class OutputCache:
         except OSError:
             return None
         if (current is None or not stat.S_ISREG(before.st_mode) or before.st_nlink != 1
-                or _identity(before) != current.get("image")):
+                or identity(before) != current.get("image")):
             return None
         kept = temp_path(self.dir / "spare")
         try:
@@ -266,7 +253,7 @@ class OutputCache:
             st = os.lstat(kept)
         except OSError:
             return None
-        if st.st_nlink == _OURS_AND_OUTPUT and _identity(st)[:4] == _identity(before)[:4]:
+        if st.st_nlink == _OURS_AND_OUTPUT and identity(st)[:4] == identity(before)[:4]:
             return kept  # the same inode, unwritten (linking changed only its ctime)
         kept.unlink()
         return None

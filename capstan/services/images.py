@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
     manifest = manifest_or_default(package)
     run = load_run(package, manifest.name)
     text = package_cmdline(run, options.execute, options.boots, options.envs)
-    pins: list[bytes] = []  # capstan.lock's new text, written once the image is
+    pins: list[bytes | None] = []  # capstan.lock's new text, written once the image is
     merged = merge(package, config.root, MergeOptions(
         extra=options.require, pull=_puller(config, options),
         check=lambda resolved: pins.append(_check_lock(package, resolved))))
@@ -188,7 +189,7 @@ def compose_package(config: Config, package: Path, *, name: str | None = None,
         result = compose_entries(config, entries, name=name, output=output, options=(
             ComposeOptions(loader=options.loader, command_line=text, size=options.size,
                            disk_format=options.disk_format)))
-    if pins:
+    if pins and pins[-1] is not None:
         from capstan.core.fs import atomic_write
 
         atomic_write(package / "capstan.lock", pins[-1])
@@ -231,22 +232,29 @@ def _compose_zfs(config: Config, entries: Sequence[Entry], target: Path,
         directories=0, symlinks=0, file_bytes=0)
 
 
-def _check_lock(package: Path, resolved: Sequence[Resolved]) -> bytes:
+def _check_lock(package: Path, resolved: Sequence[Resolved]) -> bytes | None:
     """Refuse a resolved package that ``capstan.lock`` pins at another digest; the
-    lock file's new text, pinning every resolved package."""
-    from capstan.core.yamlfile import dump, load_strict
+    lock file's new text, pinning every resolved package (JSON, which is YAML), or None
+    when it holds that text already."""
+    from capstan.core.yamlfile import load_text, read_bounded
 
     lock = package / "capstan.lock"
     now = {p.name: {"version": p.version, "sha256": p.sha256} for p in resolved}
-    if lock.is_file():
-        pinned = load_strict(lock) or {}
-        if not isinstance(pinned, dict) or not isinstance(pinned.get("packages") or {}, dict):
-            raise InputError(f"{lock}: malformed lock file: expected lock_version and packages")
-        for pkg, entry in (pinned.get("packages") or {}).items():
-            entry = entry if isinstance(entry, dict) else {}
-            have = now.get(pkg)
-            if have and have["sha256"] != entry.get("sha256"):
-                raise InputError(f"{lock} pins {pkg} at sha256 {entry.get('sha256')} but the "
-                                 f"repository has {have['sha256']}: pull the pinned package, "
-                                 "or delete capstan.lock to accept the new one")
-    return dump({"lock_version": 1, "packages": now}, sort_keys=True).encode()
+    text = (json.dumps({"lock_version": 1, "packages": now}, indent=2, sort_keys=True)
+            + "\n").encode()
+    if not lock.is_file():
+        return text
+    held = read_bounded(lock, InputError)
+    if held == text:
+        return None
+    pinned = load_text(held, str(lock), strict=True) or {}
+    if not isinstance(pinned, dict) or not isinstance(pinned.get("packages") or {}, dict):
+        raise InputError(f"{lock}: malformed lock file: expected lock_version and packages")
+    for pkg, entry in (pinned.get("packages") or {}).items():
+        entry = entry if isinstance(entry, dict) else {}
+        have = now.get(pkg)
+        if have and have["sha256"] != entry.get("sha256"):
+            raise InputError(f"{lock} pins {pkg} at sha256 {entry.get('sha256')} but the "
+                             f"repository has {have['sha256']}: pull the pinned package, "
+                             "or delete capstan.lock to accept the new one")
+    return text

@@ -1,0 +1,37 @@
+"""``capstan.lock`` is written as JSON (YAML that needs no YAML writer), and only when the
+pins change: a compose of unchanged packages leaves the file as it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from capstan.core.errors import InputError
+from capstan.core.yamlfile import load_strict
+from capstan.packages.resolve import Resolved
+from capstan.services.images import _check_lock
+
+A = Resolved("osv.bootstrap", "1.0", "a" * 64, Path("/nowhere/osv.bootstrap.mpm"))
+
+
+def test_the_lock_is_new_text_only_when_the_pins_change(tmp_path: Path) -> None:
+    text = _check_lock(tmp_path, [A])
+    assert text is not None
+    assert load_strict_text(tmp_path, text) == {
+        "lock_version": 1, "packages": {"osv.bootstrap": {"version": "1.0", "sha256": "a" * 64}}}
+    (tmp_path / "capstan.lock").write_bytes(text)
+    assert _check_lock(tmp_path, [A]) is None  # unchanged: not written again
+    (tmp_path / "capstan.lock").write_text(  # the block YAML of earlier versions still holds
+        "lock_version: 1\npackages:\n  osv.bootstrap:\n    sha256: " + "a" * 64 +
+        "\n    version: '1.0'\n")
+    assert _check_lock(tmp_path, [A]) == text
+    changed = Resolved("osv.bootstrap", "1.1", "b" * 64, A.path)
+    with pytest.raises(InputError, match=r"pins osv\.bootstrap at sha256 a+ but"):
+        _check_lock(tmp_path, [changed])
+
+
+def load_strict_text(folder: Path, text: bytes) -> object:
+    path = folder / "parsed.yaml"
+    path.write_bytes(text)
+    return load_strict(path)
