@@ -22,10 +22,9 @@ from capstan.image.rofs import (
     DirEntry,
     Entry,
     FileEntry,
-    RofsInode,
-    RofsReader,
     SymlinkEntry,
 )
+from capstan.image.rofs_reader import RofsInode, RofsReader
 from capstan.image.sources import Extent
 
 __all__ = ["Change", "ImageSummary", "OsvImage", "TreeItem", "diff"]

@@ -1,4 +1,4 @@
-"""ROFS, OSv's read-only root filesystem: writer and reader.
+"""ROFS, OSv's read-only root filesystem: the writer (the reader is rofs_reader.py).
 
 The writer is byte-identical to OSv's ``scripts/gen-rofs-img.py`` for the same
 ordered entry list (osv-image-format.md, section 6), except that names and
@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from capstan.core.errors import Conflict, ImageError, InputError, LocalIOError, NotFound
+from capstan.core.errors import Conflict, InputError, LocalIOError
 from capstan.image.sources import (
     Contents,
     Extent,
@@ -28,15 +28,16 @@ from capstan.image.sources import (
 
 __all__ = [
     "BLOCK",
+    "INODE",
     "MAGIC",
+    "SUPERBLOCK",
     "DirEntry",
     "Entry",
     "FileEntry",
-    "RofsInode",
     "RofsLayout",
     "RofsPlan",
-    "RofsReader",
     "SymlinkEntry",
+    "components",
     "write_rofs",
 ]
 
@@ -47,8 +48,8 @@ MODE_DIR = 0x4000
 MODE_FILE = 0x8000
 MODE_LINK = 0xA000
 _SECTOR = 512  # the unit of st_blocks
-_SUPERBLOCK = struct.Struct("<8Q")
-_INODE = struct.Struct("<4Q")
+SUPERBLOCK = struct.Struct("<8Q")
+INODE = struct.Struct("<4Q")
 _MAX_NAME = 0xFFFF
 
 
@@ -104,7 +105,8 @@ class RofsLayout:
     file_bytes: int
 
 
-def _components(path: str) -> list[bytes]:
+def components(path: str) -> list[bytes]:
+    """The checked names of absolute guest *path*, as bytes; InputError for an invalid one."""
     if not path.startswith("/"):
         raise InputError(f"guest path must be absolute: {path!r}")
     parts = [p for p in path.split("/") if p]
@@ -120,7 +122,7 @@ def _components(path: str) -> list[bytes]:
 def _build_tree(entries: Sequence[Entry]) -> _Dir:
     root = _Dir()
     for entry in entries:
-        names = _components(entry.path)
+        names = components(entry.path)
         if not names and not isinstance(entry, DirEntry):
             raise InputError(f"the root cannot be a file or link: {entry.path!r}")
         parents = names if isinstance(entry, DirEntry) else names[:-1]
@@ -156,7 +158,7 @@ class RofsPlan:
         self.pending: list[tuple[int, FileEntry]] = []  # (offset in the partition, file)
         self.inodes.append((MODE_DIR, 0, 0))
         self.inodes[0] = (MODE_DIR, *self.visit(_build_tree(entries)))
-        inode_table = b"".join(_INODE.pack(mode, number, offset, count) for number, (
+        inode_table = b"".join(INODE.pack(mode, number, offset, count) for number, (
             mode, offset, count) in enumerate(self.inodes, start=1))
         self.tables = bytes(self.entries) + bytes(self.links) + inode_table
         self.size = self.block * BLOCK + len(self.tables) + BLOCK - len(self.tables) % BLOCK
@@ -235,7 +237,7 @@ class RofsPlan:
         padding = BLOCK - len(self.tables) % BLOCK  # a whole block when exact: OSv's quirk
         out.seek(base + self.block * BLOCK)
         out.write(self.tables + bytes(padding))
-        superblock = _SUPERBLOCK.pack(
+        superblock = SUPERBLOCK.pack(
             MAGIC, VERSION, BLOCK, self.block, -(-len(self.tables) // BLOCK),
             self.entry_count, self.link_count, len(self.inodes),
         )
@@ -291,132 +293,3 @@ def _copy_host(entry: FileEntry, out: int, offset: int, files: HostFiles) -> Non
 def write_rofs(entries: Sequence[Entry], out: BinaryIO, base: int = 0) -> RofsLayout:
     """Write a ROFS for *entries* (in order) into *out* at byte *base*."""
     return RofsPlan(entries).write(out, base)
-
-
-@dataclass(frozen=True)
-class RofsInode:
-    """One inode of a ROFS image, with its guest path."""
-
-    path: str
-    number: int
-    mode: int
-    offset: int
-    count: int
-
-    @property
-    def kind(self) -> str:
-        """``dir``, ``file``, ``symlink`` or ``unknown``."""
-        return {MODE_DIR: "dir", MODE_FILE: "file", MODE_LINK: "symlink"}.get(
-            self.mode, "unknown"
-        )
-
-
-class RofsReader:
-    """Read a ROFS image from *f*, which holds the partition from byte *base*."""
-
-    def __init__(self, f: BinaryIO, base: int = 0, size: int | None = None) -> None:
-        self.f = f
-        self.base = base
-        f.seek(base)
-        head = f.read(_SUPERBLOCK.size)
-        if len(head) < _SUPERBLOCK.size:
-            raise ImageError("partition 2 is too small to hold a ROFS superblock")
-        (magic, version, block, first, count, n_entries, n_links,
-         n_inodes) = _SUPERBLOCK.unpack(head)
-        if magic != MAGIC:
-            raise ImageError("partition 2 does not hold a ROFS filesystem (bad magic)")
-        if version != VERSION or block != BLOCK:
-            raise ImageError(f"unsupported ROFS version {version} / block size {block}")
-        held = f.seek(0, os.SEEK_END) - base  # never trust a size the image claims
-        size = held if size is None else min(size, held)
-        if (first + count) * BLOCK > size:
-            raise ImageError("ROFS tables lie outside partition 2")
-        self.size = size
-        f.seek(base + first * BLOCK)
-        tables = f.read(count * BLOCK)
-        self._parse(tables, n_entries, n_links, n_inodes)
-
-    def _parse(self, tables: bytes, n_entries: int, n_links: int, n_inodes: int) -> None:
-        pos = 0
-        self.dirents: list[tuple[int, bytes]] = []
-        self.links: list[bytes] = []
-        try:
-            for _ in range(n_entries):
-                ino, length = struct.unpack_from("<QH", tables, pos)
-                pos += 10
-                self.dirents.append((ino, tables[pos:pos + length]))
-                pos += length
-            for _ in range(n_links):
-                (length,) = struct.unpack_from("<H", tables, pos)
-                self.links.append(tables[pos + 2:pos + 2 + length])
-                pos += 2 + length
-            self.raw_inodes = [_INODE.unpack_from(tables, pos + i * _INODE.size)
-                               for i in range(n_inodes)]
-        except struct.error as err:
-            raise ImageError("ROFS tables are truncated") from err
-
-    def walk(self) -> Iterator[RofsInode]:
-        """Yield every inode depth-first, the root (``/``) first; each directory once."""
-        stack = [("/", 1)]
-        seen: set[int] = set()
-        while stack:
-            path, number = stack.pop()
-            inode = self.inode(path, number)
-            yield inode
-            if inode.kind == "dir" and number not in seen:
-                seen.add(number)
-                children = self.dirents[inode.offset:inode.offset + inode.count]
-                for ino, name in reversed(children):
-                    child = name.decode("utf-8", "surrogateescape")
-                    stack.append((path.rstrip("/") + "/" + child, ino))
-
-    def inode(self, path: str, number: int) -> RofsInode:
-        """Return inode *number*, labelled with *path*."""
-        if not 1 <= number <= len(self.raw_inodes):
-            raise ImageError(f"ROFS inode {number} out of range")
-        mode, _, offset, count = self.raw_inodes[number - 1]
-        return RofsInode(path, number, mode & 0xF000, offset, count)
-
-    def lookup(self, path: str) -> RofsInode:
-        """Return the inode at guest *path* (symlinks are not followed)."""
-        inode = self.inode("/", 1)
-        for part in _components(path):
-            if inode.kind != "dir":
-                raise ImageError(f"{inode.path} is not a directory")
-            for ino, name in self.dirents[inode.offset:inode.offset + inode.count]:
-                if name == part:
-                    sub = inode.path.rstrip("/") + "/" + part.decode("utf-8", "surrogateescape")
-                    inode = self.inode(sub, ino)
-                    break
-            else:
-                raise NotFound(f"no such file in image: {path}")
-        return inode
-
-    def readlink(self, inode: RofsInode) -> str:
-        """Return the target of symlink *inode*."""
-        if not 0 <= inode.offset < len(self.links):
-            raise ImageError(f"{inode.path}: symlink {inode.offset} out of range")
-        return self.links[inode.offset].decode("utf-8", "surrogateescape")
-
-    def read(self, inode: RofsInode) -> bytes:
-        """Return the content of file *inode*."""
-        if inode.offset * BLOCK + inode.count > self.size:
-            raise ImageError(f"{inode.path}: file data lies outside the image")
-        self.f.seek(self.base + inode.offset * BLOCK)
-        data = self.f.read(inode.count)
-        if len(data) != inode.count:
-            raise ImageError(f"{inode.path}: file data lies outside the image")
-        return data
-
-    def iter_read(self, inode: RofsInode, chunk: int = 1 << 20) -> Iterator[bytes]:
-        """Yield the content of file *inode* in chunks."""
-        if inode.offset * BLOCK + inode.count > self.size:
-            raise ImageError(f"{inode.path}: file data lies outside the image")
-        self.f.seek(self.base + inode.offset * BLOCK)
-        left = inode.count
-        while left:
-            data = self.f.read(min(chunk, left))
-            if not data:
-                raise ImageError(f"{inode.path}: file data lies outside the image")
-            left -= len(data)
-            yield data
