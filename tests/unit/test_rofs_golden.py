@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import struct
 
-from capstan.image import mbr, rofs, tree
+from capstan.image import mbr, rofs, rofs_reader, tree
 from capstan.image.rofs import DirEntry, FileEntry, SymlinkEntry
 
 HELLO = bytes(1000)
@@ -98,14 +98,14 @@ def test_later_value_wins_and_keeps_first_position() -> None:
     entries = [FileEntry("/a", 1, data=b"1"), FileEntry("/b", 1, data=b"2"),
                FileEntry("/a", 1, data=b"3")]
     data, _ = build(entries)
-    reader = rofs.RofsReader(io.BytesIO(data))
+    reader = rofs_reader.RofsReader(io.BytesIO(data))
     assert [i.path for i in reader.walk()] == ["/", "/a", "/b"]
     assert reader.read(reader.lookup("/a")) == b"3"
 
 
 def test_non_ascii_names_use_byte_lengths() -> None:
     data, _ = build([FileEntry("/café", 2, data=b"ok"), SymlinkEntry("/l", "/café")])
-    reader = rofs.RofsReader(io.BytesIO(data))
+    reader = rofs_reader.RofsReader(io.BytesIO(data))
     assert reader.read(reader.lookup("/café")) == b"ok"
     assert reader.readlink(reader.lookup("/l")) == "/café"
     assert struct.unpack_from("<QH", data, 1024)[1] == len("café".encode())
