@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from capstan.core.errors import CapstanError
+from capstan.core.identity import boot_id, identity
 from capstan.core.limits import expansion_limit
-from capstan.image.recompose import boot_id
 from capstan.packages.mpm import (
     MAX_MEMBER,
     MAX_MEMBERS,
@@ -32,7 +32,7 @@ from capstan.packages.mpm import (
     check_member,
 )
 
-__all__ = ["MAX_RECORD", "VERSION", "Bad", "hit", "identity", "key_of", "pinned", "record"]
+__all__ = ["MAX_RECORD", "VERSION", "Bad", "hit", "key_of", "pinned", "record"]
 
 VERSION = 1
 MAX_RECORD = 64 << 20
@@ -46,11 +46,6 @@ pinned: dict[str, int] = {}  # tar path -> its descriptor, share-locked until ex
 
 class Bad(Exception):
     """A record or tar that is not what a record must be: a miss."""
-
-
-def identity(st: os.stat_result) -> list[int]:
-    """What tells an archive's versions apart: device, inode, size, mtime, ctime."""
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def key_of(st: os.stat_result) -> str:

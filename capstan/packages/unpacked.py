@@ -5,7 +5,7 @@ copies host files (``copy_file_range``, no decompression).
 tar stream, and ``<key>.json``, its record (members, meta files, the tar's size, the
 source's path, identity and SHA-256, the boot), *key* hashing the archive's identity
 (device, inode, size, mtime, ctime). The tar is renamed into place first, the record last:
-a record is the commit. An archive changed within :data:`~capstan.image.recompose.RACY_NS`
+a record is the commit. An archive changed within :data:`~capstan.core.identity.RACY_NS`
 is read streamed, uncached (timestamps are coarser than writes), and so is every archive
 when the cache cannot be used. A record is trusted only if all of it checks (the same
 bounds and name checks as the archive, every member inside a tar of the recorded size,
@@ -27,14 +27,13 @@ import os
 import re
 import shutil
 import stat
-import time
 from pathlib import Path
 from typing import BinaryIO
 
 from capstan.core.errors import CapstanError, NotFound
 from capstan.core.fs import TEMP_PREFIX, atomic_write, held, private_dir, sweep, temp_path
+from capstan.core.identity import boot_id, identity, settled
 from capstan.core.textfile import read_bounded
-from capstan.image.recompose import RACY_NS, boot_id
 from capstan.image.sources import open_host
 from capstan.packages import records
 from capstan.packages.mpm import Archive, scan_mpm
@@ -53,7 +52,7 @@ def read_cached(root: Path, path: Path) -> Archive:
         raise NotFound(f"no such package archive: {path}")
     with open_host(path) as raw:
         st = os.fstat(raw.fileno())
-        folder = _folder(root) if raw.read(2) == b"\x1f\x8b" and _settled(st) else None
+        folder = _folder(root) if raw.read(2) == b"\x1f\x8b" and settled(st) else None
         raw.seek(0)
         if folder is None:
             return scan_mpm(path, raw)
@@ -74,15 +73,11 @@ def digest(root: Path, path: Path) -> str:
     """The SHA-256 of the archive *path*: its record's when the record is of its identity."""
     with open_host(path) as raw:
         st = os.fstat(raw.fileno())
-        folder = _folder(root) if _settled(st) else None
+        folder = _folder(root) if settled(st) else None
         with contextlib.suppress(records.Bad):
             if folder is not None:
                 return str(records.record(folder, records.key_of(st), st)["sha256"])
         return _sha256(raw)
-
-
-def _settled(st: os.stat_result) -> bool:
-    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_NS
 
 
 def _folder(root: Path) -> Path | None:
@@ -122,7 +117,7 @@ def _build(folder: Path, key: str, path: Path, raw: BinaryIO) -> Archive:
         if sink.failed or any(m.offset + m.size > sink.written for m in streamed.members):
             raise records.Bad
         record = {"version": records.VERSION, "boot": boot_id(), "source": str(path),
-                  "identity": records.identity(st), "sha256": _sha256(raw), "tar": sink.written,
+                  "identity": identity(st), "sha256": _sha256(raw), "tar": sink.written,
                   "members": [[m.name, m.kind, m.mode, m.size,
                                m.linkname if m.kind == "symlink" else "", m.offset]
                               for m in streamed.members],

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from capstan.packages import records, unpacked
+from capstan.core import identity
+from capstan.packages import records
 
 from guest import boot, expected_report
 
@@ -61,7 +62,7 @@ def test_cached_uncached_and_rebuilt_composes_are_the_same_image(
     uncached = compose("uncached")  # just imported: read streamed, not cached
     assert not (capstan_root / "cache" / "packages").exists() or \
         not any((capstan_root / "cache" / "packages").iterdir())
-    monkeypatch.setattr(unpacked, "RACY_NS", 0)
+    monkeypatch.setattr(identity, "RACY_NS", 0)
     assert compose("built") == uncached
     assert len(list((capstan_root / "cache" / "packages").glob("*.tar"))) == 2
     assert compose("hit") == uncached

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from crashkit import kill9, spawn, temporaries, when
 
-from capstan.packages import records, unpacked
+from capstan.core import identity
+from capstan.packages import records
 
 from hostile_kit import Sandbox, check, snapshot
 
@@ -29,7 +30,7 @@ _Damage = Callable[[Path, Path, Sandbox], None]  # (record, tar, sandbox)
 
 @pytest.fixture
 def settled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(unpacked, "RACY_NS", 0)  # no racy window to wait out
+    monkeypatch.setattr(identity, "RACY_NS", 0)  # no racy window to wait out
 
 
 @pytest.fixture(autouse=True)
@@ -300,7 +301,7 @@ def test_a_bad_archive_is_refused_and_leaves_no_entry(cli, tmp_path: Path, sandb
 
 
 def _settle() -> None:
-    time.sleep(unpacked.RACY_NS / 1e9 + 0.1)  # a separate program: no monkeypatch there
+    time.sleep(identity.RACY_NS / 1e9 + 0.1)  # a separate program: no monkeypatch there
 
 
 def _building(folder: Path) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from capstan.core import identity
 from capstan.core.fs import sha256_of
 from capstan.packages import records, unpacked
 from capstan.packages.mpm import read_mpm
@@ -18,7 +19,7 @@ from capstan.packages.mpm import read_mpm
 @pytest.fixture
 def settled(monkeypatch: pytest.MonkeyPatch) -> None:
     """Archives count as settled at once (no racy window to wait out)."""
-    monkeypatch.setattr(unpacked, "RACY_NS", 0)
+    monkeypatch.setattr(identity, "RACY_NS", 0)
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +86,7 @@ def test_racy_and_plain_archives_are_read_streamed(cli, tmp_path: Path, capstan_
     archive = unpacked.read_cached(capstan_root, mpm)  # just imported: racy
     assert archive.gzip and archive.path == mpm
     assert not (capstan_root / "cache" / "packages").exists() or not entries(capstan_root)
-    monkeypatch.setattr(unpacked, "RACY_NS", 0)
+    monkeypatch.setattr(identity, "RACY_NS", 0)
     plain = tmp_path / "plain.mpm"
     with gzip.open(mpm) as f:
         plain.write_bytes(f.read())
