@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib.metadata
 import logging
 import os
 import re
@@ -25,7 +24,7 @@ from cliff.help import HelpExit
 
 from capstan import __version__
 from capstan.core.cells import Paragraphs
-from capstan.core.config import Config, load
+from capstan.core.config import Config, load, own_entry_points
 from capstan.core.errors import CapstanError, UsageError
 from capstan.core.secrets import RedactingFilter
 
@@ -55,8 +54,7 @@ class _CommandManager(CommandManager):
 
     def load_commands(self, namespace: str) -> None:
         self.group_list.append(namespace)
-        eps = importlib.metadata.distribution("pycapstan").entry_points
-        for ep in eps.select(group=namespace):
+        for ep in own_entry_points(namespace):
             self.commands[ep.name.replace("_", " ")] = ep
 
 

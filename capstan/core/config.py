@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capstan.core.errors import ConfigError, NotFound
 from capstan.core.textfile import read_bounded
 from capstan.core.yamlfile import cache_in, load_text
 
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
 LOG = logging.getLogger(__name__)
 
-__all__ = ["KEYS", "SETTINGS", "Config", "Setting", "installed_drivers", "load"]
+__all__ = ["KEYS", "SETTINGS", "Config", "Setting", "installed_drivers", "load",
+           "own_entry_points"]
 
 _TRUE = {"1", "t", "true", "yes", "on"}
 _MAX_CONFIG_BYTES = (1 << 20) + 1  # the YAML bound plus one: a longer file is refused
@@ -157,12 +162,40 @@ def load(flags: Mapping[str, Any] | None = None,
         ("command line", {k: v for k, v in (flags or {}).items() if v is not None}),
     )
     known = {s.key: s for s in SETTINGS}
-    drivers = installed_drivers()
-    prefixes = tuple(_prefix(name) for name in drivers)  # their keys: checked as each loads
+    drivers = _Drivers()  # a driver's keys are checked as it loads
     config = _resolve(root, layers, known, "environment" if env.get("CAPSTAN_ROOT") else "default",
-                      report=lambda key: not key.startswith(prefixes))
+                      report=lambda key: not drivers.any(
+                          lambda names: key.startswith(tuple(map(_prefix, names)))))
     _check_hypervisor(config, drivers)
     return config
+
+
+@functools.cache
+def own_entry_points(group: str) -> tuple[EntryPoint, ...]:
+    """pycapstan's own entry points of *group* (its commands, its drivers), from its
+    distribution's metadata alone."""
+    import importlib.metadata
+
+    return tuple(importlib.metadata.distribution("pycapstan").entry_points.select(group=group))
+
+
+class _Drivers:
+    """The installed drivers' names, looked up no further than needed: pycapstan's own from
+    its metadata, every distribution's (stevedore's scan, several ms) only for a name or a
+    key that is none of pycapstan's."""
+
+    def __init__(self) -> None:
+        self.names = tuple(sorted(ep.name for ep in own_entry_points("capstan.drivers")))
+        self._complete = False
+
+    def any(self, test: Callable[[tuple[str, ...]], bool]) -> bool:
+        """Whether *test* holds for the names; all of them once it fails for pycapstan's."""
+        if test(self.names):
+            return True
+        if not self._complete:
+            self.names, self._complete = installed_drivers(), True
+            return test(self.names)
+        return False
 
 
 def installed_drivers() -> tuple[str, ...]:
@@ -174,12 +207,12 @@ def installed_drivers() -> tuple[str, ...]:
     return tuple(sorted({ep.name for ep in eps}))
 
 
-def _check_hypervisor(config: Config, drivers: tuple[str, ...]) -> None:
+def _check_hypervisor(config: Config, drivers: _Drivers) -> None:
     """ConfigError unless ``hypervisor`` names an installed driver."""
     name = config.values["hypervisor"]
-    if name not in drivers:
+    if not drivers.any(lambda names: name in names):
         raise ConfigError(f"{config.sources['hypervisor']}: hypervisor: '{name}' is not an "
-                          f"installed driver (installed: {', '.join(drivers)})")
+                          f"installed driver (installed: {', '.join(drivers.names)})")
 
 
 def _prefix(name: str) -> str:

@@ -88,3 +88,22 @@ def test_a_bad_hypervisor_is_found_without_importing_a_driver(capstan_root: Path
     # no driver module
     assert done.stdout.split(" ", 1) == ["78", contract], done.stderr
     assert json.dumps("warp") in done.stderr.replace("'", '"')
+
+
+def test_only_a_name_none_of_pycapstan_s_drivers_has_scans_every_distribution(
+        capstan_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scans: list[int] = []
+    real = config.installed_drivers
+
+    def counted() -> tuple[str, ...]:
+        scans.append(1)
+        return real()
+
+    monkeypatch.setattr(config, "installed_drivers", counted)
+    (capstan_root / "config.yaml").write_text("hypervisor: libvirt\nqemu_accel: tcg\n")
+    assert config.load().values["hypervisor"] == "libvirt"
+    assert scans == []  # pycapstan's own driver and keys: its metadata is enough
+    (capstan_root / "config.yaml").write_text("hypervisor: warp\n")
+    with pytest.raises(ConfigError, match="'warp' is not an installed driver"):
+        config.load()
+    assert scans == [1]
