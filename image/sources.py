@@ -279,8 +279,15 @@ def _fallocate(fd: int, mode: int, offset: int, length: int) -> int:
 def preallocate(fd: int, offset: int, length: int) -> None:
     """Allocate *length* bytes of file *fd* from *offset* (reading as zeros) before they are
     written: one allocation instead of one per write (ext4 takes a fifth less time to copy
-    into it). Nothing where the filesystem cannot; OSError when it is out of space."""
-    if length > 0 and (err := _fallocate(fd, 0, offset, length)) in _OUT_OF_SPACE:
+    into it). Nothing where the filesystem cannot, nor when *length* is over half the free
+    space (sparse sources may hold far less; they are allocated as written, never filling
+    the disk for a compose that fits); OSError when the filesystem is out of space."""
+    if length <= 0:
+        return
+    free = os.fstatvfs(fd)
+    if length > free.f_bavail * free.f_frsize // 2:
+        return
+    if (err := _fallocate(fd, 0, offset, length)) in _OUT_OF_SPACE:
         raise OSError(err, os.strerror(err))
 
 

@@ -1,5 +1,5 @@
 """Gzip'd ``.mpm`` archives kept decompressed, so that a compose copies their files as it
-copies host files (``copy_file_range``, no decompression).
+copies host files (by offset, no decompression).
 
 ``$CAPSTAN_ROOT/cache/packages`` (0700) holds per archive ``<key>.tar``, its decompressed
 tar stream, and ``<key>.json``, its record (members, meta files, the tar's size, the

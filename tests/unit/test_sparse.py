@@ -15,6 +15,7 @@ from capstan.core.errors import LocalIOError
 from capstan.image import compose, loader, recompose, sources
 from capstan.image.formats import DiskFormat
 from capstan.image.inspect import OsvImage
+from capstan.image.rofs_reader import RofsReader
 from capstan.image.tree import collect, with_base
 
 CMDLINE = "--rootfs=rofs runscript /run/default;"
@@ -184,3 +185,20 @@ def test_a_new_image_is_preallocated_and_a_full_disk_is_said_before_any_copy(
         compose.compose(with_base(collect(tree)), spec(DiskFormat.QCOW2), tmp_path / "c.qcow2")
     assert not copied
     assert not [p for p in tmp_path.iterdir() if p.name == "c.qcow2" or ".capstan" in p.name]
+
+
+def test_a_sparse_source_larger_than_the_free_space_composes_without_filling_the_disk(
+        tmp_path: Path) -> None:
+    tree = app(tmp_path / "app")
+    free = os.statvfs(tmp_path)
+    size = -(-free.f_bavail * free.f_frsize // GIB) * GIB + GIB  # more than is free
+    sparse_file(tree / "big", size, [(size // 2, b"middle")])
+    out = tmp_path / "a.raw"
+    compose.compose(with_base(collect(tree)), spec(DiskFormat.RAW), out)
+    assert out.stat().st_blocks * 512 < 8 * MIB  # never allocated, then punched
+    with OsvImage(out) as image:
+        start = image.partition.start
+    with open(out, "rb") as f:
+        inode = RofsReader(f, start).lookup("/big")
+        f.seek(start + inode.offset * 512 + size // 2)
+        assert f.read(6) == b"middle"
