@@ -11,7 +11,8 @@ Parsed documents are kept by the SHA-256 of their text in ``$CAPSTAN_ROOT/cache/
 (see :func:`cache_in`), so that a command whose YAML files did not change loads no YAML
 parser (~8 ms): only values that JSON gives back exactly (same types: no dates, no
 non-string keys) are kept, each with a check of its own, the last :data:`MAX_KEPT`. The
-cache is advisory: a lost, damaged or foreign entry costs one parse.
+cache is advisory: a lost, damaged or foreign entry costs one parse. It is read only as a
+file of this user in a directory no one else can write (its checks tell damage, not forgery).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +97,8 @@ class _Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            data = json.loads(textfile.read_bounded(path, CapstanError, MAX_KEPT * _MAX_VALUE,
-                                                    follow=False))
-        except (CapstanError, ValueError):
+            data = json.loads(_read_own(path)) if _private(path.parent) else None
+        except (OSError, ValueError):
             data = None
         entries = data.get("entries") if isinstance(data, dict) and \
             data.get("version") == _VERSION else None
@@ -132,9 +134,31 @@ class _Store:
         from capstan.core.fs import atomic_write
 
         with contextlib.suppress(OSError, CapstanError):  # a read-only root works uncached
-            self.path.parent.mkdir(exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, exist_ok=True)
+            if not _private(self.path.parent):
+                return  # another user could swap what is written: uncached
             data = {"version": _VERSION, "entries": self.entries}
             atomic_write(self.path, json.dumps(data).encode(), 0o600, sync=False)
+
+
+def _private(folder: Path) -> bool:
+    """Whether *folder* is a directory of this user that no one else can write."""
+    try:
+        st = folder.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _read_own(path: Path) -> bytes:
+    """The cache file *path*, if it is a regular file of this user (the check of an entry
+    tells damage, not forgery: a file someone else wrote is not read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise OSError("not a cache file of this user")
+        return f.read(MAX_KEPT * _MAX_VALUE)
 
 
 def _check(key: str, text: str) -> str:
