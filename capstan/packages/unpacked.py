@@ -81,8 +81,10 @@ def digest(root: Path, path: Path) -> str:
 
 
 def _folder(root: Path) -> Path | None:
-    """The cache directory; None when it cannot be used (not a directory of this user)."""
+    """The cache directory; None when it cannot be used (it, or ``cache`` above it, not a
+    directory of this user: another user could swap what is below it)."""
     try:
+        private_dir(root / "cache")
         return private_dir(root / "cache" / "packages")
     except CapstanError:
         return None

@@ -393,3 +393,53 @@ def test_a_lock_with_an_invalid_utf8_or_yaml_is_refused(cli, tmp_path: Path,
         result = cli(*_compose_args(app, tmp_path / "b.raw"))
         check(result, 65, "capstan.lock")
 
+
+
+# -- the package cache below a folder someone else could write ---------------------------
+
+def test_a_cache_folder_of_another_user_keeps_no_package_entry(
+        cli, tmp_path: Path, sandbox: Sandbox) -> None:
+    app = make_app(cli, tmp_path)
+    plain = compose(cli, app, tmp_path / "a.raw")
+    shutil.rmtree(sandbox.root / "cache")
+    (sandbox.root / "cache" / "packages").mkdir(parents=True, mode=0o700)
+    os.chown(sandbox.root / "cache", NOBODY, NOBODY)  # could swap packages/ at any time
+    assert compose(cli, app, tmp_path / "b.raw") == plain
+    assert list((sandbox.root / "cache" / "packages").iterdir()) == []
+
+
+def test_a_cache_folder_others_can_write_is_made_private_before_use(
+        cli, tmp_path: Path, sandbox: Sandbox) -> None:
+    app = make_app(cli, tmp_path)
+    plain = compose(cli, app, tmp_path / "a.raw")
+    (sandbox.root / "cache").chmod(0o777)
+    assert compose(cli, app, tmp_path / "b.raw") == plain
+    assert (sandbox.root / "cache").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_sparse_source_larger_than_the_free_space_still_composes(
+        cli, tmp_path: Path, sandbox: Sandbox) -> None:
+    if not can_mount():
+        pytest.skip("mounting a tmpfs needs root")
+    source = _tree(tmp_path, count=2)
+    with open(source / "sparse", "wb") as f:  # 1 GiB, a few bytes of data
+        f.truncate(1 << 30)
+        f.write(b"head")
+        f.seek(700 * MIB)
+        f.write(b"middle")
+    reference = tmp_path / "ref.raw"
+    assert cli("compose", "-l", "probe-loader", "--disk-format", "raw", "-o", reference,
+               source).code == 0
+    fs = Tmpfs(tmp_path / "mem", "64m")  # far less than the preallocation would take
+    try:
+        for fmt in ("qcow2", "raw"):
+            out = fs.path / f"a.{fmt}"
+            result = cli("compose", "-l", "probe-loader", "--disk-format", fmt, "-o", out,
+                         source)
+            assert result.code == 0, result.err
+            assert out.stat().st_blocks * 512 < 16 * MIB  # the holes stayed holes
+            assert subprocess.run(["qemu-img", "compare", "-q", "-f", fmt, "-F", "raw", out,
+                                   reference]).returncode == 0
+            out.unlink()
+    finally:
+        fs.close()
