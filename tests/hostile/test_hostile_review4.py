@@ -288,7 +288,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         fs.close()
 
 
-@pytest.mark.parametrize("preallocated", [True, False], ids=["fallocate", "copy"])
+@pytest.mark.parametrize("preallocated", [True, False], ids=["as is", "no fallocate"])
 def test_a_full_disk_is_74_in_one_line_and_leaves_nothing(
         cli, tmp_path: Path, sandbox: Sandbox, small_fs: Path,
         monkeypatch: pytest.MonkeyPatch, preallocated: bool) -> None:
