@@ -131,12 +131,13 @@ class _Store:
             del self.entries[next(iter(self.entries))]
         if not self.path.parent.parent.is_dir():
             return  # no root yet: reading never creates one
-        from capstan.core.fs import atomic_write
+        from capstan.core.fs import atomic_write, sweep
 
         with contextlib.suppress(OSError, CapstanError):  # a read-only root works uncached
             self.path.parent.mkdir(mode=0o700, exist_ok=True)
             if not _private(self.path.parent):
                 return  # another user could swap what is written: uncached
+            sweep(self.path.parent)  # the temporaries of a write killed midway
             data = {"version": _VERSION, "entries": self.entries}
             atomic_write(self.path, json.dumps(data).encode(), 0o600, sync=False)
 

@@ -11,11 +11,12 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from crashkit import Tmpfs, can_mount, temporaries
+from crashkit import Tmpfs, can_mount, kill9, spawn, temporaries, when
 from test_hostile_pkgcache import compose, make_app, release
 
 from capstan.core import config, identity, yamlfile
@@ -28,6 +29,7 @@ MIB = 1 << 20
 NOBODY = 65534
 TEXT = "disk_format: raw\n"
 KEY = hashlib.sha256(b"plain\0" + TEXT.encode()).hexdigest()
+RACY_S = identity.RACY_NS / 1e9  # before any monkeypatch
 
 
 @pytest.fixture(autouse=True)
@@ -443,3 +445,114 @@ def test_a_sparse_source_larger_than_the_free_space_still_composes(
             out.unlink()
     finally:
         fs.close()
+
+
+# -- the package repository's archive itself replaced ------------------------------------
+
+def _mpm_to_link(mpm: Path, sandbox: Sandbox) -> None:
+    mpm.unlink()
+    mpm.symlink_to(sandbox.victim)
+
+
+def _mpm_to_fifo(mpm: Path, sandbox: Sandbox) -> None:
+    _to_fifo(mpm)
+
+
+def _mpm_to_hard_link(mpm: Path, sandbox: Sandbox) -> None:
+    mpm.unlink()
+    os.link(sandbox.victim, mpm)
+
+
+def _mpm_truncated(mpm: Path, sandbox: Sandbox) -> None:
+    os.truncate(mpm, mpm.stat().st_size // 2)
+
+
+ARCHIVES = {"link to the victim": (_mpm_to_link, 74, "cannot read"),
+            "FIFO": (_mpm_to_fifo, 65, "my.lib"),
+            "hard link to the victim": (_mpm_to_hard_link, 65, "my.lib.mpm"),
+            "truncated": (_mpm_truncated, 65, "my.lib.mpm")}
+
+
+@pytest.mark.parametrize("damage,code,text", ARCHIVES.values(), ids=ARCHIVES.keys())
+def test_an_archive_replaced_after_its_entry_was_made_is_refused_not_served_from_the_cache(
+        cli, tmp_path: Path, sandbox: Sandbox, damage: Callable[[Path, Sandbox], None],
+        code: int, text: str) -> None:
+    app = make_app(cli, tmp_path)
+    compose(cli, app, tmp_path / "a.raw")
+    (app / "capstan.lock").unlink()
+    damage(sandbox.root / "packages" / "my.lib.mpm", sandbox)
+    out = tmp_path / "out" / "b.raw"
+    out.parent.mkdir()
+    check(cli(*_compose_args(app, out)), code, text)
+    assert list(out.parent.iterdir()) == []
+    assert not (app / "capstan.lock").exists()
+    for record in (sandbox.root / "cache" / "packages").glob("*.json"):
+        assert json.loads(record.read_text())["source"] != str(sandbox.victim)
+
+
+# -- the states a kill -9 can leave in the package cache ---------------------------------
+
+def test_a_tar_left_without_its_record_is_rebuilt_and_strays_go(
+        cli, tmp_path: Path, sandbox: Sandbox) -> None:
+    app = make_app(cli, tmp_path)
+    plain = compose(cli, app, tmp_path / "a.raw")
+    folder = sandbox.root / "cache" / "packages"
+    records_ = list(folder.glob("*.json"))
+    for record in records_:  # killed between the tar's rename and the record's
+        record.unlink()
+    (folder / ".capstan-tmp.killed").write_bytes(b"half a tar")  # killed mid-build
+    (folder / ("0" * 32 + ".tar")).write_bytes(b"an entry whose record never came")
+    os.utime(folder / ".capstan-tmp.killed", (0, 0))
+    assert compose(cli, app, tmp_path / "b.raw") == plain
+    assert sorted(folder.glob("*.json")) == sorted(records_)
+    assert not (folder / ("0" * 32 + ".tar")).exists()
+    assert temporaries(folder) == []
+    for record in records_:
+        data = json.loads(record.read_text())
+        assert record.with_suffix(".tar").stat().st_size == data["tar"]
+
+
+def test_a_yaml_cache_write_killed_midway_leaves_no_temporary_for_good(
+        cli, sandbox: Sandbox) -> None:
+    (sandbox.root / "config.yaml").write_text(TEXT)
+    env = {"CAPSTAN_ROOT": str(sandbox.root)}
+    assert config.load({}, env).disk_format == "raw"
+    kept = sandbox.root / "cache" / "yaml.json"
+    (kept.parent / ".capstan-tmp.killed").write_bytes(b"half of yaml.json")
+    (sandbox.root / "config.yaml").write_text("disk_format: vdi\n")  # a miss: a write
+    assert config.load({}, env).disk_format == "vdi"
+    assert temporaries(kept.parent) == []
+    assert kept.stat().st_mode & 0o777 == 0o600
+
+
+def _published(folder: Path) -> bool:
+    return any(folder.glob("*.tar")) if folder.is_dir() else False
+
+
+def _writing_image(out: Path) -> Callable[[], bool]:
+    return lambda: any(p.name.startswith(".capstan-tmp.") for p in out.parent.iterdir())
+
+
+def test_kill9_once_published_or_while_the_image_is_written_leaves_a_working_cache(
+        cli, tmp_path: Path, sandbox: Sandbox) -> None:
+    app = make_app(cli, tmp_path, os.urandom(24 << 20))
+    time.sleep(RACY_S + 0.1)  # the child is not monkeypatched: settle
+    folder = sandbox.root / "cache" / "packages"
+    images = set()
+    for n, point in enumerate([lambda: _published(folder),
+                               _writing_image(tmp_path / "out" / "x")]):
+        shutil.rmtree(sandbox.root / "cache", ignore_errors=True)
+        (tmp_path / "out").mkdir(exist_ok=True)
+        child = spawn(*_compose_args(app, tmp_path / "out" / "x"))
+        when(point, child)
+        kill9(child)
+        images.add(compose(cli, app, tmp_path / f"{n}.raw"))
+        assert temporaries(folder) == []
+        for record in folder.glob("*.json"):
+            data = json.loads(record.read_text())
+            assert record.with_suffix(".tar").stat().st_size == data["tar"]
+        (app / "capstan.lock").unlink(missing_ok=True)
+    shutil.rmtree(folder)
+    folder.write_text("no cache")  # the archives read streamed
+    images.add(compose(cli, app, tmp_path / "plain.raw"))
+    assert len(images) == 1
