@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -556,3 +557,35 @@ def test_kill9_once_published_or_while_the_image_is_written_leaves_a_working_cac
     folder.write_text("no cache")  # the archives read streamed
     images.add(compose(cli, app, tmp_path / "plain.raw"))
     assert len(images) == 1
+
+
+def test_many_new_documents_do_not_rewrite_the_yaml_cache_each_time(
+        sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    from capstan.core import fs
+
+    writes: list[Path] = []
+    real = fs.atomic_write
+
+    def counting(path: Path, *args: object, **kwargs: object) -> None:
+        writes.append(path)
+        real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs, "atomic_write", counting)
+    yamlfile.cache_in(sandbox.root / "cache")  # a hostile remote: 1000 listings to parse
+    for n in range(1000):
+        assert yamlfile.load_text(f"name: p{n}\nfill: {'x' * 1000}\n", "remote") \
+            == {"name": f"p{n}", "fill": "x" * 1000}
+    assert 1 <= len(writes) <= 11  # log2(1000) + 1, not one 100 KiB rewrite per document
+    yamlfile.cache_in(sandbox.root / "cache")
+    kept = json.loads((sandbox.root / "cache" / "yaml.json").read_text())["entries"]
+    assert len(kept) == yamlfile.MAX_KEPT
+
+
+def test_documents_left_unsaved_are_saved_at_exit(cli, sandbox: Sandbox,
+                                                  tmp_path: Path) -> None:
+    code = ("from pathlib import Path\nfrom capstan.core import yamlfile\n"
+            f"yamlfile.cache_in(Path({str(sandbox.root / 'cache')!r}))\n"
+            "for n in range(3):\n    yamlfile.load_text(f'n: {n}', 'x')\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    kept = json.loads((sandbox.root / "cache" / "yaml.json").read_text())["entries"]
+    assert sorted(v[0]["n"] for v in kept.values()) == [0, 1, 2]  # the 3rd: at exit
