@@ -589,3 +589,37 @@ def test_documents_left_unsaved_are_saved_at_exit(cli, sandbox: Sandbox,
     subprocess.run([sys.executable, "-c", code], check=True)
     kept = json.loads((sandbox.root / "cache" / "yaml.json").read_text())["entries"]
     assert sorted(v[0]["n"] for v in kept.values()) == [0, 1, 2]  # the 3rd: at exit
+
+
+# -- the cache's lock file, whatever stands in its place ----------------------------------
+
+def _lock_of(sandbox: Sandbox) -> Path:
+    from capstan.packages import records
+
+    key = records.key_of((sandbox.root / "packages" / "my.lib.mpm").stat())
+    (sandbox.root / "locks").mkdir(mode=0o700, exist_ok=True)
+    return sandbox.root / "locks" / f"cache.package-{key}.lock"
+
+
+def test_a_cache_lock_linked_to_the_victim_is_one_line_and_never_followed(
+        cli, tmp_path: Path, sandbox: Sandbox) -> None:
+    app = make_app(cli, tmp_path)
+    _lock_of(sandbox).symlink_to(sandbox.victim)
+    out = tmp_path / "out" / "a.raw"
+    out.parent.mkdir()
+    check(cli(*_compose_args(app, out)), 74, "cache.package-")
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_cache_lock_that_is_a_fifo_or_huge_is_never_read(
+        cli, tmp_path: Path, sandbox: Sandbox) -> None:
+    app = make_app(cli, tmp_path)
+    lock = _lock_of(sandbox)
+    os.mkfifo(lock)
+    plain = compose(cli, app, tmp_path / "a.raw")
+    shutil.rmtree(sandbox.root / "cache")
+    lock.unlink()
+    lock.write_bytes(b"")
+    os.truncate(lock, 1 << 40)
+    assert compose(cli, app, tmp_path / "b.raw") == plain
+    assert lock.stat().st_size == 1 << 40
