@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from capstan.core.errors import InputError, LocalIOError, NotFound
-from capstan.core.fs import sweep, temp_dir, write_error
+from capstan.core.fs import replace_file, sweep, temp_dir, write_error
 from capstan.image import cmdline, formats, mbr, qcow2, recompose
 from capstan.image.formats import DiskFormat
 from capstan.image.loader import Loader
@@ -208,7 +207,7 @@ def publishing(output: Path) -> Iterator[Path]:
     try:
         yield tmp
         for item in sorted(tmp.iterdir(), key=lambda p: not p.name.endswith("-flat.vmdk")):
-            os.replace(item, parent / item.name)
+            replace_file(item, parent / item.name)
     except OSError as err:
         raise LocalIOError(f"cannot write {output}: {err.strerror}") from err
     finally:

@@ -42,7 +42,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from capstan.core.errors import LocalIOError
-from capstan.core.fs import atomic_write, held, private_dir, sweep, temp_path, write_error
+from capstan.core.fs import (
+    atomic_write,
+    held,
+    private_dir,
+    replace_file,
+    sweep,
+    temp_path,
+    write_error,
+)
 from capstan.core.identity import RACY_NS, boot_id, identity
 from capstan.image.rofs import FileEntry, Reuse
 
@@ -210,7 +218,7 @@ class OutputCache:
     def _swap(self, tmp: Path, record: dict[str, Any]) -> None:
         current = self._load("current.json")
         kept = self._keep_output(current)
-        os.replace(tmp, self.output)
+        replace_file(tmp, self.output)
         try:
             self._record(kept, current, record)
         except (OSError, LocalIOError) as err:  # the output is written: the state is forgotten

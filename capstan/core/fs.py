@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from filelock import FileLock
 
 __all__ = ["TEMP_PREFIX", "atomic_output", "atomic_write", "exchange", "held", "lock",
-           "open_regular",
+           "open_regular", "replace_file",
            "owner_alive", "private_dir", "process_token", "publish_dir", "read_from", "sha256_of",
            "sweep", "temp_dir", "temp_path", "write_error"]
 
@@ -119,6 +119,32 @@ def exchange(a: Path, b: Path) -> None:
                       _RENAME_EXCHANGE) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_file(new: Path, target: Path) -> None:
+    """Make the regular file *new* be *target* in one step (OSError if it cannot).
+
+    An existing regular *target* is exchanged with *new* and then removed: renamed over,
+    ext4 (``auto_da_alloc``) would start writing *new* back before the rename returns, some
+    40-60 ms for a 220 MiB image. Anything else at *target* is replaced by a rename, as
+    ``os.replace`` does; a *target* that turns into something else meanwhile is put back."""
+    try:
+        regular = stat.S_ISREG(os.lstat(target).st_mode)
+    except FileNotFoundError:
+        regular = False
+    if regular:
+        try:
+            exchange(new, target)
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.EINVAL, errno.ENOSYS):
+                raise
+        else:
+            if stat.S_ISREG(os.lstat(new).st_mode):
+                os.unlink(new)  # the previous target
+                return
+            exchange(new, target)  # not the file we saw: back as it was
+            raise OSError(errno.EEXIST, "replaced while composing", str(target))
+    os.replace(new, target)
 
 
 def publish_dir(staged: Path, target: Path) -> None:
