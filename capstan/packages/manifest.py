@@ -17,6 +17,7 @@ from typing import Any
 
 from capstan.core import timestamps
 from capstan.core.errors import Conflict, InputError, NotFound, UsageError
+from capstan.core.fs import TEMP_PREFIX
 from capstan.core.names import check_name
 from capstan.core.yamlfile import dump, line_of, load_strict, read_bounded
 from capstan.packages.runtimes import RunConfig, parse_run
@@ -208,19 +209,21 @@ def ignored(rules: Sequence[re.Pattern[str]], rel: str) -> bool:
 
 
 def walk_package(root: Path, rules: Sequence[re.Pattern[str]]) -> list[tuple[str, Path]]:
-    """(``/relative``, path) of everything below *root* not ignored, sorted."""
+    """(``/relative``, path) of everything below *root* not ignored, sorted. pycapstan's own
+    temporaries (a ``capstan.lock`` or ``.mpm`` another command is writing) are never part
+    of a package."""
     found: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         for name in sorted(dirnames):
             rel = "/" + (here / name).relative_to(root).as_posix()
-            if ignored(rules, rel):
+            if name.startswith(TEMP_PREFIX) or ignored(rules, rel):
                 dirnames.remove(name)
             else:
                 found.append((rel, here / name))
         for name in filenames:
             rel = "/" + (here / name).relative_to(root).as_posix()
-            if not ignored(rules, rel):
+            if not name.startswith(TEMP_PREFIX) and not ignored(rules, rel):
                 found.append((rel, here / name))
     return sorted(found)
 

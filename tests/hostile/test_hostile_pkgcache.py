@@ -342,8 +342,8 @@ def test_concurrent_composes_share_the_cache(cli, tmp_path: Path, sandbox: Sandb
     argv = ["package", "compose", "-C", str(app), "-l", "probe-loader"]
     children = [spawn(*argv, "-o", str(tmp_path / f"{n}.img")) for n in range(3)]
     for child in children:
-        child.communicate(timeout=300)
-        assert child.returncode == 0
+        _, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err
     images = {(tmp_path / f"{n}.img").read_bytes() for n in range(3)}
     assert len(images) == 1 and valid(sandbox.root)
     done = subprocess.run(["qemu-img", "check", str(tmp_path / "0.img")], check=False,

@@ -35,3 +35,18 @@ def load_strict_text(folder: Path, text: bytes) -> object:
     path = folder / "parsed.yaml"
     path.write_bytes(text)
     return load_strict(path)
+
+
+def test_temporaries_of_other_commands_are_never_package_content(tmp_path: Path) -> None:
+    """A concurrent compose writing capstan.lock (or a build writing the .mpm) leaves a
+    temporary in the package for a moment: a compose walking it then must not take it."""
+    from capstan.core.fs import TEMP_PREFIX
+    from capstan.packages.manifest import ignore_rules, walk_package
+
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "app").write_text("app")
+    (package / f"{TEMP_PREFIX}123-456.abc.capstan.lock").write_text("{}")
+    (package / f"{TEMP_PREFIX}123-456.def.pkg").mkdir()
+    (package / f"{TEMP_PREFIX}123-456.def.pkg" / "inside").write_text("x")
+    assert [rel for rel, _ in walk_package(package, ignore_rules(package))] == ["/app"]
