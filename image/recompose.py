@@ -7,7 +7,7 @@ identity (device, inode, size, mtime, ctime) and, per file of the ROFS, its part
 offset and the identity of its source (host file or archive, by ``lstat``).
 A compose whose disk has the same layout as the spare's
 (format, virtual size, partition, loader size, ROFS size) rewrites the metadata, the
-tables and only the files whose source identity changed, then renames the spare over the
+tables and only the files whose source identity changed, then exchanges the spare with the
 output: the image is the same bytes as a fresh compose, and unchanged files are not copied.
 
 The spare is used only when it is certainly what its record says: same identity, one link
@@ -15,8 +15,9 @@ The spare is used only when it is certainly what its record says: same identity,
 so a VM still running on that generation of the image is never changed under it. Its
 record is removed before the first write, so an interrupted update is never reused. A
 source whose identity differs after the copy from before fails the compose ("changed while
-composing"), and a source changed within the last :data:`RACY_NS` is never trusted to be
-unchanged later (timestamps are coarser than writes), so it is always copied again.
+composing"), and a source changed within the last :data:`~capstan.core.identity.RACY_NS`
+is never trusted to be unchanged later (timestamps are coarser than writes), so it is
+always copied again.
 Records of an earlier boot are ignored: images are not synced, so a crash may have kept
 their new timestamps without their new bytes (nor are the records: a crash voids them).
 
@@ -51,12 +52,12 @@ from capstan.core.fs import (
     temp_path,
     write_error,
 )
-from capstan.core.identity import RACY_NS, boot_id, identity
+from capstan.core.identity import boot_id, identity, settled
 from capstan.image.rofs import FileEntry, Reuse
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["KEEP", "RACY_NS", "OutputCache", "fingerprint", "state_dir"]
+__all__ = ["KEEP", "OutputCache", "fingerprint", "state_dir"]
 _OURS_AND_OUTPUT = 2  # links of a kept image: the output's and ours
 
 #: outputs whose recompose state (and spare: a whole image) is kept, the last composed
@@ -89,10 +90,8 @@ def fingerprint(entry: FileEntry) -> Fingerprint:
 
 def _settled(print_: Fingerprint, now: int) -> Fingerprint:
     """*print_*, or None when its file changed too recently to be told apart from a later
-    write with the same timestamps."""
-    if print_ is None or now - max(print_[-2], print_[-1]) < RACY_NS:
-        return None
-    return print_
+    write with the same timestamps (its identity ends the fingerprint)."""
+    return print_ if print_ is not None and settled(print_[-5:], now) else None
 
 
 def state_dir(root: Path, output: Path) -> Path:

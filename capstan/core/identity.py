@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["RACY_NS", "boot_id", "identity", "settled"]
@@ -32,7 +33,8 @@ def identity(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def settled(st: os.stat_result, now: int | None = None) -> bool:
-    """Whether the file of *st* last changed at least :data:`RACY_NS` before *now*."""
+def settled(ident: Sequence[int], now: int | None = None) -> bool:
+    """Whether the file of identity *ident* (see :func:`identity`) last changed at least
+    :data:`RACY_NS` before *now* (nanoseconds; by default, now)."""
     now = time.time_ns() if now is None else now
-    return now - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_NS
+    return now - max(ident[3], ident[4]) >= RACY_NS

@@ -52,7 +52,7 @@ def read_cached(root: Path, path: Path) -> Archive:
         raise NotFound(f"no such package archive: {path}")
     with open_host(path) as raw:
         st = os.fstat(raw.fileno())
-        folder = _folder(root) if raw.read(2) == b"\x1f\x8b" and settled(st) else None
+        folder = _folder(root) if raw.read(2) == b"\x1f\x8b" and settled(identity(st)) else None
         raw.seek(0)
         if folder is None:
             return scan_mpm(path, raw)
@@ -73,7 +73,7 @@ def digest(root: Path, path: Path) -> str:
     """The SHA-256 of the archive *path*: its record's when the record is of its identity."""
     with open_host(path) as raw:
         st = os.fstat(raw.fileno())
-        folder = _folder(root) if settled(st) else None
+        folder = _folder(root) if settled(identity(st)) else None
         with contextlib.suppress(records.Bad):
             if folder is not None:
                 return str(records.record(folder, records.key_of(st), st)["sha256"])

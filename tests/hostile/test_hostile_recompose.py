@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from capstan.core import identity
 from capstan.image import recompose
 
 from hostile_kit import Sandbox
@@ -18,7 +19,7 @@ from recompose_kit import change, compose
 
 @pytest.fixture(autouse=True)
 def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(recompose, "RACY_NS", 0)  # every change below sets a new mtime
+    monkeypatch.setattr(identity, "RACY_NS", 0)  # every change below sets a new mtime
 
 
 def app(tmp_path: Path) -> Path:

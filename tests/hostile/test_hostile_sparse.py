@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from capstan.image import recompose, rofs, tree
+from capstan.core import identity
+from capstan.image import rofs, tree
 
 from hostile_kit import Sandbox, check
 
@@ -20,7 +21,7 @@ SIZE = 64 * MIB
 
 @pytest.fixture(autouse=True)
 def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(recompose, "RACY_NS", 0)
+    monkeypatch.setattr(identity, "RACY_NS", 0)
 
 
 def app(tmp_path: Path) -> Path:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capstan.core import identity
 from capstan.core.errors import LocalIOError
 from capstan.image import compose, loader, recompose, rofs
 from capstan.image.formats import DiskFormat
@@ -25,7 +26,7 @@ _STAMP = [1_600_000_000_000_000_000]
 def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
     """Files made by a test are seconds old at most: trust their timestamps (every change
     below also sets a distinct mtime, so a coarse clock cannot hide it)."""
-    monkeypatch.setattr(recompose, "RACY_NS", 0)
+    monkeypatch.setattr(identity, "RACY_NS", 0)
 
 
 def change(path: Path, data: bytes) -> None:
@@ -139,7 +140,7 @@ def test_a_source_changed_during_its_copy_fails_the_compose(
 
 def test_recently_changed_sources_are_not_trusted(monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path) -> None:
-    monkeypatch.setattr(recompose, "RACY_NS", 2_000_000_000)
+    monkeypatch.setattr(identity, "RACY_NS", 2_000_000_000)
     path = tmp_path / "f"
     path.write_bytes(b"abc")
     print_ = recompose.fingerprint(FileEntry("/f", 3, source=path))
@@ -193,7 +194,7 @@ def test_a_failed_update_leaves_the_output_and_is_never_reused(
     state = recompose.state_dir(root, out)
     assert not (state / "spare").exists() and not (state / "spare.json").exists()
     monkeypatch.undo()
-    monkeypatch.setattr(recompose, "RACY_NS", 0)
+    monkeypatch.setattr(identity, "RACY_NS", 0)
     data = cached(tmp_path / "app", out, root, DiskFormat.QCOW2)
     assert data == fresh(tmp_path / "app", tmp_path / "ref.qcow2", DiskFormat.QCOW2)
 

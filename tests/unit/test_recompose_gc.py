@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from capstan.core import fs
+from capstan.core import fs, identity
 from capstan.core.errors import LocalIOError
 from capstan.image import compose, loader, recompose
 from capstan.image.formats import DiskFormat
@@ -20,7 +20,7 @@ _STAMP = [1_600_000_000_000_000_000]
 
 @pytest.fixture(autouse=True)
 def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(recompose, "RACY_NS", 0)
+    monkeypatch.setattr(identity, "RACY_NS", 0)
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from capstan.core import identity
 from capstan.core.errors import LocalIOError
-from capstan.image import compose, loader, recompose, sources
+from capstan.image import compose, loader, sources
 from capstan.image.formats import DiskFormat
 from capstan.image.inspect import OsvImage
 from capstan.image.rofs_reader import RofsReader
@@ -99,7 +100,7 @@ def test_sparse_and_dense_copies_give_the_same_image(tmp_path: Path, fmt: DiskFo
 
 def test_recompose_zeroes_the_holes_of_a_rewritten_file(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(recompose, "RACY_NS", 0)
+    monkeypatch.setattr(identity, "RACY_NS", 0)
     tree = app(tmp_path / "app")
     big = tree / "big"
     out, root = tmp_path / "out.qcow2", tmp_path / "root"
