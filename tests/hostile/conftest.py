@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from crashkit import Tmpfs, can_mount
 
 from hostile_kit import Sandbox, snapshot
 
@@ -27,3 +28,15 @@ def sandbox(tmp_path: Path, capstan_root: Path) -> Iterator[Sandbox]:
     box.before = snapshot(outside)
     yield box
     box.assert_untouched()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs (root only) that a test fills to its end."""
+    if not can_mount():
+        pytest.skip("mounting a tmpfs needs root")
+    fs = Tmpfs(tmp_path / "small")
+    try:
+        yield fs.path
+    finally:
+        fs.close()

@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 from crashkit import (
     PROBE_HOLD,
-    Tmpfs,
     bucket,
-    can_mount,
     kill9,
     publish_package,
     spawn,
@@ -291,16 +289,6 @@ def test_rmi_refuses_an_image_in_use_and_a_new_one_of_that_name_is_refused(
 
 
 # -- ENOSPC -------------------------------------------------------------------------
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    if not can_mount():
-        pytest.skip("mounting a tmpfs needs root")
-    fs = Tmpfs(tmp_path / "small")
-    try:
-        yield fs.path
-    finally:
-        fs.close()
 
 
 def test_enospc_while_unpacking_a_pulled_image_is_74_and_keeps_the_download(

@@ -280,17 +280,6 @@ def test_a_source_changed_during_the_copy_fails_the_compose_and_nothing_leaks(
     assert temporaries(tmp_path) == []
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    if not can_mount():
-        pytest.skip("mounting a tmpfs needs root")
-    fs = Tmpfs(tmp_path / "small")
-    try:
-        yield fs.path
-    finally:
-        fs.close()
-
-
 @pytest.mark.parametrize("preallocated", [True, False], ids=["as is", "no fallocate"])
 def test_a_full_disk_is_74_in_one_line_and_leaves_nothing(
         cli, tmp_path: Path, sandbox: Sandbox, small_fs: Path,
